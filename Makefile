@@ -1,0 +1,57 @@
+# pdl1_dls: two commands for a new user (`make demo`, `make test`), plus the developer loop.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+ARCH := $(shell uname -m)
+ifeq ($(ARCH),aarch64)
+TORCH := torch==2.9.1 torchvision==0.24.1
+PIPC :=
+else
+TORCH := torch==2.14.1 torchvision==0.29.1
+PIPC := -c constraints.txt
+endif
+DEMO_OUT ?= runs/demo
+export PDL1_DLS_DATA ?= $(abspath ../shared/data)
+
+.PHONY: install demo demo-mri test test-all export clean-nbs docs bench help
+
+help:
+	@echo "make demo      create .venv, install, generate the synthetic study, reproduce the PET/CT paper, print the report path"
+	@echo "make test      create .venv with the dev extras, run pytest and nbdev-test"
+	@echo "make test-all  the same with the slow end-to-end checks"
+	@echo "make export    nbdev-export + nbdev-clean (after editing notebooks in nbs/)"
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+
+# installs (or refreshes) everything the library, notebooks and tests need
+$(VENV)/.installed: pyproject.toml constraints.txt | $(BIN)/python
+	$(BIN)/pip install -q $(PIPC) $(TORCH)
+	$(BIN)/pip install -q $(PIPC) -e ".[dev]"
+	$(BIN)/python -m ipykernel install --sys-prefix --name python3 >/dev/null
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: install
+	$(BIN)/pdl1-dls reproduce --manifest data_manifests/demo_petct.yaml --out $(DEMO_OUT)
+
+demo-mri: install
+	$(BIN)/pdl1-dls reproduce --manifest data_manifests/demo_mri.yaml --out runs/demo_mri
+
+test: install
+	$(BIN)/python -m pytest -n 2 --dist loadfile tests
+	cd nbs && ../$(BIN)/nbdev-test --n_workers 2
+
+test-all: install
+	$(BIN)/python -m pytest -n 2 --dist loadfile -m "" tests
+	cd nbs && ../$(BIN)/nbdev-test --n_workers 2 --flags slow
+
+export: install
+	$(BIN)/nbdev-export
+	$(BIN)/nbdev-clean
+
+bench: install
+	for b in benchmarks/*.py; do $(BIN)/python $$b; done

@@ -1,0 +1,22 @@
+"Shared fixtures: the shared real data (skips with a reason when absent) and small synthetic studies."
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    "The shared real-data folder, or a skip that says why."
+    from pdl1_dls.core import data_dir
+    d = data_dir()
+    if d is None:
+        pytest.skip("../shared/data not found and $PDL1_DLS_DATA not set: real-data test skipped")
+    return d
+
+
+@pytest.fixture(autouse=True)
+def _quiet_progress(monkeypatch):
+    monkeypatch.setenv("PDL1_DLS_PROGRESS", "0")
