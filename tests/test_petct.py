@@ -212,6 +212,10 @@ def test_necrosis_ratio_suvmax_volume():
     arr = sitk.GetArrayFromImage(pet); arr[arr == 1.0] = 8.0
     solid = _img(arr, pet.GetSpacing())
     assert necrosis_ratio(solid, roi)["ratio"] == 0.0
+    # tight-mask method: the same core; the mask is the global volume; a solid tumour's rim is not necrosis
+    nm = necrosis_ratio(pet, roi, method="mask")
+    assert abs(nm["ratio"] - nr["ratio"]) < 0.03 and nm["global_ml"] == nm["roi_ml"]
+    assert necrosis_ratio(solid, roi, method="mask")["ratio"] < 0.01
     # bigger core, bigger ratio
     big = phantom(pet_spacing=(2.0, 2.0, 2.0), core=11.0)[0]
     assert necrosis_ratio(big, roi)["ratio"] > nr["ratio"] + 0.1
