@@ -1,0 +1,60 @@
+"The pdl1-dls command: help everywhere, exit 2 with one-line errors for bad input, reproduce writes a complete run folder."
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+CLI = [sys.executable, "-m", "pdl1_dls.cli"]
+
+
+def run(*args, **kw):
+    return subprocess.run([sys.executable, "-c", "import sys; from pdl1_dls.cli import main; sys.exit(main(sys.argv[1:]))", *args],
+                          capture_output=True, text=True, **kw)
+
+
+@pytest.mark.parametrize("sub", [None, "synth", "validate", "train", "score", "reproduce"])
+def test_help(sub):
+    r = run(*([sub] if sub else []), "--help")
+    assert r.returncode == 0 and "usage: pdl1-dls" in r.stdout
+
+
+def test_validate_bad_manifest_exit_2_one_line_per_problem(tmp_path):
+    (tmp_path / "c.csv").write_text("patient_id,tps\nP1,5\nP2,oops\n")
+    m = tmp_path / "m.yaml"
+    m.write_text("name: x\nmodality: petct\nlabel: {source: tps, rule: '>=1'}\n"
+                 "images: {pet: '{patient_id}_pet.nii.gz', ct: '{patient_id}_ct.nii.gz', roi: '{patient_id}_roi.nii.gz'}\n"
+                 "cohorts:\n  - {name: a, role: train, clinical: c.csv}\n")
+    r = run("validate", str(m))
+    assert r.returncode == 2
+    assert "Traceback" not in r.stderr
+    lines = r.stderr.strip().splitlines()
+    # 6 missing images (2 patients x 3), 1 non-numeric TPS, and the summary line
+    assert len(lines) == 8 and lines[-1].startswith("7 problem(s)")
+    assert any("patient=P2" in l and "column=tps" in l for l in lines)
+
+
+def test_train_with_bad_manifest_exits_2_without_traceback(tmp_path):
+    r = run("train", "--manifest", str(tmp_path / "missing.yaml"), "--out", str(tmp_path / "run"))
+    assert r.returncode == 2 and "Traceback" not in r.stderr and r.stderr.startswith("error: ")
+    assert not (tmp_path / "run").exists()
+
+
+def test_reproduce_study_summary_run_folder(shared_data, tmp_path):
+    out = tmp_path / "run"
+    r = run("reproduce", "--manifest", str(REPO / "data_manifests/loris_nsclc.yaml"), "--out", str(out), "--only", "study_summary",
+            env={**__import__("os").environ, "PDL1_DLS_DATA": str(shared_data)})
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert f"report: {out / 'index.html'}" in r.stdout
+    prov = json.loads((out / "provenance.json").read_text())
+    for k in ("version", "git_commit", "manifest_sha256", "seed", "n_boot", "libraries", "device", "notebooks"):
+        assert k in prov
+    assert prov["notebooks"][0]["ok"] and prov["libraries"]["torch"]
+    assert (out / "notebooks/study_summary.ipynb").is_file()
+    t = (out / "tables/study_cohorts.csv").read_text()
+    assert "vanguri" in t and (out / "tables/study_cohorts.md").is_file()
+    assert (out / "figures/study_km_pfs.png").is_file() and (out / "figures/study_km_pfs.svg").is_file()
+    assert "study_km_pfs.png" in (out / "index.html").read_text()
+    assert not list(out.rglob("*.part"))
