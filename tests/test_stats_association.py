@@ -1,0 +1,152 @@
+"stats.association: published ICC example, independent cocor checks, ANOVA/LSD vs OLS, tests vs scipy, table1, bad input."
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats as st
+
+from pdl1_dls.stats import association as asc
+
+SF = np.array([[9, 2, 5, 8], [6, 1, 3, 2], [8, 4, 6, 8], [7, 1, 2, 6], [10, 5, 6, 9], [6, 2, 4, 7]])
+
+
+def test_icc_shrout_fleiss_example():
+    # Shrout & Fleiss (1979) Table 2: ICC(2,1) = .29, ICC(3,1) = .71; R psych::ICC prints CIs
+    # [0.019, 0.76] and [0.34, 0.95] for these data
+    t = asc.icc(SF)
+    assert round(t.loc["ICC(2,1)", "icc"], 2) == 0.29 and round(t.loc["ICC(3,1)", "icc"], 2) == 0.71
+    assert round(t.loc["ICC(2,1)", "lo"], 3) == 0.019 and round(t.loc["ICC(2,1)", "hi"], 2) == 0.76
+    assert round(t.loc["ICC(3,1)", "lo"], 2) == 0.34 and round(t.loc["ICC(3,1)", "hi"], 2) == 0.95
+
+
+def test_icc_equals_mixed_anova_by_statsmodels():
+    "Independent route: mean squares from a two-way OLS ANOVA table."
+    import statsmodels.formula.api as smf
+    from statsmodels.stats.anova import anova_lm
+    n, k = SF.shape
+    long = pd.DataFrame({"y": SF.ravel().astype(float), "t": np.repeat(np.arange(n), k).astype(str),
+                         "j": np.tile(np.arange(k), n).astype(str)})
+    a = anova_lm(smf.ols("y ~ C(t) + C(j)", long).fit())
+    bms, jms, ems = a.mean_sq.iloc[0], a.mean_sq.iloc[1], a.mean_sq.iloc[2]
+    t = asc.icc(SF)
+    assert abs(t.loc["ICC(3,1)", "icc"] - (bms - ems) / (bms + (k - 1) * ems)) < 1e-12
+    assert abs(t.loc["ICC(2,1)", "icc"] - (bms - ems) / (bms + (k - 1) * ems + k * (jms - ems) / n)) < 1e-12
+
+
+def test_icc_two_readers_as_list():
+    rng = np.random.default_rng(0)
+    truth = rng.normal(size=60)
+    t = asc.icc([truth + rng.normal(0, 0.3, 60), truth + rng.normal(0, 0.3, 60) + 0.5])
+    assert t.loc["ICC(3,1)", "icc"] > t.loc["ICC(2,1)", "icc"]          # a reader offset hurts agreement only
+    assert (t.lo < t.icc).all() and (t.icc < t.hi).all()
+
+
+def _steiger_from_covariance(rjk, rjh, rkh, n):
+    "Independent route to Steiger's Z: Pearson-Filon asymptotic covariance of r_jk and r_jh (Olkin & Siotani),"
+    "evaluated at the pooled correlation, transformed to Fisher z."
+    rb = (rjk + rjh) / 2
+    # cov(r_jk, r_jh) * n for overlapping correlations with j shared (Pearson & Filon 1898)
+    cov = 0.5 * (2 * rkh - rb * rb) * (1 - 2 * rb * rb - rkh ** 2) + rkh ** 3
+    cov_z = cov / ((1 - rb * rb) ** 2)
+    return (math.atanh(rjk) - math.atanh(rjh)) * math.sqrt(n - 3) / math.sqrt(2 - 2 * cov_z)
+
+
+@pytest.mark.parametrize("r", [(0.6, 0.4, 0.5, 100), (0.2, 0.45, 0.1, 60), (-0.3, 0.1, 0.7, 250)])
+def test_steiger_equals_pearson_filon_route(r):
+    assert abs(asc.compare_correlations(*r).steiger_z - _steiger_from_covariance(*r)) < 1e-12
+
+
+def test_cocor_null_rejection_rate_by_simulation():
+    "Under H0 (r_jk = r_jh) both tests should reject about 5 % of the time."
+    rng = np.random.default_rng(1)
+    cov = np.array([[1, 0.4, 0.4], [0.4, 1, 0.5], [0.4, 0.5, 1]])
+    L = np.linalg.cholesky(cov)
+    n, sims, rs, rm = 80, 2000, 0, 0
+    for _ in range(sims):
+        X = rng.normal(size=(n, 3)) @ L.T
+        c = np.corrcoef(X.T)
+        res = asc.compare_correlations(c[0, 1], c[0, 2], c[1, 2], n)
+        rs += res.steiger_p < 0.05; rm += res.mrr_p < 0.05
+    assert 0.03 < rs / sims < 0.07 and 0.03 < rm / sims < 0.07
+
+
+def test_cocor_power_direction():
+    r = asc.compare_correlations(0.7, 0.2, 0.3, 200)
+    assert r.steiger_z > 3 and r.mrr_z > 3 and r.steiger_p < 0.01
+
+
+def test_anova_lsd_equals_ols_contrasts():
+    import statsmodels.formula.api as smf
+    rng = np.random.default_rng(2)
+    g = np.repeat(["a", "b", "c"], [20, 25, 15]); v = rng.normal(size=60) + (g == "c") * 0.8
+    a = asc.anova_lsd(v, g)
+    f = st.f_oneway(*[v[g == l] for l in "abc"])
+    assert abs(a.f - f.statistic) < 1e-10 and abs(a.p - f.pvalue) < 1e-12
+    m = smf.ols("v ~ C(g)", pd.DataFrame({"v": v, "g": g})).fit()
+    # LSD a vs b: the OLS t test of the b dummy (pooled MSE, N - k df)
+    row = a.posthoc.set_index(["group_a", "group_b"]).loc[("a", "b")]
+    assert abs(row.t + m.tvalues["C(g)[T.b]"]) < 1e-10 and abs(row.p - m.pvalues["C(g)[T.b]"]) < 1e-10
+
+
+def test_correlations_equal_scipy():
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=50); y = np.round(x + rng.normal(size=50), 0); b = (x > 0).astype(int)
+    assert abs(asc.spearman(x, y).r - st.spearmanr(x, y).statistic) < 1e-12
+    assert abs(asc.point_biserial(b, y).p - st.pointbiserialr(b, y).pvalue) < 1e-12
+
+
+def test_two_sample_and_contingency_tests():
+    rng = np.random.default_rng(4)
+    x, y = rng.normal(size=30), rng.normal(size=25) + 1
+    assert abs(asc.mann_whitney(x, y).p - st.mannwhitneyu(x, y).pvalue) < 1e-12
+    z = x + rng.normal(0, 0.1, 30) + 0.2
+    assert asc.wilcoxon(x, z).p < 0.05
+    t = np.array([[10, 2], [3, 9]])
+    # independent route: sum of hypergeometric probabilities no larger than the observed one (R's rule)
+    h = st.hypergeom(t.sum(), t[0].sum(), t[:, 0].sum())
+    probs = h.pmf(np.arange(0, min(t[0].sum(), t[:, 0].sum()) + 1))
+    p_ref = probs[probs <= h.pmf(t[0, 0]) * (1 + 1e-7)].sum()
+    assert abs(asc.fisher_exact(None, None, table=t).p - p_ref) < 1e-12
+    # Yates-corrected chi-square by hand
+    e = st.contingency.expected_freq(t)
+    chi = ((np.abs(t - e) - 0.5) ** 2 / e).sum()
+    assert abs(asc.chi_square(None, None, table=t).statistic - chi) < 1e-12
+
+
+def test_table1():
+    rng = np.random.default_rng(5)
+    n = 150
+    df = pd.DataFrame({"grp": rng.choice(["neg", "pos"], n), "age": rng.normal(60, 8, n),
+                       "sex": rng.choice(["m", "f"], n), "suv": rng.lognormal(2, 0.8, n),
+                       "stage": rng.choice(["I", "II", "III"], n)})
+    df.loc[:4, "age"] = np.nan
+    t = asc.table1(df, "grp", ["age", "sex", "suv", "stage"])
+    assert t.loc[0, "Overall"] == str(n)
+    assert t.loc[0, "grp=neg"] == str((df.grp == "neg").sum())
+    age = t[t.variable == "age"].iloc[0]
+    assert age.missing == 5 and age.test in ("t test", "Mann-Whitney")
+    suv = t[t.variable == "suv"].iloc[0]
+    assert suv.test == "Mann-Whitney" and suv.level == "median (IQR)"      # log-normal: not normal
+    sex = t[t.variable == "sex"].iloc[0]
+    nm = int(((df.sex == sex.level) & (df.grp == "neg")).sum())
+    assert sex["grp=neg"].startswith(f"{nm} (") and sex.test == "chi-square"
+    assert abs(sex.p - st.chi2_contingency(pd.crosstab(df.sex, df.grp).to_numpy()).pvalue) < 1e-12
+
+
+@pytest.mark.parametrize("call,match", [
+    (lambda: asc.spearman([1, 2, np.nan, 4, 5], [1, 2, 3, 4, 5]), "NaN"),
+    (lambda: asc.spearman([1, 2, 3, 4], [1, 2, 3]), "mismatched lengths"),
+    (lambda: asc.spearman([1, 1, 1, 1, 1], [1, 2, 3, 4, 5]), "constant"),
+    (lambda: asc.point_biserial([0, 1, 2, 1, 0], [1, 2, 3, 4, 5]), "0/1"),
+    (lambda: asc.compare_correlations(1.0, 0.3, 0.2, 50), "between -1 and 1"),
+    (lambda: asc.anova_lsd([1, 2, 3], ["a", "a", "a"]), "single value"),
+    (lambda: asc.anova_lsd([1, 2, np.nan, 4], ["a", "a", "b", "b"]), "NaN"),
+    (lambda: asc.icc(np.array([[1, np.nan], [2, 3], [3, 4]])), "NaN"),
+    (lambda: asc.icc([[1, 2, 3], [1, 2]]), "mismatched lengths"),
+    (lambda: asc.wilcoxon([1, 2, 3], [1, 2, 3]), "zero"),
+    (lambda: asc.table1(pd.DataFrame({"g": [1, 1], "x": [1, 2]}), "g", ["x"]), "single level"),
+])
+def test_bad_input_raises_clear_valueerror(call, match):
+    with pytest.raises(ValueError, match=match):
+        call()
