@@ -92,14 +92,15 @@ def test_wheel_in_clean_venv(tmp_path):
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-2000:]
     venv = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     py = venv / "bin" / "python"
     site = Path(subprocess.check_output([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], text=True).strip())
     # dependencies come from the development environment (read-only); the package itself only from the wheel
     dev_site = Path(subprocess.check_output([sys.executable, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], text=True).strip())
     (site / "zz_deps.pth").write_text(str(dev_site) + "\n")
     wheel = next(whl.glob("pdl1_dls-*.whl"))
-    r = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-compile", "--prefix", str(venv), str(wheel)],
+    # the clean venv's own pip (pip --prefix from the dev env would uninstall the dev install of pdl1_dls)
+    r = subprocess.run([str(py), "-m", "pip", "install", "-q", "--no-deps", "--no-index", "--no-compile", str(wheel)],
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-2000:]
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH",)}
@@ -108,6 +109,5 @@ def test_wheel_in_clean_venv(tmp_path):
     assert out[0].startswith(str(venv)), out
     n_src = len([p for p in (REPO / "nbs/reproduce").glob("*.ipynb")])
     assert int(out[1]) == n_src and n_src >= 1
-    # (pip ran from the dev environment wrote its shebang: run the script with the clean interpreter)
-    r = subprocess.run([str(py), str(venv / "bin" / "pdl1-dls"), "--help"], capture_output=True, text=True, cwd=tmp_path, env=env)
+    r = subprocess.run([str(venv / "bin" / "pdl1-dls"), "--help"], capture_output=True, text=True, cwd=tmp_path, env=env)
     assert r.returncode == 0 and "reproduce" in r.stdout
