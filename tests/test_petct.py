@@ -101,6 +101,21 @@ def test_crop_resize_matches_per_slice_scipy_reference():
     assert np.abs(fast[1] - lin).max() > 1.0
 
 
+def test_pet_and_ct_channels_match_a_plain_full_grid_reference():
+    # reference: PET resampled onto the whole CT grid (SimpleITK linear), then per slice scipy map_coordinates
+    pet, ct, roi = phantom(centre=(20.0, 40.0, 30.0))   # the crops cross the image border
+    hi = hyperimages(pet, ct, roi)
+    pet_ct = sitk.GetArrayFromImage(sitk.Resample(pet, ct, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32))
+    ct_a = sitk.GetArrayFromImage(ct)
+    yy, xx = petct._sample_grid(hi.centres, hi.crop_mm, ct.GetSpacing(), 64)
+    for i, k in enumerate(hi.slices):
+        g = np.stack(np.meshgrid(yy[i], xx[i], indexing="ij"))
+        p = ndimage.map_coordinates(pet_ct[k].astype(float), g, order=3, mode="grid-constant", cval=0.0)
+        c = ndimage.map_coordinates(ct_a[k].astype(float), g, order=3, mode="grid-constant", cval=-1000.0)
+        assert np.abs(hi.images[i, 0] - np.clip(p / 15, 0, 1)).max() < 1e-4
+        assert np.abs(hi.images[i, 1] - np.clip((c + 1000) / 1400, 0, 1)).max() < 1e-4
+
+
 def test_dilation_is_in_millimetres_two_spacings():
     h1 = hyperimages(*phantom(ct_spacing=(0.5, 0.5, 2.5)))
     h2 = hyperimages(*phantom(ct_spacing=(1.25, 1.25, 2.5)))
