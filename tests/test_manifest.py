@@ -112,3 +112,24 @@ def test_real_manifests_validate(shared_data, monkeypatch):
     v = t[t.cohort == "vanguri"]
     assert len(v) == len(raw) and int((v.pdl1 == 1).sum()) == int((raw["PDL1_TPS(%)"] >= 1).sum())
     assert t[t.cohort == "ravi"]["PFS_Months"].max() < 70   # days converted to months
+
+
+@pytest.mark.parametrize("kind", ["petct", "mri"])
+def test_demo_manifest_matches_generated_study(kind, tmp_path):
+    "data_manifests/demo_<kind>.yaml describes exactly what pdl1_dls.synth writes (cohorts, label, outcomes, images)."
+    import yaml
+    from pdl1_dls import synth
+    demo = yaml.safe_load((REPO / f"data_manifests/demo_{kind}.yaml").read_text())
+    gen = yaml.safe_load({"petct": synth.make_petct_study, "mri": synth.make_mri_study}[kind](tmp_path / "s", scale="tiny").read_text())
+    for k in ("modality", "paper", "id_column", "label", "outcomes", "covariates", "images", "checksums", "cohorts"):
+        assert demo[k] == gen[k], k
+    assert demo["synthetic"]["kind"] == kind and demo["synthetic"]["scale"] == "small"
+
+
+@pytest.mark.parametrize("name", ["template_petct", "template_mri", "template_tcia_nsclc_radiogenomics"])
+def test_templates_use_only_known_keys(name, monkeypatch):
+    from pdl1_dls.manifest import read_study
+    monkeypatch.setenv("NSCLC_RADIOGENOMICS", "/nonexistent")
+    _, probs = read_study(REPO / f"data_manifests/{name}.yaml")
+    assert not [p for p in probs if "unknown" in p.problem or "must be one of" in p.problem], probs
+    assert probs and all("not found" in p.problem for p in probs)     # only the files are missing
