@@ -1,0 +1,203 @@
+"pdl1_dls.explore: the explorers' logic on a small finished run, checked against independent computations."
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pdl1_dls.core import PDL1Error
+
+
+def make_run(root: Path) -> Path:
+    """A tiny synthetic study and a run folder scored by the real pipeline (`train_and_score`) with an
+    untrained, seeded SResCNN placed where training would put it: everything the explorers read
+    (scores.csv, models/hyper, provenance.json) is made as in a real run, in seconds instead of minutes."""
+    from dataclasses import asdict
+    from pdl1_dls.analysis import train_and_score
+    from pdl1_dls.core import seed_everything, write_json
+    from pdl1_dls.srescnn import make_model
+    from pdl1_dls.synth import make_petct_study
+    from pdl1_dls.train import TrainConfig, save_state
+    m = make_petct_study(root / "study", scale="tiny", seed=0)
+    run = root / "run"
+    hyper = run / "models" / "hyper"
+    hyper.mkdir(parents=True)
+    cfg = TrainConfig(seed=0, channels="hyper")
+    seed_everything(0)
+    net = make_model("hyper", dropout=cfg.dropout)
+    save_state({k: v.cpu() for k, v in net.state_dict().items()}, hyper / "model.pt")
+    write_json(asdict(cfg), hyper / "config.json")
+    write_json(dict(seed=0, quick=True, permuted=False, note="untrained model (test fixture)"), hyper / "metrics.json")
+    train_and_score(m, run, quick=True, models=("hyper",))      # skips training (same seed/quick), scores every patient
+    (run / "provenance.json").write_text(json.dumps({"manifest": str(m)}))
+    return run
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    return make_run(tmp_path_factory.mktemp("explore"))
+
+
+def test_open_run_reads_without_writing(run_dir):
+    from pdl1_dls.analysis import training_cutoff
+    from pdl1_dls.explore import open_run
+    before = sorted(p.name for p in run_dir.iterdir())
+    r = open_run(run_dir)
+    assert sorted(p.name for p in run_dir.iterdir()) == before          # read-only: no cutoff.json written
+    sc = pd.read_csv(run_dir / "scores.csv", dtype={"patient_id": str})
+    assert r.table["dls"].notna().sum() == sc["dls"].notna().sum() > 0
+    assert r.cutoff == training_cutoff(r.table, r.study.label_column, "dls")
+    assert ((r.table["dls"] >= r.cutoff) == (r.table["dls_high"] == 1))[r.table["dls"].notna()].all()
+
+
+def test_open_run_errors(tmp_path, run_dir):
+    from pdl1_dls.explore import open_run
+    with pytest.raises(PDL1Error, match="run folder not found"): open_run(tmp_path / "nope")
+    with pytest.raises(PDL1Error, match="no scores.csv"): open_run(tmp_path)
+    (tmp_path / "scores.csv").write_text((run_dir / "scores.csv").read_text())
+    with pytest.raises(PDL1Error, match="provenance.json"): open_run(tmp_path)
+
+
+def test_default_run_dir(monkeypatch, tmp_path):
+    from pdl1_dls.explore import RUN_ENV, default_run_dir
+    monkeypatch.setenv(RUN_ENV, str(tmp_path))
+    assert default_run_dir() == tmp_path
+    monkeypatch.delenv(RUN_ENV)
+    assert default_run_dir().parts[-2:] == ("runs", "demo")
+
+
+def test_survival_dls_matches_lifelines(run_dir):
+    from lifelines import CoxPHFitter, KaplanMeierFitter
+    from lifelines.statistics import logrank_test
+    from pdl1_dls.explore import POOLED_ICI, SurvivalExplorer
+    sx = SurvivalExplorer(run_dir)
+    assert sx.cohort == POOLED_ICI and sx.endpoints == ["pfs", "os"]
+    assert set(sx.groupings) == {"dls", "pdl1", "histology", "ecog"}
+    t = sx.table
+    ici = t[(t.role == "ici") & t.pfs_months.notna() & t.dls.notna()]
+    cut = float(np.median(ici.dls))
+    v = sx.set(cutoff=cut).compute()
+    hi = (ici.dls >= cut).to_numpy()
+    assert v.n == len(ici) and (v.data.group == "high DLS").sum() == hi.sum()
+    assert v.groups == ["low DLS", "high DLS"]
+    # independent references: lifelines' log-rank and Cox (Efron), KM survival at the last event of each group
+    lr = logrank_test(ici.pfs_months[hi], ici.pfs_months[~hi], ici.pfs_event[hi], ici.pfs_event[~hi])
+    assert v.logrank_p == pytest.approx(lr.p_value, rel=1e-6)
+    f = CoxPHFitter().fit(pd.DataFrame({"x": hi.astype(float), "t": ici.pfs_months, "e": ici.pfs_event}), "t", "e", fit_options={"precision": 1e-10, "max_steps": 500})
+    assert v.hr.loc["high DLS", "hr"] == pytest.approx(float(np.exp(f.params_["x"])), rel=1e-4)
+    lo, up = np.exp(f.confidence_intervals_.loc["x"]).to_numpy()
+    assert (v.hr.loc["high DLS", "hr_lo"], v.hr.loc["high DLS", "hr_hi"]) == (pytest.approx(lo, rel=1e-3), pytest.approx(up, rel=1e-3))
+    for g, m in (("high DLS", hi), ("low DLS", ~hi)):
+        k = KaplanMeierFitter().fit(ici.pfs_months[m], ici.pfs_event[m])
+        tab = v.km[g].table
+        assert np.allclose(tab.surv.to_numpy(), k.survival_function_.loc[tab.time.to_numpy()].to_numpy().ravel())
+        assert v.at_risk.loc[g].iloc[0] == m.sum()
+    # moving the cutoff moves patients and changes the HR
+    cut2 = float(np.quantile(ici.dls, 0.25))
+    v2 = sx.set(cutoff=cut2).compute()
+    assert (v2.data.group == "high DLS").sum() == (ici.dls >= cut2).sum() != hi.sum()
+    assert v2.hr.loc["high DLS", "hr"] != v.hr.loc["high DLS", "hr"]
+    assert "HR high DLS vs low DLS" in v2.summary() and "log-rank p=" in v2.summary()
+
+
+def test_survival_other_groupings(run_dir):
+    from pdl1_dls.explore import SurvivalExplorer
+    sx = SurvivalExplorer(run_dir)
+    c = [c for c in sx.cohorts() if sx.study.cohorts.get(c) is not None and sx.study.cohorts[c].role == "ici"][0]
+    t = sx.table[(sx.table.cohort == c) & sx.table.os_months.notna()]
+    v = sx.set(cohort=c, endpoint="os", grouping="pdl1").compute()
+    assert v.n == t.pdl1.notna().sum() and v.cutoff is None
+    assert set(v.groups) <= {"PD-L1 negative", "PD-L1 positive"}
+    v = sx.set(grouping="ecog").compute()
+    assert v.n == len(t) and v.groups == sorted(f"ECOG {int(e)}" for e in t.ecog.unique())
+    assert len(v.hr) == len(v.groups) - 1 or v.note
+    v = sx.set(grouping="histology").compute()
+    assert v.groups[0] == t.histology.value_counts().sort_index().idxmax()   # most frequent (ties: first by name)
+    with pytest.raises(ValueError, match="grouping must be one of"): sx.set(grouping="age")
+    with pytest.raises(ValueError, match="endpoint must be one of"): sx.set(endpoint="dfs")
+    with pytest.raises(ValueError, match="cohort must be one of"): sx.set(cohort="nope")
+
+
+def test_survival_one_group_is_a_note(run_dir):
+    from pdl1_dls.explore import SurvivalExplorer, plot_survival
+    sx = SurvivalExplorer(run_dir)
+    v = sx.set(grouping="dls", cutoff=-1.0).compute()            # everyone high
+    assert v.groups == ["high DLS"] and v.hr.empty and v.logrank_p is None and "only one group" in v.note
+    fig = plot_survival(v)
+    assert len(fig.axes[0].lines) >= 1
+
+
+def test_survival_figure_changes_with_cutoff(run_dir):
+    from pdl1_dls.explore import SurvivalExplorer, fig_png, plot_survival
+    sx = SurvivalExplorer(run_dir)
+    d = sx.patients()
+    a = fig_png(plot_survival(sx.set(cutoff=float(d.shape[0] and sx.table.dls.median())).compute()))
+    b = fig_png(plot_survival(sx.set(cutoff=float(sx.table.dls.quantile(0.9))).compute()))
+    assert a[:8] == b"\x89PNG\r\n\x1a\n" and a != b
+
+
+def test_gradcam_explorer(run_dir):
+    from pdl1_dls.explain import gradcam
+    from pdl1_dls.explore import GradcamExplorer
+    from pdl1_dls.petct import patient_hyperimages
+    gx = GradcamExplorer(run_dir)
+    assert gx.model_names == ["hyper"]
+    assert gx.cohorts() == list(gx.study.cohorts)
+    c = gx.cohorts()[0]
+    pids = gx.patients(c)
+    assert pids == sorted(gx.table.loc[(gx.table.cohort == c) & gx.table.dls.notna(), "patient_id"])
+    p, q = pids[0], pids[1]
+    row = gx.table.set_index("patient_id").loc[p]
+    hi = patient_hyperimages(p, row.pet, row.ct, row.roi)
+    assert gx.slices(p) == hi.slices.tolist()
+    cams = gx.cams(p, "hyper", 1)
+    net, _ = gx.model("hyper")
+    assert np.allclose(cams, gradcam(net, hi.images, target=1), atol=1e-5)
+    assert cams.shape == (len(hi), 64, 64) and 0 <= cams.min() and cams.max() <= 1
+    assert not np.allclose(gx.cams(p, "hyper", 0), cams)             # negative filter differs
+    inf = gx.info(p)
+    sc = pd.read_csv(run_dir / "scores.csv", dtype={"patient_id": str}).set_index("patient_id")
+    assert inf["dls"] == pytest.approx(sc.loc[p, "dls"]) and inf["cutoff"] == gx.run.cutoff
+    assert inf["group"] == ("high DLS" if inf["dls"] >= inf["cutoff"] else "low DLS")
+    assert inf["label"] == row.pdl1 and inf["ihc"] == row.pdl1_tps
+    fig = gx.figure(p, 0)
+    assert len(fig.axes) == 5 and p in fig._suptitle.get_text() and f"{inf['dls']:.3f}" in fig._suptitle.get_text()
+    with pytest.raises(ValueError, match="slice_pos"): gx.figure(p, len(hi))
+    with pytest.raises(ValueError, match="model must be one of"): gx.cams(p, "pet")
+    with pytest.raises(PDL1Error, match="not in the study"): gx.info("nobody")
+
+
+def test_apps_drive_without_browser(run_dir):
+    from pdl1_dls.explore import gradcam_app, survival_app
+
+    def find(box, cls):
+        out = []
+        for w in getattr(box, "children", ()):
+            if cls in getattr(w, "_dom_classes", ()): out.append(w)
+            out += find(w, cls)
+        return out
+    box = survival_app(run_dir)
+    (hr,), (img,), (cut,) = find(box, "pdl1-hr"), find(box, "pdl1-figure"), find(box, "pdl1-cutoff")
+    v0, i0 = hr.value, img.value
+    d = box.explorer.patients().sort_values("time")
+    cut.value = float(np.quantile(box.explorer.table.dls.dropna(), 0.3))
+    assert hr.value != v0 and img.value != i0 and box.explorer.cutoff == cut.value
+    (grp,) = find(box, "pdl1-grouping")
+    grp.value = "histology"
+    assert "vs" in hr.value and cut.layout.visibility == "hidden"
+    g = gradcam_app(run_dir)
+    (pat,), (gimg,), (info,) = find(g, "pdl1-patient"), find(g, "pdl1-figure"), find(g, "pdl1-info")
+    i0, t0 = gimg.value, info.value
+    pat.value = pat.options[1]
+    assert gimg.value != i0 and pat.options[1] in info.value and info.value != t0
+    (coh,) = find(g, "pdl1-cohort")
+    coh.value = coh.options[-1]
+    assert pat.value == pat.options[0] and pat.value.startswith(coh.value)
+
+
+def test_voila_command_is_local():
+    from pdl1_dls.explore import EXPLORERS, explorers_dir, voila_command
+    cmd = voila_command(8899)
+    assert "--Voila.ip=127.0.0.1" in cmd and "--no-browser" in cmd and "--port=8899" in cmd
+    assert all((explorers_dir() / n).is_file() for n in EXPLORERS)
