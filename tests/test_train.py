@@ -197,7 +197,7 @@ def test_train_and_score_study_outputs(fake, tmp_path):
               "permuted", "seed"):
         assert k in saved
     assert saved["n_patients"] == dict(fit=12, inner=3, validation=8)   # tr000 skipped: 15 (8+, 7-); 20 % of each class inner
-    assert saved["permuted"] is False and 0 <= saved["val_auc"] <= 1
+    assert saved["permuted"] is False and 0 <= saved["val_auc"] <= 1 and saved["permuted_label_phi"] is None
     assert pd.read_csv(tmp_path / "skipped.csv").patient_id.tolist() == ["tr000"]
     val = pd.read_csv(tmp_path / "val_dls.csv")
     cfg = json.loads((tmp_path / "config.json").read_text())
@@ -216,7 +216,7 @@ def test_train_and_score_study_outputs(fake, tmp_path):
 
 def test_train_study_permuted_and_channels(fake, tmp_path):
     m = T.train_study(fake, tmp_path / "p", seed=0, permute_labels=True, channels="pet", epochs=1, batch_size=16, device="cpu")
-    assert m["permuted"] is True and m["channels"] == "pet"
+    assert m["permuted"] is True and m["channels"] == "pet" and -1 <= m["permuted_label_phi"] < 1
     cfg = json.loads((tmp_path / "p/config.json").read_text())
     assert cfg["permute_labels"] is True and cfg["channels"] == "pet"
     assert T.load_run(tmp_path / "p", "cpu")[0].in_channels == 1
