@@ -403,7 +403,7 @@ def train_study(study_or_path,  # manifest path or `pdl1_dls.manifest.Study`
     tids = sorted(true_lab)
     Xt, ot = stack_slices(data, tids)
     dls_t = patient_mean(predict_slices(model, Xt, dev, cfg.eval_batch_size), ot, len(tids))
-    m = dict(seed=int(seed), channels=channels, permuted=bool(permute_labels), study=study.name,
+    m = dict(seed=int(seed), channels=channels, quick=bool(quick), permuted=bool(permute_labels), study=study.name,
              train_auc=_auc([train_lab[p] for p in tids], dls_t), inner_auc=res["inner_auc"],
              best_epoch=res["best_epoch"], epochs_run=res["epochs_run"],
              n_patients=dict(fit=len(res["fit_patients"]), inner=len(res["inner_patients"]), validation=int(len(va))),
