@@ -31,6 +31,18 @@ def _same_run(run: Path, seed: int, quick: bool, permute: bool = False) -> bool:
     except json.JSONDecodeError: return False
     return met.get("seed") == seed and bool(met.get("quick", quick)) == bool(quick) and bool(met.get("permuted", False)) == permute
 
+def _train_fresh_if_changed(trainer, study, run: Path, **kw):
+    "Resume an interrupted run; if the folder holds a run with other settings, start it again from scratch."
+    import warnings
+    try:
+        return trainer(study, run, **kw)
+    except PDL1Error as e:
+        if "other settings" not in e.problem: raise
+        warnings.warn(f"{run}: an earlier run with other settings is replaced")
+        import shutil
+        shutil.rmtree(run)
+        return trainer(study, run, **kw)
+
 def reader2_study(study: Study) -> Study | None:
     "A copy of the study whose `roi` is the second reader's ROI (None when the manifest has none)."
     if not any("roi_reader2" in c.table and c.table["roi_reader2"].notna().any() for c in study.cohorts.values()): return None
@@ -60,7 +72,7 @@ def train_and_score(manifest: str | os.PathLike | Study,  # study manifest (or a
         for ch in (models or tuple(PETCT_MODELS)):
             run = out / "models" / ch
             if not _same_run(run, seed, quick):
-                train_study(study, run, seed=seed, channels=ch, quick=quick, device=device, **kw)
+                _train_fresh_if_changed(train_study, study, run, seed=seed, channels=ch, quick=quick, device=device, **kw)
             if not (run / "dls.csv").is_file() or (run / "dls.csv").stat().st_mtime < (run / "metrics.json").stat().st_mtime:
                 score_study(study, run, device=device)
             d = pd.read_csv(run / "dls.csv", dtype={"patient_id": str})
@@ -76,7 +88,7 @@ def train_and_score(manifest: str | os.PathLike | Study,  # study manifest (or a
         from pdl1_dls.mri_train import train_mri_study, score_mri_study
         run = out / "models" / "mri"
         if not _same_run(run, seed, quick):
-            train_mri_study(study, run, seed=seed, quick=quick, device=device, **kw)
+            _train_fresh_if_changed(train_mri_study, study, run, seed=seed, quick=quick, device=device, **kw)
         if not (run / "dls.csv").is_file() or (run / "dls.csv").stat().st_mtime < (run / "metrics.json").stat().st_mtime:
             score_mri_study(study, run)
         frames.append(pd.read_csv(run / "dls.csv", dtype={"patient_id": str}).drop(columns=["cohort"], errors="ignore"))
