@@ -145,3 +145,56 @@ def test_gradcam_explorer_patient_choice(browser, voila):
     assert first not in info1 and sel.first_selected_option.text in info1
     errs = [e for e in _errors(drv) if "favicon" not in e]
     assert not errs, errs
+
+
+# ---------------------------------------------------------------- offline docs site
+
+QUICK_PAGES = "71_explore,51_stats_survival,mu2021_09_fig4_prognosis,loris_nsclc_ihc,survival_explorer"
+
+
+@pytest.fixture(scope="module")
+def docs_site(tmp_path_factory):
+    """The site to check: `_docs/` when `make docs` built it after the last notebook change (every page),
+    else a quick build of a few pages (index, an executed library page with figures, one of each other kind)."""
+    import json
+    site = REPO / "_docs"
+    newest = max(p.stat().st_mtime for p in (REPO / "nbs").rglob("*.ipynb"))
+    if (site / "pages.json").is_file() and (site / "pages.json").stat().st_mtime > newest:
+        return site, json.loads((site / "pages.json").read_text())
+    out = tmp_path_factory.mktemp("docs") / "site"
+    r = subprocess.run([sys.executable, str(REPO / "tools" / "docs.py"), "--out", str(out), "--execute", "71_explore",
+                        "--only", QUICK_PAGES], capture_output=True, text=True, timeout=400, cwd=REPO)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return out, json.loads((out / "pages.json").read_text())
+
+
+def test_docs_pages_load_and_show_figures(browser, docs_site):
+    import http.server
+    import threading
+    from functools import partial
+    site, pages = docs_site
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *a): pass
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), partial(Quiet, directory=str(site)))
+    th = threading.Thread(target=srv.serve_forever, daemon=True); th.start()
+    drv, seen = browser, {}
+    try:
+        base = f"http://127.0.0.1:{srv.server_address[1]}/"
+        _errors(drv)
+        for p in pages:
+            drv.get(base + p["page"])
+            _wait(lambda: drv.execute_script("return document.readyState") == "complete", 30, f"{p['page']} to load")
+            imgs = drv.execute_script("return Array.from(document.images).map(i => [i.complete, i.naturalWidth, i.src.slice(0, 40)]);")
+            bad = [i for i in imgs if not (i[0] and i[1] > 0)]
+            assert not bad, f"{p['page']}: images that did not load: {bad}"
+            errs = _errors(drv)
+            assert not errs, f"{p['page']}: console errors: {errs}"
+            nav = drv.execute_script("return document.querySelectorAll('#pdl1-nav a').length;")
+            assert nav == len(pages), f"{p['page']}: navigation has {nav} links, the site {len(pages)} pages"
+            seen[p["page"]] = len(imgs)
+            if p["page"] in ("index.html", "71_explore.html"):
+                drv.save_screenshot(str(ART / f"docs_{p['page'].replace('/', '_').replace('.html', '')}.png"))
+    finally:
+        srv.shutdown()
+    assert "Quick start" in open(site / "index.html").read() and "make demo" in open(site / "index.html").read()
+    assert seen.get("71_explore.html", 0) >= 1          # the executed explore page shows its KM figure
