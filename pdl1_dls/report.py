@@ -72,14 +72,21 @@ def save_figure(fig,  # a matplotlib Figure
     return d / f"{name}.png"
 
 # %% ../nbs/60_report.ipynb #de9d3cce
+_PUBLISHED_CACHE: dict = {}
+
 def published(paper: str) -> dict:
     "The published numbers of a paper (`mu2021`, `ding2025`): key -> {value, lo, hi, source, ...}."
+    files = sorted((Path(pdl1_dls.__file__).parent / "data").glob(f"published_{paper}*.yaml"))
+    stamp = tuple((str(p), p.stat().st_mtime_ns) for p in files)
+    if _PUBLISHED_CACHE.get(paper, (None,))[0] == stamp: return _PUBLISHED_CACHE[paper][1]
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
     out = {}
-    for p in sorted((Path(pdl1_dls.__file__).parent / "data").glob(f"published_{paper}*.yaml")):
-        d = yaml.safe_load(p.read_text()) or {}
+    for p in files:
+        d = yaml.load(p.read_text(), Loader=loader) or {}
         dup = set(d) & set(out)
         if dup: raise PDL1Error(f"published number(s) defined twice: {', '.join(sorted(dup))}", file=p)
         out.update(d)
+    _PUBLISHED_CACHE[paper] = (stamp, out)
     return out
 
 def record(out_dir: str | os.PathLike,  # the run folder
