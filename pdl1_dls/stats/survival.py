@@ -80,9 +80,10 @@ def _km_table(t: np.ndarray, e: np.ndarray, level: float) -> pd.DataFrame:
     with np.errstate(divide="ignore", invalid="ignore"):
         lower = np.where(ok, np.exp(np.log(np.where(ok, surv, 1)) - z * se_log), np.nan)
         upper = np.where(ok, np.minimum(1.0, np.exp(np.log(np.where(ok, surv, 1)) + z * se_log)), np.nan)
+        std_err = surv * se_log                                # 0 * inf once every patient at risk has the event
     return pd.DataFrame({"time": ut, "n_risk": n_risk.astype(int), "n_event": n_event.astype(int),
                          "n_censor": (n_out - n_event).astype(int), "surv": surv,
-                         "std_err": surv * se_log, "lower": lower, "upper": upper})
+                         "std_err": std_err, "lower": lower, "upper": upper})
 
 
 def _findq(x: np.ndarray, s: np.ndarray, p: float, xmax: float, tol: float = math.sqrt(np.finfo(float).eps)) -> float:
