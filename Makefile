@@ -14,7 +14,7 @@ endif
 DEMO_OUT ?= runs/demo
 export PDL1_DLS_DATA ?= $(abspath ../shared/data)
 
-.PHONY: install demo demo-mri test test-all export clean-nbs docs bench help
+.PHONY: install demo demo-mri test test-all export docs bench browser help
 
 help:
 	@echo "make demo      create .venv, install, generate the synthetic study, reproduce the PET/CT paper, print the report path"
@@ -41,13 +41,23 @@ demo: install
 demo-mri: install
 	$(BIN)/pdl1-dls reproduce --manifest data_manifests/demo_mri.yaml --out runs/demo_mri
 
-test: install
-	$(BIN)/python -m pytest -n 2 --dist loadfile tests
-	cd nbs && ../$(BIN)/nbdev-test --n_workers 2
+# Debian's chromium + chromedriver for the browser tests (docs pages, Voila explorers); needs root.
+# Without them the browser tests skip and say why.
+browser:
+	@if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null) \
+	      || echo "could not install chromium: browser tests will skip"; \
+	  else echo "chromium/chromedriver not installed (apt-get install chromium chromium-driver): browser tests will skip"; fi; \
+	fi
 
-test-all: install
+test: install browser
+	$(BIN)/python -m pytest -n 2 --dist loadfile tests
+	$(BIN)/nbdev-test --n_workers 2
+
+test-all: install browser
 	$(BIN)/python -m pytest -n 2 --dist loadfile -m "" tests
-	cd nbs && ../$(BIN)/nbdev-test --n_workers 2 --flags slow
+	$(BIN)/nbdev-test --n_workers 2 --flags slow
 
 export: install
 	$(BIN)/nbdev-export
