@@ -112,6 +112,7 @@ def test_survival_explorer_cutoff_slider(browser, voila):
     from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.by import By
     drv = browser
+    drv.get("about:blank"); time.sleep(1); _errors(drv)     # drop messages of the page left before
     drv.get(voila + "/voila/render/survival_explorer.ipynb")
     src0 = _wait(lambda: _img_src(drv), 120, "the KM figure")
     hr0 = _wait(lambda: _text(drv, "pdl1-hr"), 10, "the HR text")
@@ -131,6 +132,7 @@ def test_gradcam_explorer_patient_choice(browser, voila):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import Select
     drv = browser
+    drv.get("about:blank"); time.sleep(1); _errors(drv)     # drop messages of the page left before
     drv.get(voila + "/voila/render/gradcam_explorer.ipynb")
     src0 = _wait(lambda: _img_src(drv), 120, "the Grad-CAM figure")
     info0 = _text(drv, "pdl1-info")
@@ -180,7 +182,7 @@ def test_docs_pages_load_and_show_figures(browser, docs_site):
     drv, seen = browser, {}
     try:
         base = f"http://127.0.0.1:{srv.server_address[1]}/"
-        _errors(drv)
+        drv.get("about:blank"); time.sleep(1); _errors(drv)     # drop messages of a page left before (e.g. Voila's kernel shutdown)
         for p in pages:
             drv.get(base + p["page"])
             _wait(lambda: drv.execute_script("return document.readyState") == "complete", 30, f"{p['page']} to load")

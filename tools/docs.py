@@ -23,7 +23,8 @@ import re
 import shutil
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
+import subprocess
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -128,8 +129,14 @@ def execute_all(nbs: list[Path], cache: Path, n_workers: int = 2, timeout: int =
         else: todo.append((str(nb), str(dst), timeout))
     if todo:
         log(f"executing {len(todo)} notebook(s) with {n_workers} worker(s) ({len(res)} cached)")
-        with ProcessPoolExecutor(max_workers=max(1, n_workers)) as ex:
-            for src, err, secs in ex.map(_execute, todo):
+        def one(job):   # each notebook in its own interpreter: a crash or a leaked thread cannot take the build down
+            src, dst, tmo = job
+            t0 = time.time()
+            r = subprocess.run([sys.executable, __file__, "--exec-one", src, dst, str(tmo)], capture_output=True, text=True)
+            err = None if r.returncode == 0 else (r.stdout.strip().splitlines() or r.stderr.strip().splitlines() or ["failed"])[-1]
+            return src, err, time.time() - t0
+        with ThreadPoolExecutor(max_workers=max(1, n_workers)) as ex:
+            for src, err, secs in ex.map(one, todo):
                 log(f"  {Path(src).name}: {'ok' if err is None else 'FAILED: ' + err} ({secs:.0f} s)")
                 res[Path(src)] = err if err is not None else Path(next(d for s, d, _ in todo if s == src))
     return res
@@ -333,6 +340,11 @@ def build(out: str | Path = REPO / "_docs",  # output folder (replaced)
 
 
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--exec-one"]:                       # worker: execute one notebook
+        src, err, secs = _execute((argv[1], argv[2], int(argv[3])))
+        if err: print(err)
+        return 1 if err else 0
     ap = argparse.ArgumentParser(description="Build the pdl1_dls docs offline (nbdev processors + nbconvert).")
     ap.add_argument("--out", default=str(REPO / "_docs"))
     ap.add_argument("--execute", default="all", help="all | none | comma-separated notebook stems (e.g. 51_stats_survival)")
