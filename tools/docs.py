@@ -280,6 +280,7 @@ def build(out: str | Path = REPO / "_docs",  # output folder (replaced)
     import warnings
     import nbformat
     warnings.filterwarnings("ignore", message="Found cells containing imports")
+    warnings.filterwarnings("ignore", message="Cell is missing an id field")
     t0 = time.time()
     out = Path(out)
     run = Path(run_dir) if run_dir else find_demo_run()
