@@ -21,6 +21,7 @@ help:
 	@echo "make test      create .venv with the dev extras, run pytest and nbdev-test"
 	@echo "make test-all  the same with the slow end-to-end checks"
 	@echo "make export    nbdev-export + nbdev-clean (after editing notebooks in nbs/)"
+	@echo "make docs      build the documentation site offline into _docs/"
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -62,6 +63,10 @@ test-all: install browser
 export: install
 	$(BIN)/nbdev-export
 	$(BIN)/nbdev-clean
+
+# documentation site, built offline into _docs/ (Quarto users: nbdev-docs builds the full site)
+docs: install
+	$(BIN)/python tools/docs.py --out _docs
 
 bench: install
 	for b in benchmarks/*.py; do $(BIN)/python $$b; done

@@ -1,4 +1,4 @@
-"""The `pdl1-dls` command: `synth`, `validate`, `train`, `score` and `reproduce`.
+"""The `pdl1-dls` command: `synth`, `validate`, `train`, `score`, `reproduce` and `explore`.
 
 Docs: https://pdl1-dls.github.io/pdl1_dls/cli.html.md"""
 
@@ -71,6 +71,10 @@ def _cmd_reproduce(a):
         return 1
     return 0
 
+def _cmd_explore(a):
+    from pdl1_dls.explore import serve
+    return serve(a.run_dir, port=a.port)
+
 # %% ../nbs/70_cli.ipynb #0346c63f
 def build_parser() -> argparse.ArgumentParser:
     "The argument parser of `pdl1-dls`."
@@ -124,6 +128,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--quick", action="store_true", help="small bootstrap and short training (smoke test)")
     s.add_argument("--only", nargs="*", default=None, help="run only notebooks whose name contains one of these")
     s.set_defaults(func=_cmd_reproduce)
+
+    s = sub.add_parser("explore", help="serve the survival and Grad-CAM explorers of a finished run (Voila, localhost)",
+                       description="Start Voila on 127.0.0.1 with the survival and Grad-CAM explorer notebooks for RUN_DIR; no browser is opened. Ctrl-C stops it.")
+    s.add_argument("run_dir", nargs="?", default=None, help="finished run folder (default: $PDL1_DLS_RUN, else runs/demo)")
+    s.add_argument("--port", type=int, default=8866)
+    s.set_defaults(func=_cmd_explore)
     return p
 
 def main(argv: list[str] | None = None) -> int:

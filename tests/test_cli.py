@@ -15,7 +15,7 @@ def run(*args, **kw):
                           capture_output=True, text=True, **kw)
 
 
-@pytest.mark.parametrize("sub", [None, "synth", "validate", "train", "score", "reproduce"])
+@pytest.mark.parametrize("sub", [None, "synth", "validate", "train", "score", "reproduce", "explore"])
 def test_help(sub):
     r = run(*([sub] if sub else []), "--help")
     assert r.returncode == 0 and "usage: pdl1-dls" in r.stdout
