@@ -1,0 +1,125 @@
+"MRI models: local-only ImageNet weights, per-sequence net, focal loss, PCA reducer, fusion, Grad-CAM."
+import warnings
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+
+from pdl1_dls.core import PDL1Error
+from pdl1_dls.mri_models import (FeatureReducer, FusionTransformer, SequenceNet, extract_features, focal_loss,
+                                 mri_gradcam, resnet_backbone)
+
+
+@pytest.fixture(autouse=True)
+def no_download(monkeypatch):
+    def boom(*a, **k): raise AssertionError("attempted a download")
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", boom)
+    monkeypatch.setattr(torch.hub, "download_url_to_file", boom)
+
+
+def test_random_init_warns():
+    with pytest.warns(UserWarning, match="random weights"):
+        net = resnet_backbone("resnet18")
+    assert isinstance(net.fc, torch.nn.Identity) and net.n_features == 512
+    with pytest.raises(ValueError, match="backbone must be one of"):
+        resnet_backbone("vgg16")
+
+
+def test_local_weights_loaded(tmp_path):
+    torch.manual_seed(1)
+    ref = torchvision.models.resnet18(weights=None)
+    torch.save(ref.state_dict(), tmp_path / "r18.pth")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no random-init warning when a file is given
+        net = SequenceNet("resnet18", weights=tmp_path / "r18.pth")
+    assert torch.equal(net.body.conv1.weight, ref.conv1.weight)
+    assert torch.equal(net.body.layer4[-1].bn2.running_var, ref.layer4[-1].bn2.running_var)
+    # a checkpoint wrapped as {"state_dict": ...} with DataParallel prefixes also loads
+    torch.save({"state_dict": {"module." + k: v for k, v in ref.state_dict().items()}}, tmp_path / "wrapped.pth")
+    net2 = SequenceNet("resnet18", weights=tmp_path / "wrapped.pth")
+    assert torch.equal(net2.body.layer1[0].conv1.weight, ref.layer1[0].conv1.weight)
+
+
+def test_bad_weights(tmp_path):
+    torch.save(torchvision.models.resnet34(weights=None).state_dict(), tmp_path / "r34.pth")
+    with pytest.raises(PDL1Error, match=r"file=.*r34.pth: weights do not fit resnet18"):
+        resnet_backbone("resnet18", tmp_path / "r34.pth")
+    with pytest.raises(PDL1Error, match="weights file does not exist"):
+        resnet_backbone("resnet18", tmp_path / "none.pth")
+    (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
+    with pytest.raises(PDL1Error, match=r"junk.pth: cannot load weights"):
+        resnet_backbone("resnet18", tmp_path / "junk.pth")
+
+
+def test_sequence_net_and_features():
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore"); net = SequenceNet("resnet18").eval()
+    x = torch.randn(5, 3, 40, 40)
+    f, l = extract_features(net, x, batch_size=2)
+    with torch.no_grad():
+        assert np.allclose(f, net.body(x).numpy(), atol=1e-5)
+        assert np.allclose(l, net(x).numpy(), atol=1e-5)
+    assert net.target_layer is net.body.layer4[-1]
+
+
+def test_focal_loss_formula():
+    torch.manual_seed(0)
+    z, y = torch.randn(50), (torch.rand(50) > 0.5).float()
+    p = torch.sigmoid(z); pt = torch.where(y == 1, p, 1 - p); a = torch.where(y == 1, 0.5, 0.5)
+    want = (-a * (1 - pt) ** 2 * torch.log(pt)).mean()
+    assert torch.allclose(focal_loss(z, y, 0.5, 2.0), want, atol=1e-6)
+    # gamma = 0 and alpha < 0: plain BCE
+    assert torch.allclose(focal_loss(z, y, -1, 0.0), torch.nn.functional.binary_cross_entropy_with_logits(z, y), atol=1e-6)
+
+
+def test_reducer_fitted_on_training_only():
+    rng = np.random.default_rng(0)
+    tr = [rng.normal(size=(30, 64)) for _ in range(3)]
+    red = FeatureReducer(128).fit(tr)
+    assert red.k_ == 29  # n_train - 1 < 128
+    before = {k: v.copy() for k, v in red.state().items()}
+    va1 = [rng.normal(size=(9, 64)) for _ in range(3)]
+    out1 = red.transform(va1)
+    red.transform([v * 100 for v in va1])  # transforming other data changes nothing fitted
+    after = red.state()
+    assert all(np.array_equal(before[k], after[k]) for k in before)
+    # against sklearn directly: standardise -> PCA -> standardise
+    from sklearn.decomposition import PCA
+    from sklearn.preprocessing import StandardScaler
+    s1 = StandardScaler().fit(tr[1]); p = PCA(29, svd_solver="full").fit(s1.transform(tr[1]))
+    s2 = StandardScaler().fit(p.transform(s1.transform(tr[1])))
+    assert np.allclose(np.abs(out1[:, 1]), np.abs(s2.transform(p.transform(s1.transform(va1[1])))), atol=1e-4)
+    assert np.allclose(FeatureReducer.from_state(red.state()).transform(va1), out1, atol=1e-6)
+    assert red.transform(tr).shape == (30, 3, 29)
+    big = [rng.normal(size=(300, 512)) for _ in range(3)]
+    assert FeatureReducer(128).fit(big).k_ == 128
+
+
+def test_fusion_architecture_and_learning():
+    fus = FusionTransformer(d_in=16)
+    assert len(fus.encoder.layers) == 3 and fus.encoder.layers[0].self_attn.num_heads == 8
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 200)
+    tok = rng.normal(size=(200, 3, 16)).astype(np.float32); tok[:, :, 0] += 1.5 * y[:, None]  # signal in every token
+    opt = torch.optim.Adam(fus.parameters(), 1e-2)
+    for _ in range(60):
+        fus.train(); loss = focal_loss((lambda o: o[:, 1] - o[:, 0])(fus(torch.as_tensor(tok))), torch.as_tensor(y), 0.5, 2.0)
+        opt.zero_grad(); loss.backward(); opt.step()
+    d = fus.dls(tok)
+    from pdl1_dls.stats.roc import auc
+    assert ((0 < d) & (d < 1)).all() and auc(y, d) > 0.85
+    # tokens are not interchangeable: the sequence embedding makes order matter
+    assert not np.allclose(fus.dls(tok[:, ::-1].copy()), d)
+
+
+def test_gradcam_shapes_and_range():
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore"); net = SequenceNet("resnet18").eval()
+    x = torch.zeros(2, 3, 64, 64); x[:, :, :24, :24] = 3.0
+    cams1 = mri_gradcam(net, x, target=1)
+    cams0 = mri_gradcam(net, x[0], target=0)
+    assert cams1.shape == (2, 64, 64) and cams0.shape == (1, 64, 64)
+    assert np.isfinite(cams1).all() and cams1.min() >= 0 and cams1.max() <= 1 + 1e-6

@@ -1,0 +1,79 @@
+"MRI training pipeline on a tiny toy study: outputs, scoring, and fitting on training data only."
+import json
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+import SimpleITK as sitk
+
+from pdl1_dls.core import PDL1Error
+from pdl1_dls.mri_train import score_mri_study, toy_mri_table, train_mri_study
+
+TINY = dict(quick=True, device="cpu", size=32, input_size=32, epochs=1, fusion_epochs=10, backbone="resnet18")
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory):
+    d = tmp_path_factory.mktemp("toy")
+    return d, toy_mri_table(d / "img", {"train": 16, "validation": 8}, seed=0)
+
+
+def _train(tab, out, cache, **kw):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return train_mri_study(tab, out, cache_dir=cache, **{**TINY, **kw})
+
+
+def test_outputs_and_scoring(toy):
+    d, tab = toy
+    m = _train(tab, d / "run", d / "cache")
+    for f in ("metrics.json", "config.json", "dls.csv", "features.npz", "fusion.pt", "reducer.npz", "train_log.csv",
+              "skipped.csv", "cnn_t1.pt", "cnn_t2.pt", "cnn_ce_t1.pt"):
+        assert (d / "run" / f).is_file(), f
+    met = json.loads((d / "run" / "metrics.json").read_text())
+    assert met["val_auc"] == m["val_auc"] and 0 <= m["val_auc"] <= 1 and m["permuted"] is False and m["seed"] == 0
+    assert set(met["sequences"]) == {"t1", "t2", "ce_t1"} and m["n_train"] == 16 and m["pca_components"] == 15
+    dls = pd.read_csv(d / "run" / "dls.csv")
+    assert {"patient_id", "cohort", "dls", "dls_t1", "dls_t2", "dls_ce_t1", "n_slices"} <= set(dls.columns)
+    assert len(dls) == 24 and (dls.n_slices == 9).all() and dls.dls.between(0, 1).all()
+    # the cutoff is the training Youden threshold of the fused DLS
+    from pdl1_dls.stats.roc import youden_cutoff
+    tr = dls[dls.role == "train"]
+    assert m["cutoff"] == pytest.approx(youden_cutoff(tr.pdl1, tr.dls).threshold)
+    # scoring the saved run reproduces the training-time scores
+    again = score_mri_study(tab, d / "run", out_dir=d / "score", cache_dir=d / "cache")
+    assert np.allclose(again.dls, dls.dls, atol=1e-5) and (d / "score" / "features.npz").is_file()
+    with np.load(d / "score" / "features.npz") as z: assert z["tokens"].shape == (24, 3, 15)
+
+
+def test_fitted_on_training_only(toy, tmp_path):
+    "Replacing every validation image and label changes no z-score, PCA array, cutoff or training score."
+    d, tab = toy
+    _train(tab, tmp_path / "a", d / "cache")
+    tab2 = tab.copy()
+    va = tab2.role == "validation"
+    cols = ["t1", "t2", "ce_t1", "roi"]
+    tab2.loc[va, cols] = tab2.loc[va, cols].to_numpy()[::-1]  # other patients' images (an affine change would be undone by min-max)
+    tab2.loc[va, "pdl1"] = 1 - tab2.loc[va, "pdl1"]
+    _train(tab2, tmp_path / "b", d / "cache")
+    ca, cb = (json.loads((tmp_path / r / "config.json").read_text()) for r in "ab")
+    assert ca["zscore"] == cb["zscore"] and ca["cutoff"] == cb["cutoff"]
+    with np.load(tmp_path / "a" / "reducer.npz") as za, np.load(tmp_path / "b" / "reducer.npz") as zb:
+        assert set(za.files) == set(zb.files) and all(np.array_equal(za[k], zb[k]) for k in za.files)
+    da, db = (pd.read_csv(tmp_path / r / "dls.csv") for r in "ab")
+    trn = da.role == "train"
+    assert np.allclose(da.dls[trn], db.dls[trn], atol=1e-6)
+    assert not np.allclose(da.dls[~trn], db.dls[~trn], atol=1e-6)  # the validation data did change
+
+
+def test_permuted_and_bad_input(toy, tmp_path):
+    d, tab = toy
+    m = _train(tab, tmp_path / "p", d / "cache", permute_labels=True, seed=3)
+    assert m["permuted"] is True and m["seed"] == 3
+    with pytest.raises(PDL1Error, match="no cohort with role 'train'"):
+        _train(tab[tab.role != "train"], tmp_path / "x", d / "cache")
+    bad = tab.copy(); bad.loc[0, "t2"] = str(tmp_path / "missing_t2.nii.gz")
+    _train(bad, tmp_path / "s", d / "cache")
+    sk = pd.read_csv(tmp_path / "s" / "skipped.csv")
+    assert sk.patient_id.tolist() == [tab.patient_id[0]] and "does not exist" in sk.reason[0]
