@@ -163,7 +163,8 @@ def list_notebooks(paper: str | None = None,  # paper key; None lists all
                    only: list[str] | None = None,  # keep notebooks whose name contains one of these
                   ) -> list[Path]:
     "The reproduction notebooks for a paper, in run order."
-    nbs = sorted(p for p in notebooks_dir().glob("*.ipynb") if not p.name.startswith((".", "_")))
+    nbs = sorted((p for p in notebooks_dir().glob("*.ipynb") if not p.name.startswith((".", "_"))),
+                 key=lambda p: (p.stem != "study_summary", p.name))            # the study summary first
     keep = [p for p in nbs if p.stem == "study_summary" or paper is None or p.stem.startswith(f"{paper}_")]
     if only: keep = [p for p in keep if any(o in p.stem for o in only)]
     return keep
