@@ -344,6 +344,11 @@ def test_feature_heatmap_order():
     order = np.asarray(g.data2d.columns)
     assert list(order) == list(res.z.index)               # heatmap columns in dendrogram order
     assert g.data2d.shape == (32, len(truth))
+    leg = g.ax_col_dendrogram.get_legend()
+    labels = [t.get_text() for t in leg.get_texts()]
+    assert {"cluster: G1", "pdl1: 0", "pdl1: 1", "histology: SCC", "cohort: sph"} <= set(labels)
+    cols = [tuple(h.get_facecolor()) for h in leg.legend_handles]
+    assert len(set(cols)) == len(cols)                      # no two levels share a colour
     plt.close(fig)
 
 
