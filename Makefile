@@ -54,11 +54,11 @@ browser:
 
 test: install browser
 	$(BIN)/python -m pytest -n 2 --dist loadfile tests
-	$(BIN)/nbdev-test --n_workers 2
+	$(BIN)/nbdev-test --n-workers 2
 
 test-all: install browser
 	$(BIN)/python -m pytest -n 2 --dist loadfile -m "" tests
-	$(BIN)/nbdev-test --n_workers 2 --flags slow
+	$(BIN)/nbdev-test --n-workers 2 --flags slow
 
 export: install
 	$(BIN)/nbdev-export
