@@ -91,7 +91,9 @@ def train_and_score(manifest: str | os.PathLike | Study,  # study manifest (or a
             _train_fresh_if_changed(train_mri_study, study, run, seed=seed, quick=quick, device=device, **kw)
         if not (run / "dls.csv").is_file() or (run / "dls.csv").stat().st_mtime < (run / "metrics.json").stat().st_mtime:
             score_mri_study(study, run)
-        frames.append(pd.read_csv(run / "dls.csv", dtype={"patient_id": str}).drop(columns=["cohort"], errors="ignore"))
+        d = pd.read_csv(run / "dls.csv", dtype={"patient_id": str})
+        keep = [c for c in d if c.startswith("dls") and c != "dls_high"] + [c for c in ("n_slices",) if c in d]
+        frames.append(d[["patient_id"] + keep])                 # only the scores: the clinical columns come from the study
     else:
         raise PDL1Error(f"no model for modality {study.modality!r}", file=study.path)
     scores = study.table()[["patient_id", "cohort", "role"]]
