@@ -20,3 +20,13 @@ def shared_data() -> Path:
 @pytest.fixture(autouse=True)
 def _quiet_progress(monkeypatch):
     monkeypatch.setenv("PDL1_DLS_PROGRESS", "0")
+
+
+@pytest.fixture(scope="session")
+def seeds_dir() -> Path:
+    "The papers' text (shared/seeds beside the checkout, or beside $PDL1_DLS_DATA), or a skip that says why."
+    cands = [REPO.parent / "shared" / "seeds"]
+    if os.environ.get("PDL1_DLS_DATA"): cands.append(Path(os.environ["PDL1_DLS_DATA"]).parent / "seeds")
+    for c in cands:
+        if c.is_dir(): return c
+    pytest.skip("the papers' text (../shared/seeds) not found: transcription check skipped")
