@@ -53,7 +53,7 @@ browser:
 	fi
 
 test: install browser
-	$(BIN)/python -m pytest -n 2 --dist loadfile tests
+	$(BIN)/python -m pytest -n 2 --dist loadfile --durations=25 tests
 	$(BIN)/nbdev-test --n-workers 2
 
 test-all: install browser
