@@ -83,6 +83,16 @@ def test_notebooks_are_clean():
             assert not c.get("outputs"), f"{nb.name}: saved outputs (run nbdev-clean)"
 
 
+def test_docs_index_is_the_readme():
+    "nbs/index.ipynb is the nbdev site's home page (and nbdev-readme's source): it must say what README.md says."
+    import json
+    cells = json.loads((REPO / "nbs" / "index.ipynb").read_text())["cells"]
+    assert [c["cell_type"] for c in cells] == ["markdown"]
+    assert "".join(cells[0]["source"]).rstrip() == (REPO / "README.md").read_text().rstrip(), \
+        "nbs/index.ipynb and README.md differ: copy README.md into the index notebook's markdown cell"
+    assert "make demo" in "".join(cells[0]["source"]) and "make test" in "".join(cells[0]["source"])
+
+
 def test_wheel_in_clean_venv(tmp_path):
     "`pip install` of the wheel gives `import pdl1_dls`, `pdl1-dls --help` and the reproduction notebooks as package data."
     whl, src = tmp_path / "whl", tmp_path / "src"
