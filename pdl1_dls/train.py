@@ -25,8 +25,8 @@ from .core import (PDL1Error, atomic_path, atomic_write, get_device, get_setting
 from .srescnn import CHANNELS, make_model
 
 # %% auto #0
-__all__ = ['QUICK', 'toy_patients', 'split_inner', 'permute_patient_labels', 'stack_slices', 'slice_weights', 'augment',
-           'TrainConfig', 'predict_slices', 'patient_mean', 'save_state', 'load_state', 'fit', 'train_study',
+__all__ = ['QUICK', 'DIHEDRAL', 'toy_patients', 'split_inner', 'permute_patient_labels', 'stack_slices', 'slice_weights',
+           'augment', 'TrainConfig', 'predict_slices', 'patient_mean', 'save_state', 'load_state', 'fit', 'train_study',
            'load_run', 'score_study']
 
 # %% ../nbs/30_train.ipynb #d8cb7b37
@@ -144,6 +144,7 @@ class TrainConfig:
     rot90: bool = True  # augmentation: random 90° rotations
     jitter: float = 0.0  # augmentation: intensity gain/offset jitter (0: off; absolute SUV carries signal)
     eval_batch_size: int = 256  # slices per batch when scoring
+    tta: bool = True  # score with test-time augmentation: every slice's probability is the mean over its 8 flips/rotations
 
     def identity(self) -> str:
         "Hash of the settings that change the result (resume refuses a different one)."
@@ -167,25 +168,36 @@ def _auc(y, s) -> float:
     r = rankdata(np.concatenate([pos, neg]))
     return float((r[:len(pos)].sum() - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg)))
 
+DIHEDRAL = [(flip, k) for flip in (False, True) for k in range(4)]  # the 8 flips/rotations of a square image
+
+def _view(x: torch.Tensor, flip: bool, k: int) -> torch.Tensor:
+    return torch.rot90(x.flip(-1) if flip else x, k, (-2, -1))
+
 @torch.no_grad()
 def predict_slices(model: torch.nn.Module,  # a trained SResCNN
                    X: torch.Tensor,  # slices (n, C, 64, 64)
                    device=None,  # torch device; default: the model's
                    batch_size: int = 256,  # slices per batch
                    features: bool = False,  # also return the (n, 256) deep features
+                   tta: bool = False,  # test-time augmentation: average over the 8 flips/rotations (the training augmentation)
                   ):
-    "Slice probabilities (and deep features) in eval mode."
+    "Slice probabilities (and deep features) in eval mode, optionally averaged over the 8 dihedral views."
     model.eval()
     device = device or next(model.parameters()).device
     probs, feats = [], []
     for xb in torch.split(X, batch_size):
         xb = xb.to(device)
-        if features:
-            f = model.features(xb); feats.append(f.cpu())
-            logit = model.head(f).squeeze(1)
-        else:
-            logit = model(xb)
-        probs.append(torch.sigmoid(logit).cpu())
+        p_views, f_views = [], []
+        for flip, k in (DIHEDRAL if tta else [(False, 0)]):
+            xv = _view(xb, flip, k)
+            if features:
+                f = model.features(xv); f_views.append(f)
+                logit = model.head(f).squeeze(1)
+            else:
+                logit = model(xv)
+            p_views.append(torch.sigmoid(logit))
+        probs.append(torch.stack(p_views).mean(0).cpu())
+        if features: feats.append(torch.stack(f_views).mean(0).cpu())
     p = torch.cat(probs).numpy() if probs else np.zeros(0, np.float32)
     if not features: return p
     return p, (torch.cat(feats).numpy() if feats else np.zeros((0, getattr(model, "n_features", 256)), np.float32))
@@ -402,7 +414,7 @@ def train_study(study_or_path,  # manifest path or `pdl1_dls.manifest.Study`
     model = res["model"]
     tids = sorted(true_lab)
     Xt, ot = stack_slices(data, tids)
-    dls_t = patient_mean(predict_slices(model, Xt, dev, cfg.eval_batch_size), ot, len(tids))
+    dls_t = patient_mean(predict_slices(model, Xt, dev, cfg.eval_batch_size, tta=cfg.tta), ot, len(tids))
     m = dict(seed=int(seed), channels=channels, quick=bool(quick), permuted=bool(permute_labels), study=study.name,
              train_auc=_auc([train_lab[p] for p in tids], dls_t), inner_auc=res["inner_auc"],
              best_epoch=res["best_epoch"], epochs_run=res["epochs_run"],
@@ -416,7 +428,7 @@ def train_study(study_or_path,  # manifest path or `pdl1_dls.manifest.Study`
         vids = va["patient_id"].tolist()
         vdata = _select(hyper, vids, channels)
         Xv, ov = stack_slices(vdata, vids)
-        dls_v = patient_mean(predict_slices(model, Xv, dev, cfg.eval_batch_size), ov, len(vids))
+        dls_v = patient_mean(predict_slices(model, Xv, dev, cfg.eval_batch_size, tta=cfg.tta), ov, len(vids))
         auc, lo, hi = _delong(va[lab].astype(int).to_numpy(), dls_v)
         m.update(val_auc=auc, val_auc_lo=lo, val_auc_hi=hi)
         m["n_slices"]["validation"] = int(len(Xv))
@@ -463,7 +475,7 @@ def score_study(study_or_path,  # manifest path or `Study`
     data = _select(hyper, pids, cfg.channels)
     X, own = stack_slices(data, pids)
     if len(pids):
-        p, f = predict_slices(model, X, dev, cfg.eval_batch_size, features=True)
+        p, f = predict_slices(model, X, dev, cfg.eval_batch_size, features=True, tta=cfg.tta)
         dls, feats = patient_mean(p, own, len(pids)), patient_mean(f, own, len(pids))
     else:
         dls, feats = np.zeros(0), np.zeros((0, model.n_features))
