@@ -108,42 +108,80 @@ def _text(drv, cls):
     return drv.execute_script(f"const e=document.querySelector('.{cls}'); return e ? e.innerText : null;")
 
 
+def _serve(run, tmp_path_factory):
+    from pdl1_dls.explore import serve
+    port = _free_port()
+    p = serve(run, port=port, block=False, quiet=True)
+    url = f"http://127.0.0.1:{port}"
+    import urllib.request
+    _wait(lambda: urllib.request.urlopen(url + "/voila/static/voila.js", timeout=5).status == 200, 60, "Voila to start")
+    return p, url
+
+
+@pytest.fixture(scope="module")
+def voila_demo(tmp_path_factory):
+    "Voila serving the explorers for the output of `make demo` (runs/demo), as a user gets it; skips when absent."
+    run = Path(os.environ.get("PDL1_DLS_DEMO_RUN", REPO / "runs" / "demo"))
+    need = [run / "scores.csv", run / "models" / "hyper" / "model.pt"]
+    if not all(f.is_file() for f in need):
+        pytest.skip(f"no finished `make demo` output at {run} (run `make demo` first, or set PDL1_DLS_DEMO_RUN)")
+    p, url = _serve(run, tmp_path_factory)
+    try: yield url
+    finally:
+        p.terminate()
+        try: p.wait(15)
+        except subprocess.TimeoutExpired: p.kill(); p.wait(5)
+
+
+@pytest.mark.slow
+def test_explorers_on_make_demo_output(browser, voila_demo):
+    "Both explorers open on `make demo`'s run folder with no other setup, and react to their controls."
+    _check_survival(browser, voila_demo, "demo_")
+    _check_gradcam(browser, voila_demo, "demo_")
+
+
 def test_survival_explorer_cutoff_slider(browser, voila):
+    _check_survival(browser, voila, "")
+
+
+def test_gradcam_explorer_patient_choice(browser, voila):
+    _check_gradcam(browser, voila, "")
+
+
+def _check_survival(drv, voila, tag):
     from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.by import By
-    drv = browser
     drv.get("about:blank"); time.sleep(1); _errors(drv)     # drop messages of the page left before
     drv.get(voila + "/voila/render/survival_explorer.ipynb")
     src0 = _wait(lambda: _img_src(drv), 120, "the KM figure")
     hr0 = _wait(lambda: _text(drv, "pdl1-hr"), 10, "the HR text")
     assert "HR high DLS vs low DLS" in hr0 and "log-rank p=" in hr0
-    drv.save_screenshot(str(ART / "voila_survival_before.png"))
+    drv.save_screenshot(str(ART / f"{tag}voila_survival_before.png"))
     handle = drv.find_element(By.CSS_SELECTOR, ".pdl1-cutoff .noUi-handle")
     ActionChains(drv).click_and_hold(handle).move_by_offset(-90, 0).release().perform()
     src1 = _wait(lambda: (s := _img_src(drv)) != src0 and s, 60, "the KM figure to be redrawn")
     hr1 = _wait(lambda: (t := _text(drv, "pdl1-hr")) != hr0 and t, 30, "the HR to change")
-    drv.save_screenshot(str(ART / "voila_survival_after.png"))
+    drv.save_screenshot(str(ART / f"{tag}voila_survival_after.png"))
     assert src1 != src0 and hr1 != hr0
     errs = [e for e in _errors(drv) if "favicon" not in e]
     assert not errs, errs
 
 
-def test_gradcam_explorer_patient_choice(browser, voila):
+def _check_gradcam(drv, voila, tag):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import Select
-    drv = browser
     drv.get("about:blank"); time.sleep(1); _errors(drv)     # drop messages of the page left before
     drv.get(voila + "/voila/render/gradcam_explorer.ipynb")
     src0 = _wait(lambda: _img_src(drv), 120, "the Grad-CAM figure")
     info0 = _text(drv, "pdl1-info")
     assert "DLS" in info0 and "cutoff" in info0
-    drv.save_screenshot(str(ART / "voila_gradcam_before.png"))
+    drv.save_screenshot(str(ART / f"{tag}voila_gradcam_before.png"))
     sel = Select(drv.find_element(By.CSS_SELECTOR, ".pdl1-patient select"))
     first = sel.first_selected_option.text
     sel.select_by_index(1)
     src1 = _wait(lambda: (s := _img_src(drv)) != src0 and s, 60, "the Grad-CAM image of the other patient")
     info1 = _wait(lambda: (t := _text(drv, "pdl1-info")) != info0 and t, 30, "the patient's scores")
-    drv.save_screenshot(str(ART / "voila_gradcam_after.png"))
+    drv.save_screenshot(str(ART / f"{tag}voila_gradcam_after.png"))
     assert first not in info1 and sel.first_selected_option.text in info1
     errs = [e for e in _errors(drv) if "favicon" not in e]
     assert not errs, errs
