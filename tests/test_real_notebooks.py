@@ -91,3 +91,13 @@ def test_loris_outputs_written(loris_out):
         assert (loris_out / f"{stem}.png").read_bytes()[:4] == b"\x89PNG"
         assert "<svg" in (loris_out / f"{stem}.svg").read_text()[:2000]
     assert not list(loris_out.glob("*.part*"))
+
+
+def test_ibsi_mri_planes_notebook(shared_data, tmp_path):
+    "The MRI preprocessing on the 16 real IBSI T1 MR: every patient's max-area planes match an independent argmax."
+    run_nb(REPO / "nbs" / "real" / "ibsi_mri_planes.ipynb", shared_data, tmp_path)
+    tab = pd.read_csv(tmp_path / "tables" / "ibsi_t1_planes.csv")
+    assert len(tab) == 16 and tab.independent_match.all()
+    assert (tab.crop_side_mm > 0).all() and (tab[["area_axial_mm2", "area_coronal_mm2", "area_sagittal_mm2"]] > 0).all().all()
+    assert ((tab.volume_ml_1mm - tab.volume_ml_native).abs() <= 0.1 * tab.volume_ml_native).all()
+    assert (tmp_path / "figures" / "ibsi_t1_planes.png").stat().st_size > 10_000
