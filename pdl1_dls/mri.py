@@ -21,7 +21,7 @@ from .core import PDL1Error, atomic_path, progress
 
 SEQUENCES = ("t1", "t2", "ce_t1")  # sequence keys of the manifest, in model order
 PLANES = ("axial", "coronal", "sagittal")  # plane order within a sequence
-CACHE_VERSION = 1  # bump when the preprocessing changes what it writes
+CACHE_VERSION = 2  # bump when the preprocessing changes what it writes
 
 # %% auto #0
 __all__ = ['SEQUENCES', 'PLANES', 'CACHE_VERSION', 'physical_box', 'same_grid', 'check_shared_frame', 'max_area_indices',
@@ -129,7 +129,7 @@ class MRIParams:
     size: int = 224  # output side in pixels (the paper: 224)
     margin_mm: float | None = 10.0  # margin around the tumour's bounding cube; None keeps the whole field of view
     pct: tuple = (0.5, 99.5)  # percentiles mapped to 0 and 1 by the min-max step
-    range_region: str = "background"  # where the min-max percentiles are taken: "background" (outside the ROI) or "volume"
+    range_region: str = "union"  # min-max percentiles: "union" (background, top raised to the tumour's), "background" or "volume"
     zscore: str = "none"  # "none" (stored 0–1; the trainer z-scores per sequence) or "image"
     roi_resample: bool = False  # carry a ROI that is not on the CE-T1WI grid (same frame) by nearest neighbour
     dir_tol: float = 1e-2  # tolerance on direction cosines in the frame check
@@ -178,12 +178,14 @@ def mri_slices(images: dict,  # sequence key -> image path (or sitk.Image); must
         if k != ref_key:
             check_shared_frame(ref, img, tb, p.dir_tol, patient, files.get(k))
         arr = sitk.GetArrayViewFromImage(img)
-        if p.range_region == "background":
+        if p.range_region in ("union", "background"):
             ex = m if k == ref_key or same_grid(img, ref) else sitk.GetArrayViewFromImage(
                 sitk.Resample(msk, img, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)) > 0
         elif p.range_region == "volume": ex = None
-        else: raise ValueError(f"range_region must be 'background' or 'volume', not {p.range_region!r}")
+        else: raise ValueError(f"range_region must be 'union', 'background' or 'volume', not {p.range_region!r}")
         lo, hi = _robust_range(arr, p.pct, exclude=ex)
+        if p.range_region == "union" and ex is not None and ex.shape == arr.shape and ex.any():
+            hi = max(hi, float(np.percentile(np.asarray(arr)[ex], p.pct[1])))  # never clip the tumour's bright end
         ranges[k] = (lo, hi)
         vol = sitk.GetArrayFromImage(sitk.Resample(sitk.Cast(img, sitk.sitkFloat32), grid, sitk.Transform(),
                                                    sitk.sitkBSpline, lo, sitk.sitkFloat32))
