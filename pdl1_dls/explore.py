@@ -257,7 +257,7 @@ from .analysis import PETCT_MODELS
 TARGETS = {1: "PD-L1 positive filter", 0: "PD-L1 negative filter"}
 
 class GradcamExplorer:
-    "Per-patient Grad-CAM of a finished PET/CT run: lists of choices, the patient's scores and the figure."
+    "Per-patient Grad-CAM of a finished PET/CT or MRI run: lists of choices, the patient's scores and the figure."
     def __init__(self,
                  run: str | os.PathLike | Run | None = None,  # run folder (or an opened `Run`); default `default_run_dir()`
                  manifest=None,  # study manifest; default from provenance.json
@@ -265,11 +265,14 @@ class GradcamExplorer:
                 ):
         self.run = run if isinstance(run, Run) else open_run(run, manifest)
         self.study, self.table = self.run.study, self.run.table
-        if self.study.modality != "petct":
-            raise PDL1Error(f"the Grad-CAM explorer shows PET/CT runs; this run's study is {self.study.modality!r}", file=self.study.path)
+        self.modality = self.study.modality
+        if self.modality not in ("petct", "mri"):
+            raise PDL1Error(f"the Grad-CAM explorer shows PET/CT and MRI runs, not {self.modality!r}", file=self.study.path)
         self.device = device
         self._models, self._hyper, self._cams, self._cuts = {}, {}, {}, {}
         mdir = self.run.run_dir / "models"
+        if self.modality == "mri":
+            self._init_mri(mdir); return
         self.model_names = [m for m in PETCT_MODELS if (mdir / m / "model.pt").is_file() and (mdir / m / "config.json").is_file()]
         if not self.model_names: raise PDL1Error("no trained PET/CT model in the run folder", file=mdir)
         cd = Path(get_settings().cache_dir)
@@ -277,6 +280,33 @@ class GradcamExplorer:
         bases = [Path("/")] if cd.is_absolute() else [self.run.run_dir, *([sf.parent] if sf else []), Path.cwd()]
         found = [b / cd / "petct" / self.study.name for b in bases if (b / cd / "petct" / self.study.name).is_dir()]
         self.cache_dir = found[0] if found else None   # where training cached them; else build in memory only
+
+    def _find_cache(self, kind: str) -> Path | None:
+        cd = Path(get_settings().cache_dir)
+        sf = find_settings_file()
+        bases = [Path("/")] if cd.is_absolute() else [self.run.run_dir, *([sf.parent] if sf else []), Path.cwd()]
+        found = [b / cd / kind / self.study.name for b in bases if (b / cd / kind / self.study.name).is_dir()]
+        return found[0] if found else None
+
+    def _init_mri(self, mdir: Path):
+        "MRI run: the per-sequence CNNs of models/mri; 'slices' are the three maximum-area planes."
+        from pdl1_dls.mri_train import MRIRun
+        if not (mdir / "mri" / "config.json").is_file(): raise PDL1Error("no trained MRI model in the run folder", file=mdir / "mri")
+        self.mri = MRIRun.load(mdir / "mri")
+        self.model_names = list(self.mri.cfg.sequences)
+        self.cache_dir = self._find_cache("mri")
+
+    def mri_input(self, pid: str) -> tuple[np.ndarray, dict]:
+        "The patient's 2.5D MRI input (sequence, plane, size, size) in 0–1 and its metadata (through the run's cache)."
+        if pid not in self._hyper:
+            from pdl1_dls.mri import MRIParams, cached_mri_slices, mri_slices
+            r = self._row(pid)
+            cfg = self.mri.cfg
+            prm = MRIParams(size=cfg.size, margin_mm=cfg.margin_mm, sequences=tuple(cfg.sequences))
+            imgs = {k: r[k] for k in cfg.sequences}
+            self._hyper[pid] = (cached_mri_slices(imgs, r["roi"], self.cache_dir, prm, pid) if self.cache_dir
+                                else mri_slices(imgs, r["roi"], prm, pid))
+        return self._hyper[pid]
 
     def cohorts(self) -> list[str]:
         "Cohorts with at least one scored patient."
@@ -303,8 +333,18 @@ class GradcamExplorer:
         return self._hyper[pid]
 
     def slices(self, pid: str) -> list[int]:
-        "Axial CT slice index of each hyper-image of the patient."
+        "Axial CT slice index of each hyper-image of the patient (MRI: the slice index of each maximum-area plane)."
+        if self.modality == "mri":
+            from pdl1_dls.mri import PLANES
+            return [int(self.mri_input(pid)[1]["slice_index"][q]) for q in PLANES]
         return [int(s) for s in self.hyperimages(pid).slices]
+
+    def slice_label(self, pid: str, pos: int) -> str:
+        "How the slider position reads: 'CT slice 17' or 'axial plane, slice 35'."
+        if self.modality == "mri":
+            from pdl1_dls.mri import PLANES
+            return f"{PLANES[pos]} plane, slice {self.slices(pid)[pos]}"
+        return f"CT slice {self.slices(pid)[pos]}"
 
     def model(self, name: str = "hyper"):
         "(model, config) of one trained model of the run."
@@ -317,6 +357,17 @@ class GradcamExplorer:
     def cams(self, pid: str, model: str = "hyper", target: int = 1) -> np.ndarray:
         "Grad-CAM maps (n_slices, 64, 64) in [0, 1] of every hyper-image of the patient."
         key = (pid, model, int(target))
+        if key not in self._cams and self.modality == "mri":
+            import torch
+            import torch.nn.functional as F
+            from pdl1_dls.mri_models import mri_gradcam
+            from pdl1_dls.mri_train import _prep
+            if model not in self.model_names: raise ValueError(f"model must be one of {self.model_names}, not {model!r}")
+            s = self.model_names.index(model)
+            x = self.mri_input(pid)[0][s]
+            cam = mri_gradcam(self.mri.models[s], _prep(x[None], *self.mri.zscore[s], self.mri.cfg.input_size), int(target))
+            cam = F.interpolate(torch.as_tensor(cam, dtype=torch.float32)[:, None], size=x.shape[-2:], mode="bilinear")[:, 0].numpy()
+            self._cams[key] = np.repeat(cam, len(x), 0)   # one map for the three planes the CNN sees together
         if key not in self._cams:
             from pdl1_dls.explain import gradcam
             from pdl1_dls.srescnn import CHANNELS
@@ -326,8 +377,8 @@ class GradcamExplorer:
         return self._cams[key]
 
     def cutoff(self, model: str = "hyper") -> float:
-        "Training (Youden) cutoff of the model's score."
-        if model == "hyper": return self.run.cutoff
+        "Training (Youden) cutoff of the model's score (MRI: of the fused DLS)."
+        if model == "hyper" or self.modality == "mri": return self.run.cutoff
         if model not in self._cuts:
             from pdl1_dls.analysis import training_cutoff
             self._cuts[model] = training_cutoff(self.table, self.study.label_column, PETCT_MODELS[model])
@@ -336,8 +387,10 @@ class GradcamExplorer:
     def info(self, pid: str, model: str = "hyper") -> dict:
         "The patient's cohort, score of the model, cutoff, predicted group, IHC label and TPS."
         r = self._row(pid)
-        col = PETCT_MODELS[model]
+        col = "dls" if self.modality == "mri" else PETCT_MODELS[model]
         dls = float(r[col]) if col in r and pd.notna(r[col]) else float("nan")
+        seq = f"dls_{model}" if self.modality == "mri" else None
+        seq_score = float(r[seq]) if seq and seq in r and pd.notna(r[seq]) else None
         cut = self.cutoff(model)
         lab = r.get(self.study.label_column)
         src = self.study.label_source
@@ -345,11 +398,13 @@ class GradcamExplorer:
                     group=("high DLS" if dls >= cut else "low DLS") if np.isfinite(dls) else "not scored",
                     label=None if pd.isna(lab) else int(lab),
                     label_text="unlabelled" if pd.isna(lab) else ("PD-L1 positive" if int(lab) else "PD-L1 negative"),
-                    ihc=None if not src or src not in r or pd.isna(r[src]) else float(r[src]), ihc_name=src)
+                    ihc=None if not src or src not in r or pd.isna(r[src]) else float(r[src]), ihc_name=src,
+                    sequence_score=seq_score)
 
     def figure(self, pid: str, slice_pos: int = 0, model: str = "hyper", target: int = 1, alpha: float = 0.45):
         "CT, PET, fusion, and Grad-CAM over CT and over fusion for one hyper-image slice; returns the figure."
         import matplotlib.pyplot as plt
+        if self.modality == "mri": return self._mri_figure(pid, slice_pos, model, target, alpha)
         hi = self.hyperimages(pid)
         if not 0 <= slice_pos < len(hi): raise ValueError(f"slice_pos must be in 0..{len(hi) - 1}, not {slice_pos}")
         cam = self.cams(pid, model, target)[slice_pos]
@@ -365,6 +420,32 @@ class GradcamExplorer:
         ihc = f", {inf['ihc_name']} {inf['ihc']:g}" if inf["ihc"] is not None else ""
         fig.suptitle(f"{pid} ({inf['cohort']}), CT slice {hi.slices[slice_pos]} — {model} model, {TARGETS[int(target)]}\n"
                      f"DLS {inf['dls']:.3f} vs cutoff {inf['cutoff']:.3f} → {inf['group']}; IHC: {inf['label_text']}{ihc}",
+                     fontsize=9)
+        fig.tight_layout()
+        return fig
+
+    def _mri_figure(self, pid, slice_pos, model, target, alpha):
+        import matplotlib.pyplot as plt
+        from pdl1_dls.mri import PLANES
+        x, _ = self.mri_input(pid)
+        if not 0 <= slice_pos < x.shape[1]: raise ValueError(f"slice_pos must be in 0..{x.shape[1] - 1}, not {slice_pos}")
+        s = self.model_names.index(model) if model in self.model_names else None
+        if s is None: raise ValueError(f"model must be one of {self.model_names}, not {model!r}")
+        cam = self.cams(pid, model, target)[slice_pos]
+        inf = self.info(pid, model)
+        fig, axes = plt.subplots(1, 4, figsize=(9.5, 2.9))
+        axes[0].imshow(x[s, slice_pos], cmap="gray", vmin=0, vmax=1); axes[0].set_title(f"{model} {PLANES[slice_pos]}", fontsize=9)
+        axes[1].imshow(x[s, slice_pos], cmap="gray", vmin=0, vmax=1); axes[1].imshow(cam, cmap="jet", alpha=alpha, vmin=0, vmax=1)
+        axes[1].set_title("Grad-CAM overlay", fontsize=9)
+        for ax, q in zip(axes[2:], [q for i, q in enumerate(PLANES) if i != slice_pos]):
+            i = PLANES.index(q)
+            ax.imshow(x[s, i], cmap="gray", vmin=0, vmax=1); ax.imshow(cam, cmap="jet", alpha=alpha, vmin=0, vmax=1)
+            ax.set_title(f"{q} (same map)", fontsize=9)
+        for ax in axes: ax.axis("off")
+        ihc = f", {inf['ihc_name']} {inf['ihc']:g}" if inf["ihc"] is not None else ""
+        sq = f"; {model} CNN probability {inf['sequence_score']:.3f}" if inf["sequence_score"] is not None else ""
+        fig.suptitle(f"{pid} ({inf['cohort']}), {self.slice_label(pid, slice_pos)} — {model} CNN, {TARGETS[int(target)]}\n"
+                     f"fused DLS {inf['dls']:.3f} vs cutoff {inf['cutoff']:.3f} → {inf['group']}{sq}; IHC: {inf['label_text']}{ihc}",
                      fontsize=9)
         fig.tight_layout()
         return fig
@@ -457,7 +538,7 @@ def gradcam_app(run_dir: str | os.PathLike | None = None,  # run folder; default
         ihc = f" ({d['ihc_name']} {d['ihc']:g})" if d["ihc"] is not None else ""
         info.value = (f"<div class='pdl1-info-text'><b>{html.escape(pid)}</b> — cohort {html.escape(str(d['cohort']))}; "
                       f"DLS {d['dls']:.3f}; cutoff {d['cutoff']:.3f} → {d['group']}; IHC {html.escape(d['label_text'])}{ihc}; "
-                      f"CT slice {gx.slices(pid)[sl.value]}</div>")
+                      f"{html.escape(gx.slice_label(pid, sl.value))}</div>")
 
     def on_patient(_):
         if patient.value is None: return

@@ -201,3 +201,50 @@ def test_voila_command_is_local():
     cmd = voila_command(8899)
     assert "--Voila.ip=127.0.0.1" in cmd and "--no-browser" in cmd and "--port=8899" in cmd
     assert all((explorers_dir() / n).is_file() for n in EXPLORERS)
+
+
+@pytest.fixture(scope="module")
+def mri_run_dir(tmp_path_factory):
+    "A tiny synthetic MRI study quick-trained and scored by the real pipeline, with provenance.json as reproduce writes it."
+    from pdl1_dls.analysis import train_and_score
+    from pdl1_dls.synth import make_mri_study
+    root = tmp_path_factory.mktemp("explore_mri")
+    m = make_mri_study(root / "study", scale="tiny", seed=0)
+    run = root / "run"
+    train_and_score(m, run, seed=0, quick=True)
+    (run / "provenance.json").write_text(json.dumps({"manifest": str(m)}))
+    return run
+
+
+def test_gradcam_explorer_mri(mri_run_dir):
+    "MRI runs: one model per sequence, the three maximum-area planes as slices, the fused DLS and cutoff, Grad-CAM per sequence."
+    import matplotlib.pyplot as plt
+    import pandas as pd
+    from pdl1_dls.explore import GradcamExplorer, gradcam_app
+    from pdl1_dls.mri_train import MRIRun
+    gx = GradcamExplorer(mri_run_dir)
+    assert gx.modality == "mri" and gx.model_names == ["t1", "t2", "ce_t1"]
+    pid = gx.patients(gx.cohorts()[0])[0]
+    x, meta = gx.mri_input(pid)
+    assert x.shape[:2] == (3, 3) and len(gx.slices(pid)) == 3
+    assert gx.slices(pid) == [meta["slice_index"][q] for q in ("axial", "coronal", "sagittal")]
+    assert gx.slice_label(pid, 1).startswith("coronal plane, slice ")
+    inf = gx.info(pid, "ce_t1")
+    sc = pd.read_csv(mri_run_dir / "scores.csv", dtype={"patient_id": str}).set_index("patient_id")
+    assert inf["dls"] == pytest.approx(sc.loc[pid, "dls"]) and inf["sequence_score"] == pytest.approx(sc.loc[pid, "dls_ce_t1"])
+    assert inf["cutoff"] == pytest.approx(gx.run.cutoff)
+    # the map is the sequence CNN's own Grad-CAM (pdl1_dls.mri_models.mri_gradcam on the normalised input), resized
+    from pdl1_dls.mri_models import mri_gradcam
+    from pdl1_dls.mri_train import _prep
+    run = MRIRun.load(mri_run_dir / "models" / "mri")
+    ref = mri_gradcam(run.models[2], _prep(x[2][None], *run.zscore[2], run.cfg.input_size), 1)[0]
+    cams = gx.cams(pid, "ce_t1", 1)
+    assert cams.shape == (3, *x.shape[-2:]) and np.allclose(cams[0], cams[2]) and 0 <= cams.min() and cams.max() <= 1
+    assert abs(float(cams[0].mean()) - float(ref.mean())) < 0.05
+    assert not np.allclose(gx.cams(pid, "t1", 1), cams)          # another sequence, another CNN, another map
+    fig = gx.figure(pid, 2, "t2", 0)
+    assert len(fig.axes) == 4 and "sagittal plane" in fig._suptitle.get_text() and "fused DLS" in fig._suptitle.get_text()
+    plt.close(fig)
+    with pytest.raises(ValueError): gx.figure(pid, 0, "hyper", 1)
+    box = gradcam_app(mri_run_dir)
+    assert box.explorer.modality == "mri"
