@@ -74,11 +74,15 @@ def split_inner(labels: dict,  # patient_id -> 0/1 (training patients)
 
 def permute_patient_labels(labels: dict,  # patient_id -> 0/1
                    seed: int = 0,  # seed of the permutation
+                   max_phi: float | None = 0.1,  # redraw a permutation whose labels keep |φ| > max_phi with the truth; None: any
                   ) -> dict:
     "The null control: labels shuffled among patients (class counts kept; slices follow their patient)."
     pids = sorted(labels)
     rng = np.random.default_rng([seed, 2])
-    vals = np.array([labels[p] for p in pids])[rng.permutation(len(pids))]
+    y = np.array([labels[p] for p in pids])
+    for _ in range(1000):
+        vals = y[rng.permutation(len(pids))]
+        if max_phi is None or len(np.unique(y)) < 2 or abs(np.corrcoef(y, vals)[0, 1]) <= max_phi: break
     return {p: int(v) for p, v in zip(pids, vals)}
 
 # %% ../nbs/30_train.ipynb #b5fd2298
