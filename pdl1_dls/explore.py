@@ -275,13 +275,10 @@ class GradcamExplorer:
             self._init_mri(mdir); return
         self.model_names = [m for m in PETCT_MODELS if (mdir / m / "model.pt").is_file() and (mdir / m / "config.json").is_file()]
         if not self.model_names: raise PDL1Error("no trained PET/CT model in the run folder", file=mdir)
-        cd = Path(get_settings().cache_dir)
-        sf = find_settings_file()
-        bases = [Path("/")] if cd.is_absolute() else [self.run.run_dir, *([sf.parent] if sf else []), Path.cwd()]
-        found = [b / cd / "petct" / self.study.name for b in bases if (b / cd / "petct" / self.study.name).is_dir()]
-        self.cache_dir = found[0] if found else None   # where training cached them; else build in memory only
+        self.cache_dir = self._find_cache("petct")   # where training cached them; else build in memory only
 
     def _find_cache(self, kind: str) -> Path | None:
+        "The run's per-patient cache folder of `kind` (petct, mri): settings cache_dir beside the run, the settings or cwd."
         cd = Path(get_settings().cache_dir)
         sf = find_settings_file()
         bases = [Path("/")] if cd.is_absolute() else [self.run.run_dir, *([sf.parent] if sf else []), Path.cwd()]
