@@ -352,7 +352,7 @@ class GradcamExplorer:
         return self._models[name]
 
     def cams(self, pid: str, model: str = "hyper", target: int = 1) -> np.ndarray:
-        "Grad-CAM maps (n_slices, 64, 64) in [0, 1] of every hyper-image of the patient."
+        "Grad-CAM maps (n_slices, h, w) in [0, 1]: every hyper-image (PET/CT), or the three planes (MRI: one map, repeated)."
         key = (pid, model, int(target))
         if key not in self._cams and self.modality == "mri":
             import torch
@@ -414,9 +414,13 @@ class GradcamExplorer:
             ax.imshow(base, cmap="gray", vmin=0, vmax=1); ax.imshow(cam, cmap="jet", alpha=alpha, vmin=0, vmax=1)
             ax.set_title(t, fontsize=9)
         for ax in axes: ax.axis("off")
+        return self._titled(fig, pid, slice_pos, f"{model} model", target, inf, "DLS")
+
+    def _titled(self, fig, pid, slice_pos, what, target, inf, dls_name, extra=""):
+        "The figures' common title: patient, slice, model and target; score vs cutoff, group, IHC."
         ihc = f", {inf['ihc_name']} {inf['ihc']:g}" if inf["ihc"] is not None else ""
-        fig.suptitle(f"{pid} ({inf['cohort']}), CT slice {hi.slices[slice_pos]} — {model} model, {TARGETS[int(target)]}\n"
-                     f"DLS {inf['dls']:.3f} vs cutoff {inf['cutoff']:.3f} → {inf['group']}; IHC: {inf['label_text']}{ihc}",
+        fig.suptitle(f"{pid} ({inf['cohort']}), {self.slice_label(pid, slice_pos)} — {what}, {TARGETS[int(target)]}\n"
+                     f"{dls_name} {inf['dls']:.3f} vs cutoff {inf['cutoff']:.3f} → {inf['group']}{extra}; IHC: {inf['label_text']}{ihc}",
                      fontsize=9)
         fig.tight_layout()
         return fig
@@ -426,26 +430,19 @@ class GradcamExplorer:
         from pdl1_dls.mri import PLANES
         x, _ = self.mri_input(pid)
         if not 0 <= slice_pos < x.shape[1]: raise ValueError(f"slice_pos must be in 0..{x.shape[1] - 1}, not {slice_pos}")
-        s = self.model_names.index(model) if model in self.model_names else None
-        if s is None: raise ValueError(f"model must be one of {self.model_names}, not {model!r}")
-        cam = self.cams(pid, model, target)[slice_pos]
+        cam = self.cams(pid, model, target)[slice_pos]   # checks `model`
+        s = self.model_names.index(model)
         inf = self.info(pid, model)
-        fig, axes = plt.subplots(1, 4, figsize=(9.5, 2.9))
-        axes[0].imshow(x[s, slice_pos], cmap="gray", vmin=0, vmax=1); axes[0].set_title(f"{model} {PLANES[slice_pos]}", fontsize=9)
-        axes[1].imshow(x[s, slice_pos], cmap="gray", vmin=0, vmax=1); axes[1].imshow(cam, cmap="jet", alpha=alpha, vmin=0, vmax=1)
-        axes[1].set_title("Grad-CAM overlay", fontsize=9)
-        for ax, q in zip(axes[2:], [q for i, q in enumerate(PLANES) if i != slice_pos]):
-            i = PLANES.index(q)
-            ax.imshow(x[s, i], cmap="gray", vmin=0, vmax=1); ax.imshow(cam, cmap="jet", alpha=alpha, vmin=0, vmax=1)
-            ax.set_title(f"{q} (same map)", fontsize=9)
-        for ax in axes: ax.axis("off")
-        ihc = f", {inf['ihc_name']} {inf['ihc']:g}" if inf["ihc"] is not None else ""
+        order = [slice_pos] + [i for i in range(len(PLANES)) if i != slice_pos]
+        panels = [(order[0], False, f"{model} {PLANES[slice_pos]}"), (order[0], True, "Grad-CAM overlay")] + \
+                 [(i, True, f"{PLANES[i]} (same map)") for i in order[1:]]
+        fig, axes = plt.subplots(1, len(panels), figsize=(9.5, 2.9))
+        for ax, (i, overlay, title) in zip(axes, panels):
+            ax.imshow(x[s, i], cmap="gray", vmin=0, vmax=1)
+            if overlay: ax.imshow(cam, cmap="jet", alpha=alpha, vmin=0, vmax=1)
+            ax.set_title(title, fontsize=9); ax.axis("off")
         sq = f"; {model} CNN probability {inf['sequence_score']:.3f}" if inf["sequence_score"] is not None else ""
-        fig.suptitle(f"{pid} ({inf['cohort']}), {self.slice_label(pid, slice_pos)} — {model} CNN, {TARGETS[int(target)]}\n"
-                     f"fused DLS {inf['dls']:.3f} vs cutoff {inf['cutoff']:.3f} → {inf['group']}{sq}; IHC: {inf['label_text']}{ihc}",
-                     fontsize=9)
-        fig.tight_layout()
-        return fig
+        return self._titled(fig, pid, slice_pos, f"{model} CNN", target, inf, "fused DLS", sq)
 
 # %% ../nbs/71_explore.ipynb #0425ead7
 def _html_table(df: pd.DataFrame, caption: str) -> str:

@@ -2,6 +2,7 @@
 react to their controls, and every page of the offline docs site loads without console errors and shows
 its figures. Screenshots go to test-artifacts/. Skips with the reason when chromium, chromedriver or
 selenium is missing (`make test` installs them)."""
+import contextlib
 import os
 import shutil
 import socket
@@ -77,26 +78,30 @@ def _errors(drv) -> list:
 
 # ---------------------------------------------------------------- Voila explorers
 
-@pytest.fixture(scope="module")
-def voila(tmp_path_factory):
-    "Voila on 127.0.0.1 serving the explorers for a small finished run; stopped at the end."
-    sys.path.insert(0, str(Path(__file__).parent))
-    from test_explore import make_run
+@contextlib.contextmanager
+def _served(run):
+    "Voila on 127.0.0.1 serving the explorers for `run` (what `pdl1-dls explore RUN` starts); stopped on exit."
+    import urllib.request
     from pdl1_dls.explore import serve
-    run = make_run(tmp_path_factory.mktemp("voila"))
     port = _free_port()
-    log = open(tmp_path_factory.mktemp("voila-log") / "voila.log", "w")
     p = serve(run, port=port, block=False, quiet=True)
     try:
         url = f"http://127.0.0.1:{port}"
-        import urllib.request
         _wait(lambda: urllib.request.urlopen(url + "/voila/static/voila.js", timeout=5).status == 200, 60, "Voila to start")
         yield url
     finally:
         p.terminate()
         try: p.wait(15)
         except subprocess.TimeoutExpired: p.kill(); p.wait(5)
-        log.close()
+
+
+@pytest.fixture(scope="module")
+def voila(tmp_path_factory):
+    "The explorers served for a small finished run."
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_explore import make_run
+    with _served(make_run(tmp_path_factory.mktemp("voila"))) as url:
+        yield url
 
 
 def _img_src(drv):
@@ -108,29 +113,15 @@ def _text(drv, cls):
     return drv.execute_script(f"const e=document.querySelector('.{cls}'); return e ? e.innerText : null;")
 
 
-def _serve(run, tmp_path_factory):
-    from pdl1_dls.explore import serve
-    port = _free_port()
-    p = serve(run, port=port, block=False, quiet=True)
-    url = f"http://127.0.0.1:{port}"
-    import urllib.request
-    _wait(lambda: urllib.request.urlopen(url + "/voila/static/voila.js", timeout=5).status == 200, 60, "Voila to start")
-    return p, url
-
-
 @pytest.fixture(scope="module")
-def voila_demo(tmp_path_factory):
+def voila_demo():
     "Voila serving the explorers for the output of `make demo` (runs/demo), as a user gets it; skips when absent."
     run = Path(os.environ.get("PDL1_DLS_DEMO_RUN", REPO / "runs" / "demo"))
     need = [run / "scores.csv", run / "models" / "hyper" / "model.pt"]
     if not all(f.is_file() for f in need):
         pytest.skip(f"no finished `make demo` output at {run} (run `make demo` first, or set PDL1_DLS_DEMO_RUN)")
-    p, url = _serve(run, tmp_path_factory)
-    try: yield url
-    finally:
-        p.terminate()
-        try: p.wait(15)
-        except subprocess.TimeoutExpired: p.kill(); p.wait(5)
+    with _served(run) as url:
+        yield url
 
 
 @pytest.mark.slow
