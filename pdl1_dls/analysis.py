@@ -19,17 +19,24 @@ from .core import PDL1Error, atomic_path, write_json
 from .manifest import Study, load_study
 
 # %% auto #0
-__all__ = ['PETCT_MODELS', 'PAPER_COHORTS', 'reader2_study', 'train_and_score', 'paper_cohorts', 'training_cutoff', 'load_scores']
+__all__ = ['PETCT_MODELS', 'PAPER_COHORTS', 'mri_profile', 'reader2_study', 'train_and_score', 'paper_cohorts', 'training_cutoff',
+           'load_scores']
 
 # %% ../nbs/61_analysis.ipynb #f14c937d
 PETCT_MODELS = {"hyper": "dls", "pet": "dls_pet", "ct": "dls_ct"}   # channels -> score column
 
-def _same_run(run: Path, seed: int, quick: bool, permute: bool = False) -> bool:
+def _same_run(run: Path, seed: int, quick: bool, permute: bool = False, profile: str | None = None) -> bool:
     m = run / "metrics.json"
     if not m.is_file() or not (run / "model.pt").is_file() and not (run / "fusion.pt").is_file(): return False
     try: met = json.loads(m.read_text())
     except json.JSONDecodeError: return False
+    if profile is not None and met.get("profile", "quick" if met.get("quick") else "paper") != profile: return False
     return met.get("seed") == seed and bool(met.get("quick", quick)) == bool(quick) and bool(met.get("permuted", False)) == permute
+
+def mri_profile(study: Study, quick: bool = False, profile: str | None = None) -> str:
+    "The MRI training profile a run of `study` uses: quick, else `profile`, else the manifest's `train.profile`, else paper."
+    if quick: return "quick"
+    return profile or (study.spec.get("train") or {}).get("profile") or "paper"
 
 def _train_fresh_if_changed(trainer, study, run: Path, **kw):
     "Resume an interrupted run; if the folder holds a run with other settings, start it again from scratch."
@@ -87,7 +94,7 @@ def train_and_score(manifest: str | os.PathLike | Study,  # study manifest (or a
     elif study.modality == "mri":
         from pdl1_dls.mri_train import train_mri_study, score_mri_study
         run = out / "models" / "mri"
-        if not _same_run(run, seed, quick):
+        if not _same_run(run, seed, quick, profile=mri_profile(study, quick, kw.get("profile"))):
             _train_fresh_if_changed(train_mri_study, study, run, seed=seed, quick=quick, device=device, **kw)
         if not (run / "dls.csv").is_file() or (run / "dls.csv").stat().st_mtime < (run / "metrics.json").stat().st_mtime:
             score_mri_study(study, run)

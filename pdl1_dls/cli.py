@@ -42,7 +42,7 @@ def _cmd_train(a):
     if study.modality == "mri":
         from pdl1_dls.mri_train import train_mri_study
         m = train_mri_study(study, a.out, seed=a.seed, permute_labels=a.permute_labels, backbone=a.backbone,
-                            weights=a.weights, quick=a.quick, device=a.device)
+                            weights=a.weights, quick=a.quick, profile=a.profile, device=a.device)
     else:
         from pdl1_dls.train import train_study
         m = train_study(study, a.out, seed=a.seed, permute_labels=a.permute_labels, channels=a.channels,
@@ -106,7 +106,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--permute-labels", action="store_true", help="train on permuted labels: the null control")
     s.add_argument("--channels", choices=["hyper", "pet", "ct"], default="hyper", help="PET/CT input: hyper-image or one modality (ablation)")
     s.add_argument("--epochs", type=int, default=None)
-    s.add_argument("--backbone", default="resnet18", help="MRI backbone (resnet18, resnet50, resnet101)")
+    s.add_argument("--backbone", default=None, help="MRI backbone (resnet18, resnet50, resnet101); default: the manifest's, else resnet18")
+    s.add_argument("--profile", default=None, choices=["paper", "cpu", "quick"],
+                   help="MRI training profile; default: the manifest's train.profile, else paper")
     s.add_argument("--weights", default=None, help="MRI: local file of ImageNet weights for the backbone (never downloaded)")
     s.add_argument("--quick", action="store_true", help="short training for smoke tests")
     s.add_argument("--device", default=None, help="auto, cpu, cuda, cuda:N (default: settings)")

@@ -30,7 +30,7 @@ ROLES = ("train", "validation", "test", "external", "ici")
 IMAGE_KEYS = {"petct": ("pet", "ct", "roi"), "mri": ("t1", "t2", "ce_t1", "roi"), "clinical": ()}
 OPTIONAL_IMAGE_KEYS = ("roi_reader2",)
 _TOP_KEYS = {"time_unit", "name", "modality", "paper", "root", "synthetic", "id_column", "label", "outcomes",
-             "covariates", "images", "checksums", "cohorts", "description", "notes"}
+             "covariates", "images", "checksums", "cohorts", "description", "notes", "train"}
 _COHORT_KEYS = {"name", "role", "clinical", "where", "images", "label", "outcomes", "description",
                 "read_csv", "id_column", "id_prefix", "patients", "time_unit"}
 _MONTHS_PER = {"months": 1.0, "days": 12 / 365.25, "weeks": 12 * 7 / 365.25, "years": 12.0}
@@ -187,6 +187,8 @@ def read_study(path: str | os.PathLike,  # the manifest YAML
     f = str(path)
     for k in spec:
         if k not in _TOP_KEYS: P.append(Problem(f"unknown manifest key {k!r}", file=f))
+    if spec.get("train") is not None and not isinstance(spec.get("train"), dict):
+        P.append(Problem("train must be a mapping of training settings (e.g. {profile: cpu})", file=f))
     modality = spec.get("modality")
     if modality not in IMAGE_KEYS:
         P.append(Problem(f"modality must be one of {', '.join(IMAGE_KEYS)}, got {modality!r}", file=f)); modality = None

@@ -104,10 +104,13 @@ def extract_features(model: SequenceNet,  # a trained per-sequence model
 
 # %% ../nbs/21_mri_models.ipynb #910a40eb
 class FeatureReducer:
-    "Per-sequence standardise → PCA → standardise, fitted on training features only."
+    "Per-sequence standardise → PCA → rescale, fitted on training features only."
     def __init__(self, n_components: int = 128,  # the paper: 128
-                 seed: int = 0):
-        self.n_components, self.seed = n_components, seed
+                 seed: int = 0,  # PCA random state
+                 component_scale: str = "first",  # "first": all components / SD of the first; "unit": each to SD 1
+                ):
+        if component_scale not in ("first", "unit"): raise ValueError(f"component_scale must be 'first' or 'unit', not {component_scale!r}")
+        self.n_components, self.seed, self.component_scale = n_components, seed, component_scale
 
     def fit(self, feats: list[np.ndarray]):  # one (n_train, n_features) array per sequence
         "Fit one scaler/PCA/scaler chain per sequence."
@@ -120,6 +123,8 @@ class FeatureReducer:
             s1 = StandardScaler().fit(f)
             pca = PCA(k, svd_solver="full", random_state=self.seed).fit(s1.transform(f))
             s2 = StandardScaler().fit(pca.transform(s1.transform(f)))
+            if self.component_scale == "first":  # one scale: keep the components' relative variances
+                s2.scale_ = np.full_like(s2.scale_, s2.scale_[0]); s2.var_ = s2.scale_ ** 2
             self.chains_.append((s1, pca, s2))
         return self
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import time
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +23,8 @@ from .mri import PLANES, SEQUENCES, MRIParams, augment_batch, mri_augment, mri_c
 from .mri_models import FeatureReducer, FusionTransformer, SequenceNet, extract_features, focal_loss
 
 # %% auto #0
-__all__ = ['toy_mri_table', 'MRITrainConfig', 'fit_sequence', 'fit_fusion', 'MRIRun', 'train_mri_study', 'score_mri_study']
+__all__ = ['MRITRAIN_PROFILES', 'toy_mri_table', 'MRITrainConfig', 'fit_sequence', 'fit_fusion', 'manifest_train_settings',
+           'MRIRun', 'train_mri_study', 'score_mri_study']
 
 # %% ../nbs/22_mri_train.ipynb #18c77e5a
 def toy_mri_table(root,  # folder for the NIfTI files
@@ -87,13 +88,31 @@ class MRITrainConfig:
     fusion_lr: float = 0.01  # fusion SGD learning rate
     sequences: tuple = SEQUENCES  # sequences to use
     num_threads: int = 2  # torch CPU threads (0: leave torch's default)
+    profile: str = "paper"  # the named starting point these settings came from (MRITRAIN_PROFILES)
 
     @classmethod
-    def make(cls, quick: bool = False, **kw) -> "MRITrainConfig":
-        "The paper's settings, or the CPU settings when `quick` (64 px cache, 48 px input, fewer epochs)."
-        base = dict(size=64, input_size=48, epochs=20, patience=6) if quick else {}
-        base.update({k: v for k, v in kw.items() if v is not None})
+    def make(cls, quick: bool = False,  # the `quick` profile (smoke tests)
+             profile: str | None = None,  # "paper" (default), "cpu" or "quick"
+             **kw,  # any field; None values are ignored
+            ) -> "MRITrainConfig":
+        "The settings of a profile (see `MRITRAIN_PROFILES`) with `kw` overriding."
+        profile = "quick" if quick else (profile or "paper")
+        if profile not in MRITRAIN_PROFILES:
+            raise PDL1Error(f"unknown MRI training profile {profile!r} (known: {', '.join(MRITRAIN_PROFILES)})")
+        kw = {k: v for k, v in kw.items() if v is not None}
+        bad = sorted(set(kw) - {f.name for f in fields(cls)})
+        if bad: raise PDL1Error(f"unknown MRI training setting(s) {', '.join(map(repr, bad))} (see MRITrainConfig)")
+        base = dict(MRITRAIN_PROFILES[profile], profile=profile)
+        base.update(kw)
+        if isinstance(base.get("crop_scale"), list): base["crop_scale"] = tuple(base["crop_scale"])
+        if isinstance(base.get("sequences"), list): base["sequences"] = tuple(base["sequences"])
         return cls(**base)
+
+MRITRAIN_PROFILES = {
+    "paper": {},  # 224 px, 40 epochs (the paper's inputs; use a GPU)
+    "cpu": dict(size=64, input_size=48, epochs=40, patience=10),  # 2-core CPU: minutes for the paper-size demo
+    "quick": dict(size=64, input_size=48, epochs=20, patience=6),  # smoke tests
+}
 
 # %% ../nbs/22_mri_train.ipynb #b3d676e0
 def _resize(x: torch.Tensor, size: int) -> torch.Tensor:
@@ -185,6 +204,18 @@ def fit_fusion(tok_fit: np.ndarray,  # (n, n_seq, k) training tokens (fit part)
     return model, log
 
 # %% ../nbs/22_mri_train.ipynb #4bd91274
+def manifest_train_settings(study_or_path) -> dict:
+    "The `train:` mapping of a study's manifest (a copy; {} for a table or a manifest without one)."
+    if isinstance(study_or_path, pd.DataFrame): return {}
+    if isinstance(study_or_path, (str, Path)):
+        from pdl1_dls.manifest import ensure_study
+        study_or_path = ensure_study(study_or_path)
+    spec = getattr(study_or_path, "spec", None) or {}
+    t = spec.get("train") or {}
+    if not isinstance(t, dict):
+        raise PDL1Error("manifest key 'train' must be a mapping of MRITrainConfig settings", file=getattr(study_or_path, "path", None))
+    return dict(t)
+
 def _as_table(study_or_path, label_column: str | None):
     "(table, label column, name) from a manifest path, a Study, or a DataFrame."
     if isinstance(study_or_path, pd.DataFrame):
@@ -275,9 +306,10 @@ def train_mri_study(study_or_path,  # manifest path, `pdl1_dls.manifest.Study`, 
                     out_dir,  # run folder: metrics.json, config.json, cnn_*.pt, fusion.pt, reducer.npz, train_log.csv, dls.csv
                     seed: int = 0,  # seed (split, initialisation, augmentation)
                     permute_labels: bool = False,  # null control: shuffle training labels among training patients
-                    backbone: str = "resnet18",  # torchvision ResNet (the paper: resnet101)
+                    backbone: str | None = None,  # torchvision ResNet; default resnet18 (the paper: resnet101)
                     weights: str | None = None,  # local ImageNet weights file; None: random init (warned)
-                    quick: bool = False,  # CPU settings (64 px input, fewer epochs); see MRITrainConfig.make
+                    quick: bool = False,  # the `quick` profile (smoke tests); see MRITrainConfig.make
+                    profile: str | None = None,  # "paper", "cpu" or "quick"; default: the manifest's `train.profile`, else "paper"
                     device=None,  # torch device; default: settings (auto)
                     cache_dir=None,  # per-patient input cache; default: settings cache_dir/mri/<study>
                     label_column: str | None = None,  # label column; default: the study's
@@ -287,7 +319,11 @@ def train_mri_study(study_or_path,  # manifest path, `pdl1_dls.manifest.Study`, 
     t0 = time.time()
     from pdl1_dls.stats.roc import youden_cutoff
     from pdl1_dls.train import permute_patient_labels, split_inner
-    cfg = MRITrainConfig.make(quick, backbone=backbone, weights=None if weights is None else str(weights), **overrides)
+    study_train = manifest_train_settings(study_or_path)
+    profile = profile or study_train.pop("profile", None)
+    study_train.pop("profile", None)
+    cfg = MRITrainConfig.make(quick, profile, **{**study_train, **overrides, "backbone": backbone,
+                                                 "weights": None if weights is None else str(weights)})
     if cfg.num_threads: torch.set_num_threads(cfg.num_threads)
     dev = get_device(device) if not isinstance(device, torch.device) else device
     table, lab, name = _as_table(study_or_path, label_column)
@@ -366,7 +402,7 @@ def train_mri_study(study_or_path,  # manifest path, `pdl1_dls.manifest.Study`, 
                               for i, s in enumerate(cfg.sequences)},
                    delong_fused_vs_sequence_validation=vs_seq("validation"),
                    cohorts=per_cohort, cutoff=run.cutoff, n_train=int(len(tr)), n_fit=len(fit_ids), n_inner=len(inner_ids),
-                   n_skipped=int(len(skipped)), backbone=cfg.backbone, pretrained=cfg.weights is not None, quick=quick,
+                   n_skipped=int(len(skipped)), backbone=cfg.backbone, pretrained=cfg.weights is not None, quick=quick, profile=cfg.profile,
                    pca_components=int(run.reducer.k_), train_seconds=round(time.time() - t0, 1), device=str(dev))
     write_json(metrics, out_dir / "metrics.json")
     return metrics

@@ -77,3 +77,42 @@ def test_permuted_and_bad_input(toy, tmp_path):
     _train(bad, tmp_path / "s", d / "cache")
     sk = pd.read_csv(tmp_path / "s" / "skipped.csv")
     assert sk.patient_id.tolist() == [tab.patient_id[0]] and "does not exist" in sk.reason[0]
+
+
+def test_manifest_train_settings_and_profiles(tmp_path):
+    "A manifest's `train:` mapping sets the profile and fields; explicit arguments win; bad names are clear errors."
+    import yaml
+    from pdl1_dls.manifest import validate_study
+    from pdl1_dls.synth import make_mri_study
+    man = make_mri_study(tmp_path / "study", scale="tiny", seed=0)
+    spec = yaml.safe_load(man.read_text())
+    def write(train, name):
+        p = man.parent / f"{name}.yaml"
+        p.write_text(yaml.safe_dump({**spec, "train": train})); return p
+    small = dict(profile="cpu", epochs=1, size=32, input_size=32, fusion_epochs=5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        train_mri_study(write(small, "m1"), tmp_path / "r1", device="cpu", cache_dir=tmp_path / "c")
+        cfg = json.loads((tmp_path / "r1" / "config.json").read_text())["config"]
+        met = json.loads((tmp_path / "r1" / "metrics.json").read_text())
+        assert (cfg["profile"], cfg["epochs"], cfg["size"], cfg["patience"]) == ("cpu", 1, 32, 10) and met["profile"] == "cpu"
+        train_mri_study(write(small, "m2"), tmp_path / "r2", device="cpu", cache_dir=tmp_path / "c", epochs=2, profile="quick")
+        cfg = json.loads((tmp_path / "r2" / "config.json").read_text())["config"]
+        assert (cfg["profile"], cfg["epochs"], cfg["patience"]) == ("quick", 2, 6)   # arguments win over the manifest
+        with pytest.raises(PDL1Error, match="unknown MRI training setting.*'epoch'"):
+            train_mri_study(write({"epoch": 3}, "m3"), tmp_path / "r3", device="cpu", cache_dir=tmp_path / "c")
+        with pytest.raises(PDL1Error, match="unknown MRI training profile 'gpu'"):
+            train_mri_study(write({"profile": "gpu"}, "m4"), tmp_path / "r4", device="cpu", cache_dir=tmp_path / "c")
+    probs = validate_study(write("cpu", "m5"))
+    assert any("train must be a mapping" in p.line() for p in probs)
+    assert not validate_study(write(small, "m6"))
+
+
+def test_demo_mri_manifest_trains_with_the_cpu_profile():
+    "The demo MRI manifest asks for the CPU profile, so `reproduce` fits a 2-core CPU budget."
+    from pathlib import Path
+    import yaml
+    from pdl1_dls.mri_train import MRITrainConfig
+    spec = yaml.safe_load((Path(__file__).resolve().parents[1] / "data_manifests" / "demo_mri.yaml").read_text())
+    cfg = MRITrainConfig.make(**spec["train"])
+    assert cfg.profile == "cpu" and cfg.input_size <= 64 and cfg.backbone == "resnet18"

@@ -78,12 +78,16 @@ def test_models_table_matches_scores(ding_run, scored):
     assert checked
 
 
-def test_null_control_is_permuted_and_quick(ding_run):
+def test_null_control_is_permuted_with_the_models_profile(ding_run):
+    "The permuted run uses the same training profile and settings as the model it controls."
     _, out, _ = ding_run
     null = pd.read_csv(out / "tables" / "ding2025_null_control.csv")
-    assert len(null) == 1 and bool(null["permuted"].iloc[0]) and bool(null["quick_settings"].iloc[0])
+    assert len(null) == 1 and bool(null["permuted"].iloc[0]) and null["profile"].iloc[0] == "quick"
     m = json.loads((out / "models" / "mri_permuted_s0" / "metrics.json").read_text())
-    assert m["permuted"] is True and m["seed"] == 0 and m["quick"] is True
+    main = json.loads((out / "models" / "mri" / "config.json").read_text())["config"]
+    null_cfg = json.loads((out / "models" / "mri_permuted_s0" / "config.json").read_text())["config"]
+    assert m["permuted"] is True and m["seed"] == 0 and m["profile"] == "quick"
+    assert null_cfg == main
     assert null["val_auc"].iloc[0] == pytest.approx(m["val_auc"], nan_ok=True)
 
 
