@@ -346,7 +346,19 @@ def needs_generation(path: str | os.PathLike) -> bool:
     spec = _load_yaml(path)
     if not spec.get("synthetic"): return False
     root = (path.parent / expand(spec.get("root", "."))).resolve()
-    return not (root / "study.yaml").is_file() or not (root / "clinical.csv").is_file()
+    if not (root / "study.yaml").is_file() or not (root / "clinical.csv").is_file(): return True
+    return _generated_with(root) not in (None, _synthetic_block(spec))
+
+def _synthetic_block(spec: dict) -> dict:
+    "The generator arguments of a manifest's `synthetic:` block (kind defaults to the modality)."
+    syn = dict(spec["synthetic"]); syn.setdefault("kind", spec.get("modality"))
+    return syn
+
+def _generated_with(root: Path) -> dict | None:
+    "The `synthetic:` block a generated study folder was made with (None if it is not a generated study)."
+    try: own = _load_yaml(root / "study.yaml")
+    except PDL1Error: return None
+    return _synthetic_block(own) if isinstance(own, dict) and own.get("synthetic") else None
 
 def generate_if_needed(path: str | os.PathLike) -> bool:
     "Generate the synthetic study a manifest declares when absent; True if it generated."
@@ -358,7 +370,7 @@ def generate_if_needed(path: str | os.PathLike) -> bool:
     from pdl1_dls import synth
     maker = {"petct": synth.make_petct_study, "mri": synth.make_mri_study}.get(kind)
     if maker is None: raise PDL1Error(f"synthetic kind must be petct or mri, got {kind!r}", file=path)
-    maker(root, **syn)
+    maker(root, **syn, overwrite=(root / "study.yaml").is_file())  # only a generated study made with other settings
     return True
 
 def validate_study(path: str | os.PathLike,  # manifest YAML

@@ -123,7 +123,24 @@ def test_demo_manifest_matches_generated_study(kind, tmp_path):
     gen = yaml.safe_load({"petct": synth.make_petct_study, "mri": synth.make_mri_study}[kind](tmp_path / "s", scale="tiny").read_text())
     for k in ("modality", "paper", "id_column", "label", "outcomes", "covariates", "images", "checksums", "cohorts"):
         assert demo[k] == gen[k], k
-    assert demo["synthetic"]["kind"] == kind and demo["synthetic"]["scale"] == "small"
+    assert demo["synthetic"]["kind"] == kind and demo["synthetic"]["scale"] == {"petct": "small", "mri": "paper"}[kind]
+
+
+def test_generated_study_with_other_settings_is_generated_again(tmp_path):
+    "A synthetic folder made with another `synthetic:` block is regenerated; an up-to-date one is left alone."
+    import yaml
+    from pdl1_dls.manifest import generate_if_needed, needs_generation
+    spec = yaml.safe_load((REPO / "data_manifests/demo_mri.yaml").read_text())
+    spec.update(root="study", synthetic={"kind": "mri", "scale": "tiny", "seed": 0}); spec.pop("train", None)
+    man = tmp_path / "m.yaml"; man.write_text(yaml.safe_dump(spec))
+    assert needs_generation(man) and generate_if_needed(man)
+    first = (tmp_path / "study" / "clinical.csv").read_text()
+    assert not needs_generation(man) and not generate_if_needed(man)
+    spec["synthetic"]["seed"] = 1; man.write_text(yaml.safe_dump(spec))
+    assert needs_generation(man) and generate_if_needed(man)
+    own = yaml.safe_load((tmp_path / "study" / "study.yaml").read_text())
+    assert own["synthetic"]["seed"] == 1 and (tmp_path / "study" / "clinical.csv").read_text() != first
+    assert not needs_generation(man)
 
 
 @pytest.mark.parametrize("name", ["template_petct", "template_mri", "template_tcia_nsclc_radiogenomics"])
