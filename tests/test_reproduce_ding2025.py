@@ -229,3 +229,6 @@ def test_full_demo_mri_reproduction(tmp_path):
     assert {s["notebook"] for s in res["notebooks"]} >= set(NBS)
     prov = json.loads((tmp_path / "run" / "provenance.json").read_text())
     assert prov["seconds"] > 0 and len(prov["notebooks"]) == len(res["notebooks"])
+    for run in ("mri", "mri_permuted_s0"):   # the model and its null control, both with the manifest's cpu profile
+        m = json.loads((tmp_path / "run" / "models" / run / "metrics.json").read_text())
+        assert m["profile"] == "cpu" and m["n_train"] == 267, run
