@@ -85,12 +85,16 @@ def test_reducer_fitted_on_training_only():
     red.transform([v * 100 for v in va1])  # transforming other data changes nothing fitted
     after = red.state()
     assert all(np.array_equal(before[k], after[k]) for k in before)
-    # against sklearn directly: standardise -> PCA -> standardise
+    # against sklearn directly: standardise -> PCA -> one scale (the first component's training SD)
     from sklearn.decomposition import PCA
     from sklearn.preprocessing import StandardScaler
     s1 = StandardScaler().fit(tr[1]); p = PCA(29, svd_solver="full").fit(s1.transform(tr[1]))
-    s2 = StandardScaler().fit(p.transform(s1.transform(tr[1])))
-    assert np.allclose(np.abs(out1[:, 1]), np.abs(s2.transform(p.transform(s1.transform(va1[1])))), atol=1e-4)
+    z_tr = p.transform(s1.transform(tr[1]))
+    ref = (p.transform(s1.transform(va1[1])) - z_tr.mean(0)) / z_tr[:, 0].std()
+    assert np.allclose(np.abs(out1[:, 1]), np.abs(ref), atol=1e-4)
+    # component_scale="unit": each component standardised separately (sklearn StandardScaler)
+    unit = FeatureReducer(128, component_scale="unit").fit(tr).transform(va1)
+    assert np.allclose(np.abs(unit[:, 1]), np.abs(StandardScaler().fit(z_tr).transform(p.transform(s1.transform(va1[1])))), atol=1e-4)
     assert np.allclose(FeatureReducer.from_state(red.state()).transform(va1), out1, atol=1e-6)
     assert red.transform(tr).shape == (30, 3, 29)
     big = [rng.normal(size=(300, 512)) for _ in range(3)]
