@@ -21,7 +21,7 @@ from .core import PDL1Error, atomic_path, progress
 
 SEQUENCES = ("t1", "t2", "ce_t1")  # sequence keys of the manifest, in model order
 PLANES = ("axial", "coronal", "sagittal")  # plane order within a sequence
-CACHE_VERSION = 2  # bump when the preprocessing changes what it writes
+CACHE_VERSION = 3  # bump when the preprocessing changes what it writes (3: tumour mask of other grids read from a copy)
 
 # %% auto #0
 __all__ = ['SEQUENCES', 'PLANES', 'CACHE_VERSION', 'physical_box', 'same_grid', 'check_shared_frame', 'max_area_indices',
@@ -179,7 +179,8 @@ def mri_slices(images: dict,  # sequence key -> image path (or sitk.Image); must
             check_shared_frame(ref, img, tb, p.dir_tol, patient, files.get(k))
         arr = sitk.GetArrayViewFromImage(img)
         if p.range_region in ("union", "background"):
-            ex = m if k == ref_key or same_grid(img, ref) else sitk.GetArrayViewFromImage(
+            # a copy, not a view: the resampled mask is a temporary that Python frees at once
+            ex = m if k == ref_key or same_grid(img, ref) else sitk.GetArrayFromImage(
                 sitk.Resample(msk, img, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)) > 0
         elif p.range_region == "volume": ex = None
         else: raise ValueError(f"range_region must be 'union', 'background' or 'volume', not {p.range_region!r}")

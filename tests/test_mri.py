@@ -171,3 +171,17 @@ def test_augment_flip_and_crop():
     assert any(not torch.equal(o[0], x[0]) for o in outs) and any(torch.equal(o[0], x[0]) for o in outs)
     y = augment_batch(x, mri_augment(12))
     assert y.shape == (2, 3, 12, 12)
+
+
+def test_preprocessing_repeats_exactly_when_t2_is_on_its_own_grid(tmp_path):
+    "The tumour mask moved onto T2's grid is read from a copy: a view of the freed temporary gave random ranges."
+    from pdl1_dls.manifest import load_study
+    from pdl1_dls.mri import MRIParams, mri_slices
+    from pdl1_dls.synth import make_mri_study
+    t = load_study(make_mri_study(tmp_path / "s", scale="tiny", seed=0)).table()
+    differ = []
+    for _, row in t.iterrows():
+        imgs = {k: row[k] for k in ("t1", "t2", "ce_t1")}
+        xs = [mri_slices(imgs, row["roi"], MRIParams(size=32), patient=row["patient_id"])[0] for _ in range(4)]
+        if not all(np.array_equal(x, xs[0]) for x in xs): differ.append(row["patient_id"])
+    assert not differ, differ
