@@ -35,8 +35,9 @@ def _same_run(run: Path, seed: int, quick: bool, permute: bool = False, profile:
 
 def mri_profile(study: Study, quick: bool = False, profile: str | None = None) -> str:
     "The MRI training profile a run of `study` uses: quick, else `profile`, else the manifest's `train.profile`, else paper."
+    from pdl1_dls.mri_train import manifest_train_settings
     if quick: return "quick"
-    return profile or (study.spec.get("train") or {}).get("profile") or "paper"
+    return profile or manifest_train_settings(study).get("profile") or "paper"
 
 def _train_fresh_if_changed(trainer, study, run: Path, **kw):
     "Resume an interrupted run; if the folder holds a run with other settings, start it again from scratch."

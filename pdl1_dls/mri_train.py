@@ -320,8 +320,8 @@ def train_mri_study(study_or_path,  # manifest path, `pdl1_dls.manifest.Study`, 
     from pdl1_dls.stats.roc import youden_cutoff
     from pdl1_dls.train import permute_patient_labels, split_inner
     study_train = manifest_train_settings(study_or_path)
-    profile = profile or study_train.pop("profile", None)
-    study_train.pop("profile", None)
+    manifest_profile = study_train.pop("profile", None)
+    profile = profile or manifest_profile  # an argument wins over the manifest
     cfg = MRITrainConfig.make(quick, profile, **{**study_train, **overrides, "backbone": backbone,
                                                  "weights": None if weights is None else str(weights)})
     if cfg.num_threads: torch.set_num_threads(cfg.num_threads)
