@@ -27,7 +27,7 @@ PETCT_MODELS = {"hyper": "dls", "pet": "dls_pet", "ct": "dls_ct"}   # channels -
 
 def _same_run(run: Path, seed: int, quick: bool, permute: bool = False, profile: str | None = None) -> bool:
     m = run / "metrics.json"
-    if not m.is_file() or not (run / "model.pt").is_file() and not (run / "fusion.pt").is_file(): return False
+    if not m.is_file() or not (run / "model.pt").is_file() and not (run / "member0" / "fusion.pt").is_file(): return False
     try: met = json.loads(m.read_text())
     except json.JSONDecodeError: return False
     if profile is not None and met.get("profile", "quick" if met.get("quick") else "paper") != profile: return False

@@ -357,12 +357,10 @@ class GradcamExplorer:
         if key not in self._cams and self.modality == "mri":
             import torch
             import torch.nn.functional as F
-            from pdl1_dls.mri_models import mri_gradcam
-            from pdl1_dls.mri_train import _prep
             if model not in self.model_names: raise ValueError(f"model must be one of {self.model_names}, not {model!r}")
             s = self.model_names.index(model)
             x = self.mri_input(pid)[0][s]
-            cam = mri_gradcam(self.mri.models[s], _prep(x[None], *self.mri.zscore[s], self.mri.cfg.input_size), int(target))
+            cam = self.mri.gradcam(x, s, int(target))    # averaged over the run's cross-fitting members
             cam = F.interpolate(torch.as_tensor(cam, dtype=torch.float32)[:, None], size=x.shape[-2:], mode="bilinear")[:, 0].numpy()
             self._cams[key] = np.repeat(cam, len(x), 0)   # one map for the three planes the CNN sees together
         if key not in self._cams:

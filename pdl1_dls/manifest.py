@@ -347,25 +347,30 @@ def needs_generation(path: str | os.PathLike) -> bool:
     if not spec.get("synthetic"): return False
     root = (path.parent / expand(spec.get("root", "."))).resolve()
     if not (root / "study.yaml").is_file() or not (root / "clinical.csv").is_file(): return True
-    return _generated_with(root) not in (None, _synthetic_block(spec))
+    own = _generated_with(root)
+    if own is None: return False  # not a generated study: never replaced
+    from pdl1_dls.synth import GENERATOR_VERSIONS
+    block, version = own
+    return block != _synthetic_block(spec) or version != GENERATOR_VERSIONS.get(block.get("kind"), 1)
 
 def _synthetic_block(spec: dict) -> dict:
-    "The generator arguments of a manifest's `synthetic:` block (kind defaults to the modality)."
-    syn = dict(spec["synthetic"]); syn.setdefault("kind", spec.get("modality"))
+    "The generator arguments of a manifest's `synthetic:` block (kind defaults to the modality; no version)."
+    syn = dict(spec["synthetic"]); syn.setdefault("kind", spec.get("modality")); syn.pop("version", None)
     return syn
 
-def _generated_with(root: Path) -> dict | None:
-    "The `synthetic:` block a generated study folder was made with (None if it is not a generated study)."
+def _generated_with(root: Path) -> tuple[dict, int] | None:
+    "(`synthetic:` block, generator version) a generated study folder was made with; None if not generated."
     try: own = _load_yaml(root / "study.yaml")
     except PDL1Error: return None
-    return _synthetic_block(own) if isinstance(own, dict) and own.get("synthetic") else None
+    if not (isinstance(own, dict) and isinstance(own.get("synthetic"), dict)): return None
+    return _synthetic_block(own), int(own["synthetic"].get("version", 1))  # folders from before versions: 1
 
 def generate_if_needed(path: str | os.PathLike) -> bool:
     "Generate the synthetic study a manifest declares when absent; True if it generated."
     if not needs_generation(path): return False
     path = Path(path).resolve()
     spec = _load_yaml(path)
-    syn = dict(spec["synthetic"]); kind = syn.pop("kind", spec.get("modality"))
+    syn = dict(spec["synthetic"]); kind = syn.pop("kind", spec.get("modality")); syn.pop("version", None)
     root = (path.parent / expand(spec.get("root", "."))).resolve()
     from pdl1_dls import synth
     maker = {"petct": synth.make_petct_study, "mri": synth.make_mri_study}.get(kind)

@@ -158,7 +158,7 @@ class FeatureReducer:
 
 # %% ../nbs/21_mri_models.ipynb #8df94418
 class FusionTransformer(nn.Module):
-    "Transformer over the sequence tokens (learned sequence embedding), mean pooling, MLP, 2-class logits."
+    "Transformer over the sequence tokens (own input projection and learned embedding per sequence), mean pooling, MLP, 2-class logits."
     def __init__(self,
                  d_in: int = 128,  # features per token (PCA components)
                  n_tokens: int = 3,  # sequences
@@ -168,7 +168,7 @@ class FusionTransformer(nn.Module):
                  dropout: float = 0.2,  # dropout in the encoder and the MLP
                 ):
         super().__init__()
-        self.proj = nn.Linear(d_in, d_model)
+        self.proj = nn.ModuleList([nn.Linear(d_in, d_model) for _ in range(n_tokens)])  # each sequence's PCA space is its own
         self.pos = nn.Parameter(torch.zeros(1, n_tokens, d_model))
         nn.init.normal_(self.pos, std=0.02)
         layer = nn.TransformerEncoderLayer(d_model, n_heads, dim_feedforward=2 * d_model, dropout=dropout, batch_first=True)
@@ -178,7 +178,8 @@ class FusionTransformer(nn.Module):
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         "Logits (n, 2) from tokens (n, n_tokens, d_in)."
-        h = self.encoder(self.proj(tokens) + self.pos)
+        h = torch.stack([p(tokens[:, i]) for i, p in enumerate(self.proj)], 1)
+        h = self.encoder(h + self.pos)
         return self.mlp(h.mean(1))
 
     @torch.no_grad()

@@ -17,14 +17,15 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from .core import PDL1Error, atomic_write, get_device, get_settings, progress, seed_everything, write_json
 from .mri import PLANES, SEQUENCES, MRIParams, augment_batch, mri_augment, mri_cohort
-from .mri_models import FeatureReducer, FusionTransformer, SequenceNet, extract_features, focal_loss
+from .mri_models import FeatureReducer, FusionTransformer, SequenceNet, extract_features, focal_loss, mri_gradcam
 
 # %% auto #0
 __all__ = ['MRITRAIN_PROFILES', 'toy_mri_table', 'MRITrainConfig', 'fit_sequence', 'fit_fusion', 'manifest_train_settings',
-           'MRIRun', 'train_mri_study', 'score_mri_study']
+           'MRIMember', 'MRIRun', 'n_members', 'crossfit_plan', 'train_mri_study', 'score_mri_study']
 
 # %% ../nbs/22_mri_train.ipynb #18c77e5a
 def toy_mri_table(root,  # folder for the NIfTI files
@@ -80,12 +81,14 @@ class MRITrainConfig:
     focal_gamma: float = 2.0  # focal-loss focusing parameter
     crop_scale: tuple = (0.7, 1.0)  # area range of the random crops
     inner_frac: float = 0.25  # share of the training cohort held out for early stopping
+    crossfit: int = 2  # K ≥ 2: K members, each with CNNs fitted on K-1 folds and PCA + fusion on the held-out fold; 1: one fit (the paper)
     n_components: int = 128  # PCA components per sequence (the paper: 128)
     d_model: int = 64  # fusion width
     fusion_dropout: float = 0.2  # dropout in the fusion
     fusion_epochs: int = 400  # maximum full-batch fusion epochs
     fusion_patience: int = 60  # fusion early stopping patience
     fusion_lr: float = 0.01  # fusion SGD learning rate
+    fusion_inits: int = 5  # fusions trained per member from different initialisations; their probabilities are averaged
     sequences: tuple = SEQUENCES  # sequences to use
     num_threads: int = 2  # torch CPU threads (0: leave torch's default)
     profile: str = "paper"  # the named starting point these settings came from (MRITRAIN_PROFILES)
@@ -111,7 +114,7 @@ class MRITrainConfig:
 MRITRAIN_PROFILES = {
     "paper": {},  # 224 px, 40 epochs (the paper's inputs; use a GPU)
     "cpu": dict(size=64, input_size=48, epochs=40, patience=10),  # 2-core CPU: minutes for the paper-size demo
-    "quick": dict(size=64, input_size=48, epochs=20, patience=6),  # smoke tests
+    "quick": dict(size=64, input_size=48, epochs=20, patience=6, fusion_inits=2, fusion_epochs=200),  # smoke tests
 }
 
 # %% ../nbs/22_mri_train.ipynb #b3d676e0
@@ -136,7 +139,8 @@ def fit_sequence(x_fit: torch.Tensor,  # (n, 3, size, size) z-scored training im
                  cfg: MRITrainConfig,  # settings
                  seed: int = 0,  # seed
                  device=None,  # torch device
-                 name: str = "",  # sequence name (progress and log)
+                 name: str = "",  # sequence name (log)
+                 desc: str | None = None,  # progress-bar label (default: name)
                 ) -> tuple[SequenceNet, list[dict]]:
     "Train a `SequenceNet` with focal loss, SGD, augmentation and early stopping on the inner loss."
     dev = device or torch.device("cpu")
@@ -150,7 +154,7 @@ def fit_sequence(x_fit: torch.Tensor,  # (n, 3, size, size) z-scored training im
     xi = _resize(x_inner, cfg.input_size).to(dev); yi = torch.as_tensor(y_inner, dtype=torch.float32).to(dev)
     g = torch.Generator().manual_seed(seed)
     best, best_state, bad, log = (-np.inf, -np.inf), None, 0, []
-    for ep in progress(range(cfg.epochs), desc=f"{name} CNN", leave=False):
+    for ep in progress(range(cfg.epochs), desc=f"{desc or name} CNN", leave=False):
         model.train(); perm = torch.randperm(len(x_fit), generator=g); tot = 0.0
         for i in range(0, len(perm), cfg.batch_size):
             idx = perm[i:i + cfg.batch_size]
@@ -205,7 +209,7 @@ def fit_fusion(tok_fit: np.ndarray,  # (n, n_seq, k) training tokens (fit part)
 
 # %% ../nbs/22_mri_train.ipynb #4bd91274
 def manifest_train_settings(study_or_path) -> dict:
-    "The `train:` mapping of a study's manifest (a copy; {} for a table or a manifest without one)."
+    "The `train:` mapping of a study's manifest (a copy; {} for a table or without one); a relative `weights` path is the manifest folder's."
     if isinstance(study_or_path, pd.DataFrame): return {}
     if isinstance(study_or_path, (str, Path)):
         from pdl1_dls.manifest import ensure_study
@@ -214,7 +218,13 @@ def manifest_train_settings(study_or_path) -> dict:
     t = spec.get("train") or {}
     if not isinstance(t, dict):
         raise PDL1Error("manifest key 'train' must be a mapping of MRITrainConfig settings", file=getattr(study_or_path, "path", None))
-    return dict(t)
+    t = dict(t)
+    where = getattr(study_or_path, "path", None)
+    if t.get("weights") and where is not None:  # like every other path in a manifest: relative to its folder
+        from pdl1_dls.manifest import expand
+        w = Path(expand(str(t["weights"])))
+        t["weights"] = str(w if w.is_absolute() else (Path(where).resolve().parent / w))
+    return t
 
 def _as_table(study_or_path, label_column: str | None):
     "(table, label column, name) from a manifest path, a Study, or a DataFrame."
@@ -242,32 +252,57 @@ def _auc_ci(y, s) -> dict:
     except ValueError: return dict(auc=auc(y, s), lo=float("nan"), hi=float("nan"), n=int(len(y)))
 
 @dataclass
-class MRIRun:
-    "A trained MRI model set: per-sequence CNNs, z-score, PCA reducer, fusion, cutoff, config."
-    cfg: MRITrainConfig
-    models: list
-    zscore: list  # [(mean, sd)] per sequence
+class MRIMember:
+    "One member of a run: per-sequence CNNs, the PCA reducer of their features and the fusion over its tokens."
+    models: list  # one SequenceNet per sequence
     reducer: FeatureReducer
-    fusion: FusionTransformer
+    fusion: nn.ModuleList  # FusionTransformers from different initialisations (cfg.fusion_inits)
+
+    def score(self, X, zscore, input_size, device=None) -> dict:
+        "Deep features, CNN logits, tokens and DLS of `X` (n, n_seq, 3, size, size)."
+        feats, logits = [], []
+        for s, m in enumerate(self.models):
+            f, l = extract_features(m, _prep(X[:, s], *zscore[s], input_size), device=device)
+            feats.append(f); logits.append(l)
+        tokens = self.reducer.transform(feats)
+        return dict(features=np.stack(feats, 1), logits=np.stack(logits, 1), tokens=tokens,
+                    dls=np.mean([f.dls(tokens) for f in self.fusion], 0))
+
+@dataclass
+class MRIRun:
+    "A trained MRI model set: z-score, cutoff, config and one or more members (cross-fitting)."
+    cfg: MRITrainConfig
+    members: list  # MRIMember, one per cross-fitting fold (one without cross-fitting)
+    zscore: list  # [(mean, sd)] per sequence
     cutoff: float = float("nan")
 
     def score(self, X: np.ndarray,  # (n, n_seq, 3, size, size) inputs from `mri_cohort`
               device=None) -> dict:
-        "Per-sequence probabilities, deep features, PCA tokens and fused DLS of `X`."
-        feats, probs = [], []
-        for s, m in enumerate(self.models):
-            f, l = extract_features(m, _prep(X[:, s], *self.zscore[s], self.cfg.input_size), device=device)
-            feats.append(f); probs.append(1 / (1 + np.exp(-l)))
-        tokens = self.reducer.transform(feats)
-        return dict(features=np.stack(feats, 1), seq_prob=np.stack(probs, 1), tokens=tokens, dls=self.fusion.dls(tokens))
+        "Per-sequence probabilities, deep features, tokens and fused DLS of `X`, averaged over the members."
+        outs = [m.score(X, self.zscore, self.cfg.input_size, device) for m in self.members]
+        logit = np.mean([o["logits"] for o in outs], 0)  # a sequence's ensemble: the mean of its members' logits
+        return dict(features=np.stack([o["features"] for o in outs], 1), tokens=np.stack([o["tokens"] for o in outs], 1),
+                    seq_prob=1 / (1 + np.exp(-logit)), dls=np.mean([o["dls"] for o in outs], 0))
+
+    def gradcam(self, x: np.ndarray,  # (3, size, size) or (n, 3, size, size) inputs of one sequence from `mri_cohort`
+                seq: int,  # sequence index (order of cfg.sequences)
+                target: int = 1,  # 1: evidence for high PD-L1; 0: for low
+               ) -> np.ndarray:
+        "Grad-CAM of one sequence averaged over the members' CNNs: (n, input_size, input_size) in 0–1."
+        x = np.asarray(x, np.float32)
+        if x.ndim == 3: x = x[None]
+        xi = _prep(x, *self.zscore[seq], self.cfg.input_size)
+        return np.mean([mri_gradcam(m.models[seq], xi, target) for m in self.members], 0)
 
     def save(self, run_dir):
-        "Write state dicts, the reducer arrays and config.json (atomically)."
+        "Write each member's state dicts and reducer arrays to member<k>/ (atomically)."
         from pdl1_dls.train import save_state
-        run_dir = Path(run_dir); run_dir.mkdir(parents=True, exist_ok=True)
-        for s, m in zip(self.cfg.sequences, self.models): save_state({k: v.cpu() for k, v in m.state_dict().items()}, run_dir / f"cnn_{s}.pt")
-        save_state(self.fusion.state_dict(), run_dir / "fusion.pt")
-        with atomic_write(run_dir / "reducer.npz", "wb") as f: np.savez(f, **self.reducer.state())
+        run_dir = Path(run_dir)
+        for k, mem in enumerate(self.members):
+            d = run_dir / f"member{k}"; d.mkdir(parents=True, exist_ok=True)
+            for s, m in zip(self.cfg.sequences, mem.models): save_state({n: v.cpu() for n, v in m.state_dict().items()}, d / f"cnn_{s}.pt")
+            save_state(mem.fusion.state_dict(), d / "fusion.pt")
+            with atomic_write(d / "reducer.npz", "wb") as f: np.savez(f, **mem.reducer.state())
 
     @classmethod
     def load(cls, run_dir) -> "MRIRun":
@@ -277,16 +312,27 @@ class MRIRun:
         if not (run_dir / "config.json").is_file(): raise PDL1Error("not an MRI run folder (no config.json)", file=run_dir)
         conf = json.loads((run_dir / "config.json").read_text())
         cfg = MRITrainConfig(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in conf["config"].items()})
-        models = []
-        for s in cfg.sequences:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                m = SequenceNet(cfg.backbone, None, cfg.dropout)
-            m.load_state_dict(load_state(run_dir / f"cnn_{s}.pt")); m.eval(); models.append(m)
-        with np.load(run_dir / "reducer.npz", allow_pickle=False) as z: red = FeatureReducer.from_state(dict(z))
-        fus = FusionTransformer(red.k_, len(cfg.sequences), cfg.d_model, 8, 3, cfg.fusion_dropout)
-        fus.load_state_dict(load_state(run_dir / "fusion.pt")); fus.eval()
-        return cls(cfg, models, [tuple(v) for v in conf["zscore"]], red, fus, conf.get("cutoff", float("nan")))
+        members = []
+        for k in range(n_members(cfg)):
+            d = run_dir / f"member{k}"
+            if not (d / "fusion.pt").is_file():
+                raise PDL1Error(f"MRI run member {k} is missing (an older run layout or an unfinished run: train again)", file=d)
+            models = []
+            for s in cfg.sequences:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    m = SequenceNet(cfg.backbone, None, cfg.dropout)
+                m.load_state_dict(load_state(d / f"cnn_{s}.pt")); m.eval(); models.append(m)
+            with np.load(d / "reducer.npz", allow_pickle=False) as z: red = FeatureReducer.from_state(dict(z))
+            fus = nn.ModuleList([FusionTransformer(red.k_, len(cfg.sequences), cfg.d_model, 8, 3, cfg.fusion_dropout)
+                                 for _ in range(cfg.fusion_inits)])
+            fus.load_state_dict(load_state(d / "fusion.pt")); fus.eval()
+            members.append(MRIMember(models, red, fus))
+        return cls(cfg, members, [tuple(v) for v in conf["zscore"]], conf.get("cutoff", float("nan")))
+
+def n_members(cfg: MRITrainConfig) -> int:
+    "Members of a run: `cfg.crossfit` folds, or 1 without cross-fitting."
+    return max(int(cfg.crossfit), 1)
 
 def _dls_frame(meta: pd.DataFrame, sc: dict, seqs, label_column, cutoff) -> pd.DataFrame:
     df = pd.DataFrame({"patient_id": meta["patient_id"].astype(str), "cohort": meta.get("cohort"), "role": meta.get("role")})
@@ -299,11 +345,42 @@ def _dls_frame(meta: pd.DataFrame, sc: dict, seqs, label_column, cutoff) -> pd.D
 
 def _write_features(path, pids, sc: dict):
     with atomic_write(path, "wb") as f:
-        np.savez(f, patient_id=np.array(pids, dtype=str), features=sc["features"].astype(np.float32), tokens=sc["tokens"])
+        np.savez(f, patient_id=np.array(pids, dtype=str), features=sc["features"].astype(np.float32), tokens=sc["tokens"],
+                 dls=sc["dls"], seq_prob=sc["seq_prob"])
 
 # %% ../nbs/22_mri_train.ipynb #2f6beac0
+def crossfit_plan(labels: dict,  # training patient_id -> 0/1 (as the model sees them)
+                  k: int = 2,  # folds (members); 1: no cross-fitting
+                  inner_frac: float = 0.25,  # share held out for early stopping
+                  seed: int = 0,  # seed of the folds and splits
+                 ) -> list[dict]:
+    "Patient lists per member: cnn_fit, cnn_stop, pca, fusion_fit, fusion_stop (stratified, deterministic)."
+    from pdl1_dls.train import split_inner
+    k = int(k)
+    if k < 1: raise PDL1Error(f"crossfit must be 1 (no cross-fitting) or a number of folds ≥ 2, not {k}")
+    if k == 1:
+        fit, inner = split_inner(labels, inner_frac, seed)
+        return [dict(cnn_fit=fit, cnn_stop=inner, pca=sorted(labels), fusion_fit=fit, fusion_stop=inner)]
+    n = {c: sum(v == c for v in labels.values()) for c in (0, 1)}
+    if min(n.values()) < k:  # every fold needs both classes
+        raise PDL1Error(f"crossfit={k} needs at least {k} training patients of each class (have {n[0]} low, {n[1]} high); "
+                        "use fewer folds or crossfit=1")
+    rng = np.random.default_rng([seed, 2])
+    fold, j = {}, 0
+    for c in (0, 1):  # deal each class round the folds in turn, carrying on from one class to the next: sizes differ by ≤ 1
+        ids = sorted(p for p in labels if labels[p] == c)
+        for i in rng.permutation(len(ids)): fold[ids[i]] = j % k; j += 1
+    plan = []
+    for f in range(k):
+        hold = sorted(p for p in labels if fold[p] == f)
+        ffit, fstop = split_inner({p: labels[p] for p in hold}, inner_frac, seed * 10 + f)
+        plan.append(dict(cnn_fit=sorted(p for p in labels if fold[p] != f), cnn_stop=hold, pca=hold,
+                         fusion_fit=ffit, fusion_stop=fstop))
+    return plan
+
+# %% ../nbs/22_mri_train.ipynb #de93ccd1
 def train_mri_study(study_or_path,  # manifest path, `pdl1_dls.manifest.Study`, or a table (see `toy_mri_table`)
-                    out_dir,  # run folder: metrics.json, config.json, cnn_*.pt, fusion.pt, reducer.npz, train_log.csv, dls.csv
+                    out_dir,  # run folder: metrics.json, config.json, member<k>/ (cnn_*.pt, fusion.pt, reducer.npz), train_log.csv, dls.csv
                     seed: int = 0,  # seed (split, initialisation, augmentation)
                     permute_labels: bool = False,  # null control: shuffle training labels among training patients
                     backbone: str | None = None,  # torchvision ResNet; default resnet18 (the paper: resnet101)
@@ -318,7 +395,10 @@ def train_mri_study(study_or_path,  # manifest path, `pdl1_dls.manifest.Study`, 
     "Train the per-sequence CNNs, PCA and transformer fusion on the training cohort; write the run; return metrics."
     t0 = time.time()
     from pdl1_dls.stats.roc import youden_cutoff
-    from pdl1_dls.train import permute_patient_labels, split_inner
+    from pdl1_dls.train import permute_patient_labels
+    if isinstance(study_or_path, (str, Path)):  # read (and checksum) the manifest once
+        from pdl1_dls.manifest import ensure_study
+        study_or_path = ensure_study(study_or_path)
     study_train = manifest_train_settings(study_or_path)
     manifest_profile = study_train.pop("profile", None)
     profile = profile or manifest_profile  # an argument wins over the manifest
@@ -336,40 +416,44 @@ def train_mri_study(study_or_path,  # manifest path, `pdl1_dls.manifest.Study`, 
     params = MRIParams(size=cfg.size, margin_mm=cfg.margin_mm, sequences=tuple(cfg.sequences))
     X, meta, skipped = mri_cohort(table, cache, params)
     with atomic_write(out_dir / "skipped.csv") as f: skipped.to_csv(f, index=False)
-    # training cohort, labels (permuted for the null control), inner split
+    # training cohort, labels (permuted for the null control)
     tr = np.flatnonzero((meta["role"] == "train").to_numpy() & meta[lab].notna().to_numpy())
     y_all = meta[lab].to_numpy(dtype=float)
     labels = {meta.patient_id.iloc[i]: int(y_all[i]) for i in tr}
     if permute_labels: labels = permute_patient_labels(labels, seed)
-    fit_ids, inner_ids = split_inner(labels, cfg.inner_frac, seed)
     pos = {p: i for i, p in enumerate(meta.patient_id)}
-    fi, ii = np.array([pos[p] for p in fit_ids]), np.array([pos[p] for p in inner_ids])
-    yf, yi = np.array([labels[p] for p in fit_ids]), np.array([labels[p] for p in inner_ids])
     # z-score per sequence: training cohort only
     zs = [(float(X[tr, s].mean()), float(X[tr, s].std() + 1e-6)) for s in range(X.shape[1])]
-    models, log = [], []
-    for s, sname in enumerate(cfg.sequences):
-        xs = torch.as_tensor(X[:, s], dtype=torch.float32)
-        xs = (xs - zs[s][0]) / zs[s][1]
-        m, lg = fit_sequence(_resize(xs[fi], cfg.size), yf, xs[ii], yi, cfg, seed * 100 + s, dev, sname)
-        models.append(m.cpu()); log += lg
-    # deep features -> PCA on the training cohort only -> fusion
-    run = MRIRun(cfg, models, zs, FeatureReducer(cfg.n_components, seed), None)
-    feats = []
-    for s, m in enumerate(models):
-        f, _ = extract_features(m, _prep(X[tr, s], *zs[s], cfg.input_size)); feats.append(f)
-    run.reducer.fit(feats)
-    tok_tr = run.reducer.transform(feats)
-    trpos = {i: k for k, i in enumerate(tr)}
-    run.fusion, lg = fit_fusion(tok_tr[[trpos[i] for i in fi]], yf, tok_tr[[trpos[i] for i in ii]], yi, cfg, seed * 100 + 99)
-    log += lg
+    xz = [(torch.as_tensor(X[:, s], dtype=torch.float32) - zs[s][0]) / zs[s][1] for s in range(X.shape[1])]
+    plan = crossfit_plan(labels, cfg.crossfit, cfg.inner_frac, seed)
+    n_pca = min(cfg.n_components, min(len(pl["pca"]) for pl in plan) - 1)  # one token length for every member
+    members, log = [], []
+    for k, pl in enumerate(plan):
+        ix = {key: np.array([pos[p] for p in pl[key]]) for key in ("cnn_fit", "cnn_stop", "fusion_fit", "fusion_stop", "pca")}
+        yy = {key: np.array([labels[p] for p in pl[key]]) for key in ("cnn_fit", "cnn_stop", "fusion_fit", "fusion_stop")}
+        models = []
+        for s, sname in enumerate(cfg.sequences):
+            m, lg = fit_sequence(_resize(xz[s][ix["cnn_fit"]], cfg.size), yy["cnn_fit"], xz[s][ix["cnn_stop"]], yy["cnn_stop"],
+                                 cfg, seed * 100 + 10 * k + s, dev, sname, f"{sname} (member {k + 1}/{len(plan)})")
+            models.append(m.cpu()); log += [dict(r, member=k) for r in lg]
+        # deep features -> PCA -> fusion, all on training patients (the held-out fold when cross-fitting)
+        feats = [extract_features(m, _prep(X[ix["pca"], s], *zs[s], cfg.input_size))[0] for s, m in enumerate(models)]
+        red = FeatureReducer(n_pca, seed).fit(feats)
+        tok = {key: red.transform([extract_features(m, _prep(X[ix[key], s], *zs[s], cfg.input_size))[0] for s, m in enumerate(models)])
+               for key in ("fusion_fit", "fusion_stop")}
+        fus = nn.ModuleList()
+        for j in range(cfg.fusion_inits):
+            f, lg = fit_fusion(tok["fusion_fit"], yy["fusion_fit"], tok["fusion_stop"], yy["fusion_stop"], cfg, seed * 1000 + 900 + 10 * k + j)
+            fus.append(f); log += [dict(r, member=k, init=j) for r in lg]
+        members.append(MRIMember(models, red, fus))
+    run = MRIRun(cfg, members, zs)
     sc = run.score(X)
     y_train = np.array([labels[p] for p in meta.patient_id.iloc[tr]])
     run.cutoff = float(youden_cutoff(y_train, sc["dls"][tr]).threshold)
     # outputs
     run.save(out_dir)
     write_json(dict(config=asdict(cfg), zscore=[list(z) for z in zs], cutoff=run.cutoff, seed=seed, permuted=permute_labels,
-                    label_column=lab, study=name, fit_patients=list(fit_ids), inner_patients=list(inner_ids)), out_dir / "config.json")
+                    label_column=lab, study=name, members=plan), out_dir / "config.json")
     with atomic_write(out_dir / "train_log.csv") as f: pd.DataFrame(log).to_csv(f, index=False)
     dls = _dls_frame(meta, sc, cfg.sequences, lab, run.cutoff)
     with atomic_write(out_dir / "dls.csv") as f: dls.to_csv(f, index=False)
@@ -401,9 +485,10 @@ def train_mri_study(study_or_path,  # manifest path, `pdl1_dls.manifest.Study`, 
                                       external_auc=role_auc("external", f"dls_{s}")["auc"])
                               for i, s in enumerate(cfg.sequences)},
                    delong_fused_vs_sequence_validation=vs_seq("validation"),
-                   cohorts=per_cohort, cutoff=run.cutoff, n_train=int(len(tr)), n_fit=len(fit_ids), n_inner=len(inner_ids),
+                   cohorts=per_cohort, cutoff=run.cutoff, n_train=int(len(tr)), crossfit=cfg.crossfit,
+                   members=[{f"n_{key}": len(v) for key, v in pl.items()} for pl in plan],
                    n_skipped=int(len(skipped)), backbone=cfg.backbone, pretrained=cfg.weights is not None, quick=quick, profile=cfg.profile,
-                   pca_components=int(run.reducer.k_), train_seconds=round(time.time() - t0, 1), device=str(dev))
+                   pca_components=int(members[0].reducer.k_), train_seconds=round(time.time() - t0, 1), device=str(dev))
     write_json(metrics, out_dir / "metrics.json")
     return metrics
 

@@ -18,10 +18,10 @@ from scipy import ndimage, optimize, special, stats
 from .core import PDL1Error, atomic_dir, progress, sha256
 
 # %% auto #0
-__all__ = ['PETCT_COHORTS', 'MRI_COHORTS', 'PETCT_NOISE', 'MRI_NOISE', 'SCALES', 'PFS_SHAPE', 'OS_SHAPE', 'LOSS_RATE', 'CT_SHAPE',
-           'CT_SPACING', 'PET_SHAPE', 'PET_SPACING', 'PET_FWHM_MM', 'CE_SHAPE', 'CE_SPACING', 'T2_SHAPE', 'T2_SPACING',
-           'CohortSpec', 'tps_from_latent', 'cps_from_latent', 'FieldBank', 'petct_bank', 'mri_bank',
-           'make_petct_study', 'make_mri_study', 'image_features', 'calibration']
+__all__ = ['PETCT_COHORTS', 'MRI_COHORTS', 'PETCT_NOISE', 'MRI_NOISE', 'SCALES', 'GENERATOR_VERSIONS', 'PFS_SHAPE', 'OS_SHAPE',
+           'LOSS_RATE', 'CT_SHAPE', 'CT_SPACING', 'PET_SHAPE', 'PET_SPACING', 'PET_FWHM_MM', 'CE_SHAPE', 'CE_SPACING',
+           'T2_SHAPE', 'T2_SPACING', 'CohortSpec', 'tps_from_latent', 'cps_from_latent', 'FieldBank', 'petct_bank',
+           'mri_bank', 'make_petct_study', 'make_mri_study', 'image_features', 'calibration']
 
 # %% ../nbs/03_synth.ipynb #86e460c0
 @dataclass(frozen=True)
@@ -65,6 +65,8 @@ MRI_COHORTS = (
 PETCT_NOISE = dict(suv=2.0, nec=1.3, rim=1.3)
 MRI_NOISE = dict(t1=1.4, t2=1.4, ce=1.4)
 SCALES = ("tiny", "small", "paper")
+# bumped when a kind's images change for the same seed; a generated folder of an older version is made again
+GENERATOR_VERSIONS = dict(petct=1, mri=2)  # mri 2: stronger T1/T2 contrasts (see "MRI patient")
 
 # %% ../nbs/03_synth.ipynb #f3569837
 def _latent(rng, n: int, prevalence: float, ihc: float):
@@ -316,16 +318,15 @@ T2_SHAPE, T2_SPACING = (14, 96, 96), (0.7, 0.7, 4.4)
 
 def mri_bank(rng) -> FieldBank:
     "The random-field bank of an MRI study (tumour shape, tissue layout, textures)."
-    return FieldBank(rng, CE_SHAPE, dict(shape=(1.0, 6.5, 6.5), tissue=(0.6, 8.0, 8.0), ttex=(0.5, 3.0, 3.0),
-                                         ftex=(0.3, 1.5, 1.5)))
+    return FieldBank(rng, CE_SHAPE, dict(shape=(1.0, 6.5, 6.5), tissue=(0.6, 8.0, 8.0), ttex=(0.5, 3.0, 3.0)))
 
 def _mri_phenotype(rng, z):
     "True phenotype parameters of one MRI patient from its latent propensity."
     x = {k: z + rng.normal(0, s) for k, s in MRI_NOISE.items()}
     return dict(x_t1=x["t1"], x_t2=x["t2"], x_ce=x["ce"],
                 diameter_mm=float(np.clip(np.exp(rng.normal(np.log(30), 0.25)), 18, 45)),
-                t1_ratio=float(np.clip(1.0 - 0.07 * x["t1"], 0.6, 1.4)),
-                t2_heterogeneity=float(np.clip(0.12 * np.exp(0.3 * x["t2"]), 0.03, 0.5)),
+                t1_ratio=float(np.clip(1.0 - 0.15 * x["t1"], 0.45, 1.55)),
+                t2_heterogeneity=float(np.clip(0.12 * np.exp(0.6 * x["t2"]), 0.02, 0.6)),
                 ring_enhancement=float(np.clip(0.6 * special.expit(1.0 * x["ce"] - 0.3), 0.0, 0.6)))
 
 def _mri_patient(rng, bank, ph: dict, folder: Path):
@@ -342,14 +343,14 @@ def _mri_patient(rng, bank, ph: dict, folder: Path):
     zz, yy, xx = _grid_mm(CE_SHAPE, CE_SPACING, origin)
     a = rng.uniform(0, 2 * np.pi); ac = origin[:2] + ext[:2] / 2 + 26 * np.array([np.cos(a), np.sin(a)])
     air = (((xx - ac[0]) / 7) ** 2 + ((yy - ac[1]) / 10) ** 2 < 1) & ~tumour & (zz > -1e9)
-    ttex, ftex = bank.get(rng, "ttex"), bank.get(rng, "ftex")
+    ttex = bank.get(rng, "ttex")  # the tumour's tissue texture, seen by every sequence
     ring = 1 - ph["ring_enhancement"] * np.clip(1 - r ** 2, 0, 1)
     def seq(muscle, fatv, airv, tum):
         v = np.full(CE_SHAPE, muscle, np.float32); v[fat] = fatv; v[air] = airv
         v = np.where(tumour, tum, v)
         return ndimage.uniform_filter(v, (1, 2, 2))
     t1 = seq(500, 950, 30, 500 * ph["t1_ratio"] * (1 + 0.04 * ttex))
-    t2 = seq(320, 800, 30, 620 * (1 + ph["t2_heterogeneity"] * ftex))
+    t2 = seq(320, 800, 30, 620 * (1 + ph["t2_heterogeneity"] * ttex))
     ce = seq(450, 150, 30, 900 * ring * (1 + 0.05 * ttex))
     t2_ext = np.array(T2_SHAPE[::-1]) * np.array(T2_SPACING)
     t2_origin = (origin + (ext - t2_ext) / 2 + rng.uniform(-1, 1, 3)).round(2)
@@ -463,7 +464,8 @@ def _manifest(kind: str, scale: str, seed: int) -> dict:
         if o != outcomes: c["outcomes"] = o
         cohorts.append(c)
     return {"name": f"synthetic_{kind}_{scale}", "modality": kind, "paper": "mu2021" if kind == "petct" else "ding2025",
-            "root": ".", "synthetic": {"kind": kind, "scale": scale, "seed": int(seed)}, "id_column": "patient_id",
+            "root": ".", "synthetic": {"kind": kind, "scale": scale, "seed": int(seed), "version": GENERATOR_VERSIONS[kind]},
+            "id_column": "patient_id",
             "label": label, "outcomes": outcomes, "covariates": covariates, "images": images,
             "checksums": "checksums.sha256", "cohorts": cohorts}
 
@@ -476,7 +478,7 @@ def _make_study(kind, root, scale, seed, overwrite, workers, _fail_after=None):
         if manifest.is_file():
             try: syn = (yaml.safe_load(manifest.read_text()) or {}).get("synthetic")
             except yaml.YAMLError: syn = None
-            if syn == {"kind": kind, "scale": scale, "seed": int(seed)}: return manifest
+            if syn == {"kind": kind, "scale": scale, "seed": int(seed), "version": GENERATOR_VERSIONS[kind]}: return manifest
         if any(root.iterdir()):
             raise PDL1Error(f"folder exists and is not this synthetic study ({kind}, {scale}, seed {seed}); "
                             "pass overwrite=True to replace it", file=root)

@@ -233,13 +233,16 @@ def test_gradcam_explorer_mri(mri_run_dir):
     sc = pd.read_csv(mri_run_dir / "scores.csv", dtype={"patient_id": str}).set_index("patient_id")
     assert inf["dls"] == pytest.approx(sc.loc[pid, "dls"]) and inf["sequence_score"] == pytest.approx(sc.loc[pid, "dls_ce_t1"])
     assert inf["cutoff"] == pytest.approx(gx.run.cutoff)
-    # the map is the sequence CNN's own Grad-CAM (pdl1_dls.mri_models.mri_gradcam on the normalised input), resized
+    # the map is the mean Grad-CAM of the sequence's CNNs over the run's members (mri_gradcam on the normalised input), resized
     from pdl1_dls.mri_models import mri_gradcam
     from pdl1_dls.mri_train import _prep
     run = MRIRun.load(mri_run_dir / "models" / "mri")
     import torch
     import torch.nn.functional as F
-    ref = mri_gradcam(run.models[2], _prep(x[2][None], *run.zscore[2], run.cfg.input_size), 1)
+    xi = _prep(x[2][None], *run.zscore[2], run.cfg.input_size)
+    per_member = [mri_gradcam(m.models[2], xi, 1) for m in run.members]
+    assert len(per_member) == 2 and not np.allclose(per_member[0], per_member[1])
+    ref = np.mean(per_member, 0)
     ref = F.interpolate(torch.as_tensor(ref, dtype=torch.float32)[:, None], size=x.shape[-2:], mode="bilinear")[0, 0].numpy()
     cams = gx.cams(pid, "ce_t1", 1)
     assert cams.shape == (3, *x.shape[-2:]) and np.allclose(cams[0], cams[2]) and 0 <= cams.min() and cams.max() <= 1

@@ -141,6 +141,13 @@ def test_generated_study_with_other_settings_is_generated_again(tmp_path):
     own = yaml.safe_load((tmp_path / "study" / "study.yaml").read_text())
     assert own["synthetic"]["seed"] == 1 and (tmp_path / "study" / "clinical.csv").read_text() != first
     assert not needs_generation(man)
+    # a folder made by an older version of the MRI generator is made again (a manifest never names the version)
+    from pdl1_dls.synth import GENERATOR_VERSIONS
+    assert own["synthetic"]["version"] == GENERATOR_VERSIONS["mri"] >= 2
+    own["synthetic"].pop("version"); (tmp_path / "study" / "study.yaml").write_text(yaml.safe_dump(own))  # as before versions
+    assert needs_generation(man) and generate_if_needed(man)
+    assert yaml.safe_load((tmp_path / "study" / "study.yaml").read_text())["synthetic"]["version"] == GENERATOR_VERSIONS["mri"]
+    assert not needs_generation(man)
 
 
 @pytest.mark.parametrize("name", ["template_petct", "template_mri", "template_tcia_nsclc_radiogenomics"])

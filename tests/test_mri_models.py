@@ -115,8 +115,25 @@ def test_fusion_architecture_and_learning():
     d = fus.dls(tok)
     from pdl1_dls.stats.roc import auc
     assert ((0 < d) & (d < 1)).all() and auc(y, d) > 0.85
-    # tokens are not interchangeable: the sequence embedding makes order matter
+    # tokens are not interchangeable: each sequence has its own projection and embedding
     assert not np.allclose(fus.dls(tok[:, ::-1].copy()), d)
+    assert len(fus.proj) == 3 and all(p.weight.shape == (64, 16) for p in fus.proj)
+
+
+def test_fusion_uses_a_sequence_whose_sign_differs():
+    "Per-sequence projections: a token whose signal has the opposite sign to the others' still adds to the DLS."
+    from pdl1_dls.stats.roc import auc
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 2, 300)
+    tok = rng.normal(size=(300, 3, 8)).astype(np.float32)
+    tok[:, 0, 0] += 1.0 * y; tok[:, 1, 0] -= 1.0 * y; tok[:, 2, 0] += 1.0 * y    # the T2 token points the other way
+    torch.manual_seed(0); fus = FusionTransformer(d_in=8, dropout=0.0)
+    opt = torch.optim.Adam(fus.parameters(), 1e-2)
+    for _ in range(150):
+        fus.train(); loss = focal_loss((lambda o: o[:, 1] - o[:, 0])(fus(torch.as_tensor(tok))), torch.as_tensor(y), 0.5, 2.0)
+        opt.zero_grad(); loss.backward(); opt.step()
+    single = max(auc(y, s * tok[:, i, 0]) for i, s in ((0, 1), (1, -1), (2, 1)))
+    assert auc(y, fus.dls(tok)) > single + 0.03
 
 
 def test_gradcam_shapes_and_range():

@@ -28,12 +28,19 @@ def _train(tab, out, cache, **kw):
 def test_outputs_and_scoring(toy):
     d, tab = toy
     m = _train(tab, d / "run", d / "cache")
-    for f in ("metrics.json", "config.json", "dls.csv", "features.npz", "fusion.pt", "reducer.npz", "train_log.csv",
-              "skipped.csv", "cnn_t1.pt", "cnn_t2.pt", "cnn_ce_t1.pt"):
+    for f in ("metrics.json", "config.json", "dls.csv", "features.npz", "train_log.csv", "skipped.csv"):
         assert (d / "run" / f).is_file(), f
+    for k in (0, 1):    # two cross-fitting members
+        for f in ("fusion.pt", "reducer.npz", "cnn_t1.pt", "cnn_t2.pt", "cnn_ce_t1.pt"):
+            assert (d / "run" / f"member{k}" / f).is_file(), (k, f)
+    conf = json.loads((d / "run" / "config.json").read_text())
+    (a, b), trn = conf["members"], set(tab.patient_id[tab.role == "train"])
+    assert set(a["pca"]) | set(b["pca"]) == trn and not set(a["pca"]) & set(b["pca"])
+    assert set(a["cnn_fit"]) == set(b["pca"]) and set(a["fusion_fit"]) | set(a["fusion_stop"]) == set(a["pca"])
     met = json.loads((d / "run" / "metrics.json").read_text())
     assert met["val_auc"] == m["val_auc"] and 0 <= m["val_auc"] <= 1 and m["permuted"] is False and m["seed"] == 0
-    assert set(met["sequences"]) == {"t1", "t2", "ce_t1"} and m["n_train"] == 16 and m["pca_components"] == 15
+    assert set(met["sequences"]) == {"t1", "t2", "ce_t1"} and m["n_train"] == 16 and m["crossfit"] == 2
+    assert m["pca_components"] == 7    # the PCA of a member is fitted on its held-out fold of 8 patients
     dls = pd.read_csv(d / "run" / "dls.csv")
     assert {"patient_id", "cohort", "dls", "dls_t1", "dls_t2", "dls_ce_t1", "n_slices"} <= set(dls.columns)
     assert len(dls) == 24 and (dls.n_slices == 9).all() and dls.dls.between(0, 1).all()
@@ -44,7 +51,23 @@ def test_outputs_and_scoring(toy):
     # scoring the saved run reproduces the training-time scores
     again = score_mri_study(tab, d / "run", out_dir=d / "score", cache_dir=d / "cache")
     assert np.allclose(again.dls, dls.dls, atol=1e-5) and (d / "score" / "features.npz").is_file()
-    with np.load(d / "score" / "features.npz") as z: assert z["tokens"].shape == (24, 3, 15)
+    with np.load(d / "score" / "features.npz") as z:
+        assert z["tokens"].shape == (24, 2, 3, 7) and z["features"].shape == (24, 2, 3, 512)    # patient, member, sequence
+        assert np.allclose(z["dls"], dls.dls, atol=1e-5)
+
+
+def test_single_fit_without_crossfitting(toy, tmp_path):
+    "crossfit=1 is the paper's single fit: one member, PCA on the whole training cohort, fusion on the CNNs' fit split."
+    d, tab = toy
+    m = _train(tab, tmp_path / "one", d / "cache", crossfit=1)
+    assert (tmp_path / "one" / "member0" / "fusion.pt").is_file() and not (tmp_path / "one" / "member1").exists()
+    (pl,) = json.loads((tmp_path / "one" / "config.json").read_text())["members"]
+    assert set(pl["pca"]) == set(tab.patient_id[tab.role == "train"]) and pl["fusion_fit"] == pl["cnn_fit"]
+    assert m["crossfit"] == 1 and m["pca_components"] == 15
+    again = score_mri_study(tab, tmp_path / "one", out_dir=tmp_path / "s", cache_dir=d / "cache")
+    assert np.allclose(again.dls, pd.read_csv(tmp_path / "one" / "dls.csv").dls, atol=1e-5)
+    with pytest.raises(PDL1Error, match="crossfit=9 needs at least 9 training patients of each class"):
+        _train(tab, tmp_path / "nine", d / "cache", crossfit=9)    # 16 training patients: one class has fewer than 9
 
 
 def test_fitted_on_training_only(toy, tmp_path):
@@ -59,8 +82,10 @@ def test_fitted_on_training_only(toy, tmp_path):
     _train(tab2, tmp_path / "b", d / "cache")
     ca, cb = (json.loads((tmp_path / r / "config.json").read_text()) for r in "ab")
     assert ca["zscore"] == cb["zscore"] and ca["cutoff"] == cb["cutoff"]
-    with np.load(tmp_path / "a" / "reducer.npz") as za, np.load(tmp_path / "b" / "reducer.npz") as zb:
-        assert set(za.files) == set(zb.files) and all(np.array_equal(za[k], zb[k]) for k in za.files)
+    assert ca["members"] == cb["members"]
+    for k in (0, 1):
+        with np.load(tmp_path / "a" / f"member{k}" / "reducer.npz") as za, np.load(tmp_path / "b" / f"member{k}" / "reducer.npz") as zb:
+            assert set(za.files) == set(zb.files) and all(np.array_equal(za[n], zb[n]) for n in za.files)
     da, db = (pd.read_csv(tmp_path / r / "dls.csv") for r in "ab")
     trn = da.role == "train"
     assert np.allclose(da.dls[trn], db.dls[trn], atol=1e-6)
@@ -103,6 +128,9 @@ def test_manifest_train_settings_and_profiles(tmp_path):
             train_mri_study(write({"epoch": 3}, "m3"), tmp_path / "r3", device="cpu", cache_dir=tmp_path / "c")
         with pytest.raises(PDL1Error, match="unknown MRI training profile 'gpu'"):
             train_mri_study(write({"profile": "gpu"}, "m4"), tmp_path / "r4", device="cpu", cache_dir=tmp_path / "c")
+    from pdl1_dls.mri_train import manifest_train_settings
+    got = manifest_train_settings(write({"weights": "w/r18.pth", "epochs": 2}, "m7"))
+    assert got == {"weights": str(man.parent.resolve() / "w" / "r18.pth"), "epochs": 2}   # relative to the manifest, not the cwd
     probs = validate_study(write("cpu", "m5"))
     assert any("train must be a mapping" in p.line() for p in probs)
     assert not validate_study(write(small, "m6"))

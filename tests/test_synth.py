@@ -55,7 +55,7 @@ def test_petct_layout_and_geometry(petct):
     man = yaml.safe_load((petct / "study.yaml").read_text())
     assert man["root"] == "." and man["modality"] == "petct" and man["paper"] == "mu2021"
     assert man["label"] == {"source": "pdl1_tps", "rule": ">=1", "column": "pdl1"}
-    assert man["synthetic"] == {"kind": "petct", "scale": "tiny", "seed": 0}
+    assert man["synthetic"] == {"kind": "petct", "scale": "tiny", "seed": 0, "version": synth.GENERATOR_VERSIONS["petct"]}
     roles = {c["name"]: c["role"] for c in man["cohorts"]}
     assert roles == {"sph_train": "train", "sph_val": "validation", "mcc_pdl1": "test", "va": "external",
                      "mcc_ici_retro": "ici", "mcc_ici_pro": "ici"}
