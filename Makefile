@@ -57,7 +57,8 @@ test: install browser
 	$(BIN)/nbdev-test --n-workers 2
 
 test-all: install browser
-	$(BIN)/python -m pytest -n 2 --dist loadfile -m "" tests
+	$(BIN)/python -m pytest -n 2 --dist loadfile tests
+	$(BIN)/python -m pytest -m slow --durations=0 tests  # the end-to-end runs one at a time: each trains on both cores
 	$(BIN)/nbdev-test --n-workers 2 --flags slow
 
 export: install
