@@ -54,12 +54,12 @@ browser:
 
 test: install browser
 	$(BIN)/python -m pytest -n 2 --dist loadfile --durations=25 tests
-	$(BIN)/nbdev-test --n-workers 2
+	OMP_WAIT_POLICY=PASSIVE $(BIN)/nbdev-test --n-workers 2  # two notebooks at once: see tests/conftest.py
 
 test-all: install browser
 	$(BIN)/python -m pytest -n 2 --dist loadfile tests
 	$(BIN)/python -m pytest -m slow --durations=0 tests  # the end-to-end runs one at a time: each trains on both cores
-	$(BIN)/nbdev-test --n-workers 2 --flags slow
+	OMP_WAIT_POLICY=PASSIVE $(BIN)/nbdev-test --n-workers 2 --flags slow
 
 export: install
 	$(BIN)/nbdev-export

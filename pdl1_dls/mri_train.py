@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import time
 import warnings
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -174,6 +175,15 @@ def fit_sequence(x_fit: torch.Tensor,  # (n, 3, size, size) z-scored training im
     return model, log
 
 # %% ../nbs/22_mri_train.ipynb #ae263e95
+@contextmanager
+def _one_thread():
+    "Run tiny-tensor work (the fusion) on one torch thread."
+    # more threads spin-wait for far longer than they compute on tensors this small; with another process on the same
+    # cores (pytest workers, two trainings) a quick run took 238 s instead of 20 s
+    old = torch.get_num_threads(); torch.set_num_threads(1)
+    try: yield
+    finally: torch.set_num_threads(old)
+
 def _fusion_loss(logits, y, cfg):
     return focal_loss(logits[:, 1] - logits[:, 0], y, cfg.focal_alpha, cfg.focal_gamma)  # = focal loss on the softmax
 
@@ -184,7 +194,10 @@ def fit_fusion(tok_fit: np.ndarray,  # (n, n_seq, k) training tokens (fit part)
                cfg: MRITrainConfig,  # settings
                seed: int = 0,  # seed
               ) -> tuple[FusionTransformer, list[dict]]:
-    "Train the transformer fusion full batch with SGD and early stopping on the inner loss."
+    "Train the transformer fusion full batch with SGD and early stopping on the inner loss (on one thread)."
+    with _one_thread(): return _fit_fusion(tok_fit, y_fit, tok_inner, y_inner, cfg, seed)
+
+def _fit_fusion(tok_fit, y_fit, tok_inner, y_inner, cfg, seed):
     seed_everything(seed)
     model = FusionTransformer(tok_fit.shape[2], tok_fit.shape[1], cfg.d_model, 8, 3, cfg.fusion_dropout)
     opt = torch.optim.SGD(model.parameters(), lr=cfg.fusion_lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
@@ -265,8 +278,8 @@ class MRIMember:
             f, l = extract_features(m, _prep(X[:, s], *zscore[s], input_size), device=device)
             feats.append(f); logits.append(l)
         tokens = self.reducer.transform(feats)
-        return dict(features=np.stack(feats, 1), logits=np.stack(logits, 1), tokens=tokens,
-                    dls=np.mean([f.dls(tokens) for f in self.fusion], 0))
+        with _one_thread(): dls = np.mean([f.dls(tokens) for f in self.fusion], 0)
+        return dict(features=np.stack(feats, 1), logits=np.stack(logits, 1), tokens=tokens, dls=dls)
 
 @dataclass
 class MRIRun:
