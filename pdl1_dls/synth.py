@@ -442,6 +442,10 @@ def _study_tables(kind: str, scale: str, seed: int):
     return pd.concat(clin, ignore_index=True), pd.concat(truth, ignore_index=True), jobs
 
 # %% ../nbs/03_synth.ipynb #2cbde446
+def _synthetic_spec(kind: str, scale: str, seed: int) -> dict:
+    "The `synthetic:` block a generated study's study.yaml records (with the generator version)."
+    return {"kind": kind, "scale": scale, "seed": int(seed), "version": GENERATOR_VERSIONS[kind]}
+
 def _manifest(kind: str, scale: str, seed: int) -> dict:
     "The study.yaml content (DEVELOPING.md schema) of a synthetic study."
     specs = PETCT_COHORTS if kind == "petct" else MRI_COHORTS
@@ -464,8 +468,7 @@ def _manifest(kind: str, scale: str, seed: int) -> dict:
         if o != outcomes: c["outcomes"] = o
         cohorts.append(c)
     return {"name": f"synthetic_{kind}_{scale}", "modality": kind, "paper": "mu2021" if kind == "petct" else "ding2025",
-            "root": ".", "synthetic": {"kind": kind, "scale": scale, "seed": int(seed), "version": GENERATOR_VERSIONS[kind]},
-            "id_column": "patient_id",
+            "root": ".", "synthetic": _synthetic_spec(kind, scale, seed), "id_column": "patient_id",
             "label": label, "outcomes": outcomes, "covariates": covariates, "images": images,
             "checksums": "checksums.sha256", "cohorts": cohorts}
 
@@ -478,7 +481,7 @@ def _make_study(kind, root, scale, seed, overwrite, workers, _fail_after=None):
         if manifest.is_file():
             try: syn = (yaml.safe_load(manifest.read_text()) or {}).get("synthetic")
             except yaml.YAMLError: syn = None
-            if syn == {"kind": kind, "scale": scale, "seed": int(seed), "version": GENERATOR_VERSIONS[kind]}: return manifest
+            if syn == _synthetic_spec(kind, scale, seed): return manifest
         if any(root.iterdir()):
             raise PDL1Error(f"folder exists and is not this synthetic study ({kind}, {scale}, seed {seed}); "
                             "pass overwrite=True to replace it", file=root)
