@@ -1,5 +1,7 @@
-"stats.association: published ICC example, independent cocor checks, ANOVA/LSD vs OLS, tests vs scipy, table1, bad input."
+"stats.association: published ICC example, independent cocor checks, ANOVA/LSD vs OLS, rank tests vs R, tests vs scipy, table1, bad input."
 import math
+import warnings
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -99,7 +101,10 @@ def test_correlations_equal_scipy():
 def test_two_sample_and_contingency_tests():
     rng = np.random.default_rng(4)
     x, y = rng.normal(size=30), rng.normal(size=25) + 1
-    assert abs(asc.mann_whitney(x, y).p - st.mannwhitneyu(x, y).pvalue) < 1e-12
+    # R's wilcox.test (followed) gives the exact p for 30 and 25 values without ties; scipy's default
+    # method="auto" is asymptotic once both samples exceed 8 values, so compare with its exact p
+    assert abs(asc.mann_whitney(x, y).p - st.mannwhitneyu(x, y, method="exact").pvalue) < 1e-12
+    assert abs(asc.mann_whitney(x, y, exact=False).p - st.mannwhitneyu(x, y, method="asymptotic").pvalue) < 1e-12
     z = x + rng.normal(0, 0.1, 30) + 0.2
     assert asc.wilcoxon(x, z).p < 0.05
     t = np.array([[10, 2], [3, 9]])
@@ -112,6 +117,172 @@ def test_two_sample_and_contingency_tests():
     e = st.contingency.expected_freq(t)
     chi = ((np.abs(t - e) - 0.5) ** 2 / e).sum()
     assert abs(asc.chi_square(None, None, table=t).statistic - chi) < 1e-12
+
+
+WILCOX = pd.read_csv(Path(__file__).parent / "data" / "association_wilcox.csv")
+
+
+def _sample(case, group):
+    return WILCOX.value[(WILCOX.case == case) & (WILCOX.group == group)].to_numpy()
+
+
+def _check_against_R(fn, expected):
+    for (case, kw), (stat, p, method) in expected.items():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            r = fn(_sample(case, "x"), _sample(case, "y"), **dict(kw))
+        assert r.statistic == stat, (case, kw, r)
+        assert abs(r.p - p) <= 1e-12 * p, (case, kw, r.p, p)
+        assert r.test == method, (case, kw, r.test)
+
+
+def test_mann_whitney_against_R():
+    """R 4.2.2 on tests/data/association_wilcox.csv (mw_small: 11 and 13 values, no ties; mw_ties: 20 and 17
+    integers; mw_large: 49 and 50 values, no ties):
+
+        d <- read.csv("tests/data/association_wilcox.csv")
+        g <- function(case, grp) d$value[d$case == case & d$group == grp]
+        show <- function(label, t) cat(label, format(unname(t$statistic), digits = 15),
+                                       format(t$p.value, digits = 15), t$method, "\n")
+        for (case in c("mw_small", "mw_ties", "mw_large")) {
+          x <- g(case, "x"); y <- g(case, "y")
+          show(paste(case, "default"), wilcox.test(x, y))
+          show(paste(case, "exact=F correct=F"), wilcox.test(x, y, exact = FALSE, correct = FALSE))
+          show(paste(case, "exact=T"), wilcox.test(x, y, exact = TRUE))
+          show(paste(case, "exact=F"), wilcox.test(x, y, exact = FALSE))
+        }
+
+    printed:
+
+        mw_small default 22 0.00312321725028684 Wilcoxon rank sum exact test
+        mw_small exact=F correct=F 22 0.00413259628918216 Wilcoxon rank sum test
+        mw_small exact=T 22 0.00312321725028684 Wilcoxon rank sum exact test
+        mw_small exact=F 22 0.00452706533939692 Wilcoxon rank sum test with continuity correction
+        mw_ties default 104 0.0439149887285573 Wilcoxon rank sum test with continuity correction
+        mw_ties exact=F correct=F 104 0.0423278568821008 Wilcoxon rank sum test
+        mw_ties exact=T 104 0.0439149887285573 Wilcoxon rank sum test with continuity correction
+        mw_ties exact=F 104 0.0439149887285573 Wilcoxon rank sum test with continuity correction
+        mw_large default 806 0.00340174917184121 Wilcoxon rank sum test with continuity correction
+        mw_large exact=F correct=F 806 0.00336364977324804 Wilcoxon rank sum test
+        mw_large exact=T 806 0.00312616035168702 Wilcoxon rank sum exact test
+        mw_large exact=F 806 0.00340174917184121 Wilcoxon rank sum test with continuity correction
+        Warning messages:
+        1: In wilcox.test.default(x, y) : cannot compute exact p-value with ties
+        2: In wilcox.test.default(x, y, exact = TRUE) : cannot compute exact p-value with ties
+    """
+    cc, plain = "Wilcoxon rank sum test with continuity correction", "Wilcoxon rank sum test"
+    ex = "Wilcoxon rank sum exact test"
+    nc, asked, normal = (("exact", False), ("correct", False)), (("exact", True),), (("exact", False),)
+    _check_against_R(asc.mann_whitney, {
+        ("mw_small", ()): (22, 0.00312321725028684, ex),
+        ("mw_small", nc): (22, 0.00413259628918216, plain),
+        ("mw_small", asked): (22, 0.00312321725028684, ex),
+        ("mw_small", normal): (22, 0.00452706533939692, cc),
+        ("mw_ties", ()): (104, 0.0439149887285573, cc),
+        ("mw_ties", nc): (104, 0.0423278568821008, plain),
+        ("mw_ties", asked): (104, 0.0439149887285573, cc),
+        ("mw_ties", normal): (104, 0.0439149887285573, cc),
+        ("mw_large", ()): (806, 0.00340174917184121, cc),
+        ("mw_large", nc): (806, 0.00336364977324804, plain),
+        ("mw_large", asked): (806, 0.00312616035168702, ex),
+        ("mw_large", normal): (806, 0.00340174917184121, cc),
+    })
+    with pytest.warns(UserWarning, match="cannot compute exact p-value with ties"):
+        asc.mann_whitney(_sample("mw_ties", "x"), _sample("mw_ties", "y"), exact=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")           # the default falls back silently (R warns there too)
+        asc.mann_whitney(_sample("mw_ties", "x"), _sample("mw_ties", "y"))
+
+
+def test_wilcoxon_against_R():
+    """R 4.2.2 on tests/data/association_wilcox.csv, paired by row order (sr_small: 14 pairs, no ties or zeros;
+    sr_zeros: 12 pairs, 2 zero differences, distinct non-zero |x - y|; sr_ties: 25 integer pairs with ties
+    and 3 zeros; sr_large: 50 pairs, no ties):
+
+        (d, g and show as in test_mann_whitney_against_R)
+        for (case in c("sr_small", "sr_zeros", "sr_ties", "sr_large")) {
+          x <- g(case, "x"); y <- g(case, "y")
+          show(paste(case, "default"), wilcox.test(x, y, paired = TRUE))
+          show(paste(case, "exact=F correct=F"), wilcox.test(x, y, paired = TRUE, exact = FALSE, correct = FALSE))
+          show(paste(case, "exact=T"), wilcox.test(x, y, paired = TRUE, exact = TRUE))
+          show(paste(case, "exact=F"), wilcox.test(x, y, paired = TRUE, exact = FALSE))
+        }
+
+    printed:
+
+        sr_small default 89 0.020263671875 Wilcoxon signed rank exact test
+        sr_small exact=F correct=F 89 0.021943664659378 Wilcoxon signed rank test
+        sr_small exact=T 89 0.020263671875 Wilcoxon signed rank exact test
+        sr_small exact=F 89 0.0238241460165172 Wilcoxon signed rank test with continuity correction
+        sr_zeros default 46 0.0665457213437161 Wilcoxon signed rank test with continuity correction
+        sr_zeros exact=F correct=F 46 0.0593361198809086 Wilcoxon signed rank test
+        sr_zeros exact=T 46 0.0665457213437161 Wilcoxon signed rank test with continuity correction
+        sr_zeros exact=F 46 0.0665457213437161 Wilcoxon signed rank test with continuity correction
+        sr_ties default 157.5 0.315646581905022 Wilcoxon signed rank test with continuity correction
+        sr_ties exact=F correct=F 157.5 0.307778680480309 Wilcoxon signed rank test
+        sr_ties exact=T 157.5 0.315646581905022 Wilcoxon signed rank test with continuity correction
+        sr_ties exact=F 157.5 0.315646581905022 Wilcoxon signed rank test with continuity correction
+        sr_large default 814 0.0893235085144442 Wilcoxon signed rank test with continuity correction
+        sr_large exact=F correct=F 814 0.0884177691275586 Wilcoxon signed rank test
+        sr_large exact=T 814 0.0894381024777875 Wilcoxon signed rank exact test
+        sr_large exact=F 814 0.0893235085144442 Wilcoxon signed rank test with continuity correction
+        Warning messages:
+        1: In wilcox.test.default(x, y, paired = TRUE) : cannot compute exact p-value with zeroes
+        2: In wilcox.test.default(x, y, paired = TRUE, exact = TRUE) : cannot compute exact p-value with zeroes
+        3: In wilcox.test.default(x, y, paired = TRUE) : cannot compute exact p-value with ties
+        ... (and the same for sr_ties with exact = TRUE)
+    """
+    cc, plain = "Wilcoxon signed rank test with continuity correction", "Wilcoxon signed rank test"
+    ex = "Wilcoxon signed rank exact test"
+    nc, asked, normal = (("exact", False), ("correct", False)), (("exact", True),), (("exact", False),)
+    _check_against_R(asc.wilcoxon, {
+        ("sr_small", ()): (89, 0.020263671875, ex),
+        ("sr_small", nc): (89, 0.021943664659378, plain),
+        ("sr_small", asked): (89, 0.020263671875, ex),
+        ("sr_small", normal): (89, 0.0238241460165172, cc),
+        ("sr_zeros", ()): (46, 0.0665457213437161, cc),
+        ("sr_zeros", nc): (46, 0.0593361198809086, plain),
+        ("sr_zeros", asked): (46, 0.0665457213437161, cc),
+        ("sr_zeros", normal): (46, 0.0665457213437161, cc),
+        ("sr_ties", ()): (157.5, 0.315646581905022, cc),
+        ("sr_ties", nc): (157.5, 0.307778680480309, plain),
+        ("sr_ties", asked): (157.5, 0.315646581905022, cc),
+        ("sr_ties", normal): (157.5, 0.315646581905022, cc),
+        ("sr_large", ()): (814, 0.0893235085144442, cc),
+        ("sr_large", nc): (814, 0.0884177691275586, plain),
+        ("sr_large", asked): (814, 0.0894381024777875, ex),
+        ("sr_large", normal): (814, 0.0893235085144442, cc),
+    })
+    with pytest.warns(UserWarning, match="cannot compute exact p-value with zeroes"):
+        asc.wilcoxon(_sample("sr_zeros", "x"), _sample("sr_zeros", "y"), exact=True)
+    with pytest.warns(UserWarning, match="ties and zeroes"):
+        asc.wilcoxon(_sample("sr_ties", "x"), _sample("sr_ties", "y"), exact=True)
+
+
+def test_rank_tests_where_scipy_defaults_differ_from_R():
+    "The cases above where scipy's defaults would not give R's numbers (why the rules are written out)."
+    x, y = _sample("mw_small", "x"), _sample("mw_small", "y")
+    assert abs(st.mannwhitneyu(x, y).pvalue - 0.00452706533939692) < 1e-12   # scipy: asymptotic (sizes > 8)
+    x, y = _sample("sr_large", "x"), _sample("sr_large", "y")
+    assert abs(st.wilcoxon(x, y).pvalue - 0.0894381024777875) < 1e-12        # scipy: exact up to 50 pairs
+    assert st.wilcoxon(x, y).statistic == min(814, 50 * 51 / 2 - 814)       # scipy: min(W+, W-), R: V = W+
+    x, y = _sample("sr_zeros", "x"), _sample("sr_zeros", "y")
+    assert abs(st.wilcoxon(x, y).pvalue - 0.0665457213437161) > 1e-3        # scipy: permutation test (n <= 13)
+
+
+def test_rank_tests_degenerate_cases_against_R():
+    """R 4.2.2 (statistic and p printed with format(, digits = 15)):
+
+        wilcox.test(c(1, 1, 1), c(1, 1))                    # 3 NaN (all tied: SIGMA = 0; scipy says p = 1)
+        wilcox.test(2, 1)                                   # 1 1
+        wilcox.test(c(1, 2, 3), c(1, 2, 3.5), paired = TRUE)  # 0 1 (two zeros dropped, one difference left)
+    """
+    r = asc.mann_whitney([1, 1, 1], [1, 1])
+    assert r.statistic == 3 and math.isnan(r.p)
+    r = asc.mann_whitney([2], [1])
+    assert r.statistic == 1 and r.p == 1 and r.test == "Wilcoxon rank sum exact test"
+    r = asc.wilcoxon([1, 2, 3], [1, 2, 3.5])
+    assert r.statistic == 0 and r.p == 1 and r.test == "Wilcoxon signed rank test with continuity correction"
 
 
 def test_table1():
@@ -128,6 +299,8 @@ def test_table1():
     assert age.missing == 5 and age.test in ("t test", "Mann-Whitney")
     suv = t[t.variable == "suv"].iloc[0]
     assert suv.test == "Mann-Whitney" and suv.level == "median (IQR)"      # log-normal: not normal
+    ok = df[df.suv.notna()]
+    assert suv.p == asc.mann_whitney(ok.suv[ok.grp == "neg"], ok.suv[ok.grp == "pos"]).p   # R's wilcox.test rule
     sex = t[t.variable == "sex"].iloc[0]
     nm = int(((df.sex == sex.level) & (df.grp == "neg")).sum())
     assert sex["grp=neg"].startswith(f"{nm} (") and sex.test == "chi-square"
@@ -145,6 +318,9 @@ def test_table1():
     (lambda: asc.icc(np.array([[1, np.nan], [2, 3], [3, 4]])), "NaN"),
     (lambda: asc.icc([[1, 2, 3], [1, 2]]), "mismatched lengths"),
     (lambda: asc.wilcoxon([1, 2, 3], [1, 2, 3]), "zero"),
+    (lambda: asc.wilcoxon([1, 2, 3], [1, 2]), "mismatched lengths"),
+    (lambda: asc.mann_whitney([], [1, 2]), "empty"),
+    (lambda: asc.mann_whitney([1, np.nan], [1, 2]), "NaN"),
     (lambda: asc.table1(pd.DataFrame({"g": [1, 1], "x": [1, 2]}), "g", ["x"]), "single level"),
 ])
 def test_bad_input_raises_clear_valueerror(call, match):

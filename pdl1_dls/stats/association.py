@@ -8,6 +8,7 @@ Docs: https://pdl1-dls.github.io/pdl1_dls/stats_association.html.md"""
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 from itertools import combinations
 from typing import Sequence
@@ -160,28 +161,71 @@ class Test:
     test: str
 
 
+def _normal_p(z: float,  # statistic minus its null mean
+              sigma: float,  # null SD (tie-corrected)
+              correct: bool,  # continuity correction of 0.5 towards the mean
+             ) -> float:
+    "Two-sided normal p of a rank statistic as R's `wilcox.test` (NaN when sigma is 0, as R)."
+    if sigma == 0: return float("nan")
+    z = (z - (math.copysign(0.5, z) if correct and z != 0 else 0.0)) / sigma
+    return float(2 * _st.norm.sf(abs(z)))
+
+
+def _tie_counts(r):
+    return np.unique(r, return_counts=True)[1].astype(float)
+
+# %% ../../nbs/52_stats_association.ipynb #0a8cc2ac
 def mann_whitney(x, y,  # two independent samples
+                 exact: bool | None = None,  # exact p; None: R's rule (both samples < 50 values, no ties)
+                 correct: bool = True,  # continuity correction of the normal approximation
                 ) -> Test:
-    "Two-sided Mann-Whitney U test (R `wilcox.test(x, y)`): U of x and p."
+    "Two-sided Wilcoxon rank-sum (Mann-Whitney) test as R's `wilcox.test(x, y)`: W = U of x, and p."
     x = np.asarray(x, dtype=float); y = np.asarray(y, dtype=float)
     for nm, a in (("x", x), ("y", y)):
         if np.isnan(a).any(): raise ValueError(f"{nm} contains NaN value(s)")
         if len(a) == 0: raise ValueError(f"{nm} is empty")
-    r = _st.mannwhitneyu(x, y, alternative="two-sided", method="auto", use_continuity=True)
-    return Test(float(r.statistic), float(r.pvalue), "Mann-Whitney U")
+    nx, ny = len(x), len(y)
+    r = _st.rankdata(np.concatenate([x, y]))
+    w = float(r[:nx].sum() - nx * (nx + 1) / 2)
+    t = _tie_counts(r); ties = bool((t > 1).any())
+    use_exact = (nx < 50 and ny < 50) if exact is None else bool(exact)
+    if use_exact and not ties:
+        p = _st.mannwhitneyu(x, y, alternative="two-sided", method="exact").pvalue
+        return Test(w, float(p), "Wilcoxon rank sum exact test")
+    if exact: warnings.warn("cannot compute exact p-value with ties: normal approximation used (as R)", stacklevel=2)
+    n = nx + ny
+    sigma = math.sqrt(nx * ny / 12 * ((n + 1) - (t**3 - t).sum() / (n * (n - 1))))
+    name = "Wilcoxon rank sum test" + (" with continuity correction" if correct else "")
+    return Test(w, _normal_p(w - nx * ny / 2, sigma, correct), name)
 
-
+# %% ../../nbs/52_stats_association.ipynb #4070eb3f
 def wilcoxon(x, y,  # paired samples
+             exact: bool | None = None,  # exact p; None: R's rule (< 50 non-zero differences, no ties, no zeros)
+             correct: bool = True,  # continuity correction of the normal approximation
             ) -> Test:
-    "Two-sided Wilcoxon signed-rank test of paired samples (R `wilcox.test(x, y, paired=TRUE)`)."
+    "Two-sided Wilcoxon signed-rank test of paired samples as R's `wilcox.test(x, y, paired=TRUE)`: V and p."
     x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
     if len(x) != len(y): raise ValueError(f"mismatched lengths: x has {len(x)} values, y has {len(y)}")
     if np.isnan(x).any() or np.isnan(y).any(): raise ValueError("x or y contains NaN value(s)")
-    if np.all(x == y): raise ValueError("all paired differences are zero: the signed-rank test is undefined")
-    r = _st.wilcoxon(x, y, alternative="two-sided", correction=True)
-    return Test(float(r.statistic), float(r.pvalue), "Wilcoxon signed-rank")
+    d = x - y
+    zeros = bool((d == 0).any()); d = d[d != 0]
+    if len(d) == 0: raise ValueError("all paired differences are zero: the signed-rank test is undefined")
+    n = len(d)
+    r = _st.rankdata(np.abs(d))
+    v = float(r[d > 0].sum())
+    t = _tie_counts(r); ties = bool((t > 1).any())
+    use_exact = n < 50 if exact is None else bool(exact)
+    if use_exact and not ties and not zeros:
+        p = _st.wilcoxon(d, alternative="two-sided", method="exact").pvalue
+        return Test(v, float(p), "Wilcoxon signed rank exact test")
+    if exact:
+        why = " and ".join(w for w, f in (("ties", ties), ("zeroes", zeros)) if f)
+        warnings.warn(f"cannot compute exact p-value with {why}: normal approximation used (as R)", stacklevel=2)
+    sigma = math.sqrt(n * (n + 1) * (2 * n + 1) / 24 - (t**3 - t).sum() / 48)
+    name = "Wilcoxon signed rank test" + (" with continuity correction" if correct else "")
+    return Test(v, _normal_p(v - n * (n + 1) / 4, sigma, correct), name)
 
-
+# %% ../../nbs/52_stats_association.ipynb #8daa4845
 def _crosstab(a, b):
     a = pd.Series(np.asarray(a)); b = pd.Series(np.asarray(b))
     if len(a) != len(b): raise ValueError(f"mismatched lengths: {len(a)} and {len(b)}")
@@ -312,7 +356,7 @@ def table1(df: pd.DataFrame,  # one row per patient
                 p, test = ((_st.ttest_ind(*xs).pvalue, "t test") if len(xs) == 2 else (_st.f_oneway(*xs).pvalue, "ANOVA"))
             else:
                 summ = lambda a: f"{f.format(np.median(a))} ({f.format(np.percentile(a, 25))}–{f.format(np.percentile(a, 75))})"
-                p, test = ((_st.mannwhitneyu(*xs, alternative='two-sided').pvalue, "Mann-Whitney") if len(xs) == 2
+                p, test = ((mann_whitney(*xs).p, "Mann-Whitney") if len(xs) == 2
                            else (_st.kruskal(*xs).pvalue, "Kruskal-Wallis"))
             r = {"variable": v, "level": "mean ± SD" if isnorm else "median (IQR)", "Overall": summ(x.to_numpy())}
             for a, c in zip(xs, cols[1:]): r[c] = summ(a)
