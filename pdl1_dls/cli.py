@@ -15,7 +15,7 @@ from pathlib import Path
 from .core import PDL1Error, get_settings
 
 # %% auto #0
-__all__ = ['build_parser', 'main']
+__all__ = ['default_out', 'build_parser', 'main']
 
 # %% ../nbs/70_cli.ipynb #b6a4eb56
 def _cmd_synth(a):
@@ -47,7 +47,9 @@ def _cmd_train(a):
         from pdl1_dls.train import train_study
         m = train_study(study, a.out, seed=a.seed, permute_labels=a.permute_labels, channels=a.channels,
                         epochs=a.epochs, quick=a.quick, device=a.device, resume=not a.no_resume)
-    print(f"val_auc={m.get('val_auc'):.3f}  metrics: {Path(a.out) / 'metrics.json'}")
+    auc = m.get("val_auc")
+    shown = f"{auc:.3f}" if isinstance(auc, (int, float)) and auc == auc else "n/a (no validation cohort with both classes)"
+    print(f"val_auc={shown}  metrics: {Path(a.out) / 'metrics.json'}")
     return 0
 
 def _cmd_score(a):
@@ -76,6 +78,26 @@ def _cmd_explore(a):
     return serve(a.run_dir, port=a.port)
 
 # %% ../nbs/70_cli.ipynb #0346c63f
+def _positive_int(v: str) -> int:
+    "argparse type: a whole number of at least 1."
+    try: n = int(v)
+    except ValueError: raise argparse.ArgumentTypeError(f"must be a whole number, got {v!r}") from None
+    if n < 1: raise argparse.ArgumentTypeError(f"must be at least 1, got {n}")
+    return n
+
+def _device_arg(v: str) -> str:
+    "argparse type: a device name get_device accepts (checked again, with CUDA's presence, when it is used)."
+    import re
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", v.strip().lower()):
+        raise argparse.ArgumentTypeError(f"must be one of auto, cpu, cuda, cuda:N, got {v!r}")
+    return v.strip().lower()
+
+def default_out(name: str) -> Path:
+    "The run folder of a study called `name` under the settings' out_dir, with the name made safe as one folder name."
+    import re
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", str(name)).strip("._") or "study"
+    return Path(get_settings().out_dir) / safe
+
 def build_parser() -> argparse.ArgumentParser:
     "The argument parser of `pdl1-dls`."
     st = get_settings()
@@ -105,13 +127,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=st.seed)
     s.add_argument("--permute-labels", action="store_true", help="train on permuted labels: the null control")
     s.add_argument("--channels", choices=["hyper", "pet", "ct"], default="hyper", help="PET/CT input: hyper-image or one modality (ablation)")
-    s.add_argument("--epochs", type=int, default=None)
+    s.add_argument("--epochs", type=_positive_int, default=None, help="maximum training epochs (at least 1)")
     s.add_argument("--backbone", default=None, help="MRI backbone (resnet18, resnet50, resnet101); default: the manifest's, else resnet18")
     s.add_argument("--profile", default=None, choices=["paper", "cpu", "quick"],
                    help="MRI training profile; default: the manifest's train.profile, else paper")
     s.add_argument("--weights", default=None, help="MRI: local file of ImageNet weights for the backbone (never downloaded)")
     s.add_argument("--quick", action="store_true", help="short training for smoke tests")
-    s.add_argument("--device", default=None, help="auto, cpu, cuda, cuda:N (default: settings)")
+    s.add_argument("--device", type=_device_arg, default=None, help="auto, cpu, cuda, cuda:N (default: settings)")
     s.add_argument("--no-resume", action="store_true", help="start afresh even if OUT holds an interrupted run")
     s.set_defaults(func=_cmd_train)
 
@@ -143,9 +165,13 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if getattr(args, "out", "x") is None:
         from pdl1_dls.manifest import _load_yaml
-        args.out = str(Path(get_settings().out_dir) / str(_load_yaml(Path(args.manifest)).get("name", Path(args.manifest).stem)))
+        try: args.out = str(default_out(_load_yaml(Path(args.manifest)).get("name", Path(args.manifest).stem)))
+        except PDL1Error as e: print(f"error: {e}", file=sys.stderr); return 2
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     try:
+        if getattr(args, "device", None) is not None:
+            from pdl1_dls.core import get_device
+            get_device(args.device)                            # no CUDA: a one-line error before any work
         return int(args.func(args) or 0)
     except PDL1Error as e:
         print(f"error: {e}", file=sys.stderr)

@@ -162,12 +162,17 @@ def seed_everything(seed: int = 0,  # the seed
 
 def get_device(pref: str | None = None,  # "auto", "cpu", "cuda" or "cuda:N"; default: settings
               ):
-    "The torch device to use: CUDA when available and allowed, else CPU."
+    "The torch device to use: CUDA when available and allowed, else CPU; a bad or absent device is a `PDL1Error`."
+    import re
     import torch
-    pref = (pref or get_settings().device or "auto").lower()
+    pref = str(pref or get_settings().device or "auto").strip().lower()
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", pref):
+        raise PDL1Error(f"device must be one of auto, cpu, cuda, cuda:N, not {pref!r}")
     if pref == "auto": return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if pref.startswith("cuda") and not torch.cuda.is_available():
-        raise PDL1Error(f"device '{pref}' requested but CUDA is not available")
+    if pref.startswith("cuda"):
+        if not torch.cuda.is_available(): raise PDL1Error(f"device '{pref}' requested but CUDA is not available on this machine")
+        if ":" in pref and int(pref.split(":")[1]) >= torch.cuda.device_count():
+            raise PDL1Error(f"device '{pref}' requested but this machine has {torch.cuda.device_count()} CUDA device(s)")
     return torch.device(pref)
 
 # %% ../nbs/00_core.ipynb #690c9bf0

@@ -150,9 +150,20 @@ class ManifestErrors(PDL1Error):
         super().__init__(first + more)
     def report(self) -> str: return "\n".join(p.line() for p in self.problems)
 
+def _manifest_path(path) -> Path:
+    "The manifest's absolute path; a symlink loop or an unreadable path is a one-line error."
+    try: return Path(path).resolve()
+    except (OSError, RuntimeError) as e: raise PDL1Error(f"cannot read manifest: {e}", file=path) from None
+
 def _load_yaml(path: Path) -> dict:
-    if not path.is_file(): raise PDL1Error("manifest not found", file=path)
-    try: spec = yaml.safe_load(path.read_text())
+    try: ok = path.is_file()
+    except OSError as e: raise PDL1Error(f"cannot read manifest: {e.strerror or e}", file=path) from None
+    if not ok: raise PDL1Error("manifest not found", file=path)
+    try: text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise PDL1Error(f"manifest is not UTF-8 text (byte {e.start}); save it as UTF-8", file=path) from None
+    except OSError as e: raise PDL1Error(f"cannot read manifest: {e.strerror or e}", file=path) from None
+    try: spec = yaml.safe_load(text)
     except yaml.YAMLError as e:
         msg = " ".join(str(e).split())
         raise PDL1Error(f"manifest is not valid YAML: {msg}", file=path) from None
@@ -181,12 +192,14 @@ def read_study(path: str | os.PathLike,  # the manifest YAML
                check_checksums: bool = True,  # verify SHA-256 checksums when the manifest lists them
               ) -> tuple[Study | None, list[Problem]]:
     "Parse a manifest into a `Study`, returning it with every problem found (the study is None if unusable)."
-    path = Path(path).resolve()
+    path = _manifest_path(path)
     spec = _load_yaml(path)
     P: list[Problem] = []
     f = str(path)
     for k in spec:
         if k not in _TOP_KEYS: P.append(Problem(f"unknown manifest key {k!r}", file=f))
+    spec, bad = _typed(spec, _TOP_TYPES, f)
+    P += bad
     if spec.get("train") is not None and not isinstance(spec.get("train"), dict):
         P.append(Problem("train must be a mapping of training settings (e.g. {profile: cpu})", file=f))
     modality = spec.get("modality")
@@ -213,6 +226,8 @@ def read_study(path: str | os.PathLike,  # the manifest YAML
         cname = str(cs["name"])
         for k in cs:
             if k not in _COHORT_KEYS: P.append(Problem(f"unknown cohort key {k!r}", cohort=cname, file=f))
+        cs, bad = _typed(cs, _COHORT_TYPES, f, cohort=cname)
+        P += bad
         role = cs.get("role")
         if role not in ROLES: P.append(Problem(f"role must be one of {', '.join(ROLES)}, got {role!r}", cohort=cname, file=f))
         if cname in cohorts: P.append(Problem("duplicate cohort name", cohort=cname, file=f)); continue
@@ -339,23 +354,67 @@ def read_study(path: str | os.PathLike,  # the manifest YAML
                   image_keys=IMAGE_KEYS.get(modality, ()), paper=str(spec.get("paper", "none")))
     return study, P
 
+# %% ../nbs/01_manifest.ipynb #e05811a0
+_SCALAR = (str, int, float)
+_TOP_TYPES = {"name": (_SCALAR, "a text"), "modality": ((str,), "a text"), "paper": ((str,), "a text"),
+              "root": ((str,), "a path"), "id_column": ((str,), "a column name"), "label": ((dict, type(None)), "a mapping"),
+              "outcomes": ((dict, type(None)), "a mapping"), "covariates": ((list, type(None)), "a list of column names"),
+              "images": ((dict, type(None)), "a mapping of image key to path"), "checksums": ((str, type(None)), "a path"),
+              "synthetic": ((dict, type(None)), "a mapping"), "time_unit": ((str,), "a text")}
+_COHORT_TYPES = {"role": ((str,), "a text"), "clinical": ((str, type(None)), "a path"), "where": ((dict, type(None)), "a mapping"),
+                 "images": ((dict, type(None)), "a mapping of image key to path"), "label": ((dict, type(None)), "a mapping"),
+                 "outcomes": ((dict, type(None)), "a mapping"), "read_csv": ((dict, type(None)), "a mapping"),
+                 "id_column": ((str,), "a column name"), "id_prefix": (_SCALAR, "a text"), "patients": ((list, type(None)), "a list"),
+                 "time_unit": ((str,), "a text")}
+
+def _kind(v) -> str: return {dict: "a mapping", list: "a list", bool: "yes/no", type(None): "empty"}.get(type(v), type(v).__name__)
+
+def _typed(spec: dict, types: dict, f: str, cohort: str | None = None) -> tuple[dict, list]:
+    "A copy of a manifest (or cohort) mapping without the keys of the wrong YAML type, and one problem for each."
+    out, P = dict(spec), []
+    def bad(k, what): P.append(Problem(f"{k} must be {what}, got {_kind(out.pop(k))}", cohort=cohort, file=f))
+    for k, (ok, what) in types.items():
+        v = out.get(k)
+        if k not in out: continue
+        if isinstance(v, bool) or not isinstance(v, ok): bad(k, what); continue
+        if k == "images" and v and not all(isinstance(x, (str, type(None))) for x in v.values()): bad(k, "a mapping of image key to path")
+        elif k == "covariates" and not all(isinstance(x, str) for x in v): bad(k, "a list of column names")
+        elif k == "outcomes" and v and not all(isinstance(o, str) or isinstance(o, dict) and {"time", "event"} >= set(o)
+                                               and all(isinstance(x, str) for x in o.values()) for o in v.values()):
+            bad(k, "a mapping of outcome name to a column or {time:, event:}")
+        elif k == "where" and v and not all(isinstance(x, _SCALAR) or isinstance(x, list) and all(isinstance(y, _SCALAR) for y in x)
+                                            for x in v.values()):
+            bad(k, "a mapping of column to a value or a list of values")
+    return out, P
+
 # %% ../nbs/01_manifest.ipynb #0059ee7b
 def needs_generation(path: str | os.PathLike) -> bool:
     "True when the manifest declares a synthetic study whose files are not there yet."
-    path = Path(path).resolve()
+    path = _manifest_path(path)
     spec = _load_yaml(path)
     if not spec.get("synthetic"): return False
+    _synthetic_block(spec, path)                               # a bad block is an error before anything is generated
     root = (path.parent / expand(spec.get("root", "."))).resolve()
     if not (root / "study.yaml").is_file() or not (root / "clinical.csv").is_file(): return True
     own = _generated_with(root)
     if own is None: return False  # not a generated study: never replaced
     from pdl1_dls.synth import GENERATOR_VERSIONS
     block, version = own
-    return block != _synthetic_block(spec) or version != GENERATOR_VERSIONS.get(block.get("kind"), 1)
+    return block != _synthetic_block(spec, path) or version != GENERATOR_VERSIONS.get(block.get("kind"), 1)
 
-def _synthetic_block(spec: dict) -> dict:
-    "The generator arguments of a manifest's `synthetic:` block (kind defaults to the modality; no version)."
-    syn = dict(spec["synthetic"]); syn.setdefault("kind", spec.get("modality")); syn.pop("version", None)
+_SYNTH_KEYS = {"kind": "petct or mri", "scale": "tiny, small or paper", "seed": "a whole number",
+               "workers": "a whole number", "version": "a whole number"}
+
+def _synthetic_block(spec: dict, path=None) -> dict:
+    "The generator arguments of a manifest's `synthetic:` block (kind defaults to the modality; no version), checked."
+    from pdl1_dls.synth import SCALES
+    raw = spec["synthetic"]
+    if not isinstance(raw, dict): raise PDL1Error(f"synthetic must be a mapping (kind, scale, seed), got {_kind(raw)}", file=path)
+    syn = dict(raw); syn.setdefault("kind", spec.get("modality")); syn.pop("version", None)
+    for k, v in syn.items():
+        if k not in _SYNTH_KEYS: raise PDL1Error(f"unknown synthetic key {k!r} (known: {', '.join(_SYNTH_KEYS)})", file=path)
+        ok = v in ("petct", "mri") if k == "kind" else v in SCALES if k == "scale" else isinstance(v, int) and not isinstance(v, bool)
+        if not ok: raise PDL1Error(f"synthetic {k} must be {_SYNTH_KEYS[k]}, got {v!r}", file=path)
     return syn
 
 def _generated_with(root: Path) -> tuple[dict, int] | None:
@@ -368,9 +427,9 @@ def _generated_with(root: Path) -> tuple[dict, int] | None:
 def generate_if_needed(path: str | os.PathLike) -> bool:
     "Generate the synthetic study a manifest declares when absent; True if it generated."
     if not needs_generation(path): return False
-    path = Path(path).resolve()
+    path = _manifest_path(path)
     spec = _load_yaml(path)
-    syn = dict(spec["synthetic"]); kind = syn.pop("kind", spec.get("modality")); syn.pop("version", None)
+    syn = _synthetic_block(spec, path); kind = syn.pop("kind")
     root = (path.parent / expand(spec.get("root", "."))).resolve()
     from pdl1_dls import synth
     maker = {"petct": synth.make_petct_study, "mri": synth.make_mri_study}.get(kind)

@@ -58,3 +58,68 @@ def test_reproduce_study_summary_run_folder(shared_data, tmp_path):
     assert (out / "figures/study_km_pfs.png").is_file() and (out / "figures/study_km_pfs.svg").is_file()
     assert "study_km_pfs.png" in (out / "index.html").read_text()
     assert not list(out.rglob("*.part"))
+
+
+# ---- bad input that used to end in a traceback: now one line naming the problem, exit 2 ----
+
+BAD_MANIFESTS = {
+    "images_list": ("name: x\nmodality: petct\nimages: [1]\ncohorts: [{name: a, role: train, patients: [P1]}]\n",
+                    "images must be a mapping of image key to path, got a list"),
+    "outcomes_list": ("name: x\nmodality: petct\noutcomes: [pfs]\ncohorts: [{name: a, role: train, patients: [P1]}]\n",
+                      "outcomes must be a mapping, got a list"),
+    "where_list": ("name: x\nmodality: petct\ncohorts: [{name: a, role: train, clinical: c.csv, where: [1]}]\n",
+                   "where must be a mapping, got a list"),
+    "label_yes": ("name: x\nmodality: petct\nlabel: yes\ncohorts: [{name: a, role: train, patients: [P1]}]\n",
+                  "label must be a mapping, got yes/no"),
+    "synthetic_scale": ("name: x\nmodality: petct\nsynthetic: {kind: petct, scale: bogus, seed: 0}\n",
+                        "synthetic scale must be tiny, small or paper, got 'bogus'"),
+    "synthetic_key": ("name: x\nmodality: petct\nsynthetic: {kind: petct, scale: tiny, foo: 1}\n", "unknown synthetic key 'foo'"),
+    "synthetic_seed": ("name: x\nmodality: petct\nsynthetic: {kind: petct, seed: abc}\n", "synthetic seed must be a whole number, got 'abc'"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_MANIFESTS))
+def test_bad_yaml_types_are_one_line_errors(case, tmp_path):
+    text, msg = BAD_MANIFESTS[case]
+    (tmp_path / "c.csv").write_text("patient_id\nP1\n")
+    m = tmp_path / "m.yaml"; m.write_text(text)
+    for args in (("validate", str(m)), ("train", "--manifest", str(m), "--out", str(tmp_path / "run"))):
+        r = run(*args)
+        assert r.returncode == 2 and "Traceback" not in r.stderr, (args, r.stderr)
+        assert msg in r.stderr, r.stderr
+    assert not (tmp_path / "images").exists() and not (tmp_path / "run").exists()    # nothing generated or written
+
+
+def test_non_utf8_manifest_and_symlink_loop(tmp_path):
+    m = tmp_path / "m.yaml"; m.write_bytes(b"name: \xff\xfe\n")
+    r = run("validate", str(m))
+    assert r.returncode == 2 and "Traceback" not in r.stderr and "manifest is not UTF-8 text (byte 6)" in r.stderr
+    loop = tmp_path / "loop.yaml"; loop.symlink_to(loop)
+    r = run("validate", str(loop))
+    assert r.returncode == 2 and "Traceback" not in r.stderr and str(loop) in r.stderr
+
+
+@pytest.mark.parametrize("args, msg", [
+    (("--epochs", "0"), "argument --epochs: must be at least 1, got 0"),
+    (("--epochs", "x"), "argument --epochs: must be a whole number"),
+    (("--device", "bogus"), "argument --device: must be one of auto, cpu, cuda, cuda:N, got 'bogus'"),
+])
+def test_train_argument_errors(args, msg, tmp_path):
+    r = run("train", "--manifest", str(tmp_path / "m.yaml"), "--out", str(tmp_path / "run"), *args)
+    assert r.returncode == 2 and "Traceback" not in r.stderr and msg in r.stderr
+
+
+def test_cuda_without_gpu_is_one_line_error(tmp_path):
+    import torch
+    if torch.cuda.is_available(): pytest.skip("this machine has CUDA: the no-GPU error cannot be provoked")
+    r = run("train", "--manifest", str(tmp_path / "m.yaml"), "--out", str(tmp_path / "run"), "--device", "cuda")
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert r.stderr.strip() == "error: device 'cuda' requested but CUDA is not available on this machine"
+
+
+@pytest.mark.parametrize("name", ["../../x", "/tmp/x", "a b/../c", ".."])
+def test_run_folder_name_stays_under_out_dir(name):
+    from pdl1_dls.cli import default_out
+    from pdl1_dls.core import get_settings
+    out = default_out(name)
+    assert out.parent == Path(get_settings().out_dir) and "/" not in out.name and out.name not in ("", ".", "..")

@@ -157,3 +157,17 @@ def test_templates_use_only_known_keys(name, monkeypatch):
     _, probs = read_study(REPO / f"data_manifests/{name}.yaml")
     assert not [p for p in probs if "unknown" in p.problem or "must be one of" in p.problem], probs
     assert probs and all("not found" in p.problem for p in probs)     # only the files are missing
+
+
+def test_wrong_yaml_types_listed_not_raised(tmp_path):
+    "Wrong YAML types in the manifest and in a cohort: one problem each, the rest of the manifest still checked."
+    from pdl1_dls.manifest import validate_study
+    (tmp_path / "c.csv").write_text("patient_id,tps\nP1,5\n")
+    m = tmp_path / "m.yaml"
+    m.write_text("name: x\nmodality: petct\nlabel: yes\nimages: [1]\noutcomes: [pfs]\ncovariates: {a: 1}\n"
+                 "cohorts:\n  - {name: a, role: train, clinical: c.csv, where: [1], images: {pet: 3}}\n  - {name: b, role: nope, clinical: c.csv}\n")
+    lines = [p.line() for p in validate_study(m)]
+    for frag in ("label must be a mapping", "images must be a mapping", "outcomes must be a mapping",
+                 "covariates must be a list of column names", "cohort=a file=", "where must be a mapping",
+                 "role must be one of"):
+        assert any(frag in l for l in lines), (frag, lines)
