@@ -1,11 +1,16 @@
-"stats.roc: pROC reference values on aSAH, brute-force checks, bootstrap properties, bad input."
+"stats.roc: pROC reference values on aSAH, R values on the repository's tests/data, brute-force checks, bootstrap properties, separation, bad input."
 import json
+import warnings
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
+from pdl1_dls.core import PDL1Error
 from pdl1_dls.stats import roc
+
+DATA = Path(__file__).parent / "data"
 
 
 @pytest.fixture(scope="module")
@@ -128,7 +133,7 @@ def test_calibration_and_decision_curve():
     rng = np.random.default_rng(5)
     p = rng.uniform(0.02, 0.98, 5000); y = (rng.uniform(size=5000) < p).astype(int)
     c = roc.calibration(y, p)
-    assert c.slope_lo < 1 < c.slope_hi and c.intercept_lo < 0 < c.intercept_hi
+    assert c.slope_lo < 1 < c.slope_hi and c.citl_lo < 0 < c.citl_hi and c.intercept_recal_lo < 0 < c.intercept_recal_hi
     # over-confident predictions give a slope below 1
     lp = np.log(p / (1 - p)); over = 1 / (1 + np.exp(-2 * lp))
     assert roc.calibration(y, over).slope_hi < 0.7
@@ -164,3 +169,173 @@ def test_constant_scores():
         roc.delong_ci([0, 1, 0, 1, 0, 1], [1, 1, 1, 1, 1, 1])
     with pytest.raises(ValueError, match="score_b is constant"):
         roc.delong_test([0, 1, 0, 1, 0, 1], [1, 2, 3, 4, 5, 6], [1, 1, 1, 1, 1, 1])
+
+
+def test_delong_test_unpaired_against_R():
+    """pROC's unpaired DeLong test: t statistic, Welch-Satterthwaite df, p from the t distribution.
+
+    R 4.2.2, pROC 1.18.0, on tests/data/delong_unpaired.csv:
+        d <- read.csv("delong_unpaired.csv", comment.char = "#")
+        a <- d[d$sample == "a", ]; b <- d[d$sample == "b", ]
+        ra <- roc(a$y, a$score, levels = c(0, 1), direction = "<")
+        rb <- roc(b$y, b$score, levels = c(0, 1), direction = "<")
+        t <- roc.test(ra, rb, paired = FALSE, method = "delong")
+        print(t)
+            D = 2.6168, df = 102.57, p-value = 0.01022
+            AUC of roc1 AUC of roc2
+              0.9074074   0.6846708
+        print(c(auc_a = ra$auc, auc_b = rb$auc, D = unname(t$statistic), df = unname(t$parameter), p = t$p.value), digits = 15)
+            auc_a 0.9074074074074074  auc_b 0.6846707818930041  D 2.6167597552704476
+            df 102.5726205058346210  p 0.0102179158202549
+        t2 <- roc.test(rb, ra, paired = FALSE, method = "delong")   # D -2.6167597552704476, same df and p
+    """
+    d = pd.read_csv(DATA / "delong_unpaired.csv", comment="#")
+    a, b = d[d["sample"] == "a"], d[d["sample"] == "b"]
+    t = roc.delong_test_unpaired(a.y, a.score, b.y, b.score)
+    assert abs(t.auc_a - 0.9074074074074074) < 1e-12 and abs(t.auc_b - 0.6846707818930041) < 1e-12
+    assert abs(t.z - 2.6167597552704476) < 1e-9 and abs(t.df - 102.5726205058346210) < 1e-9
+    assert abs(t.p - 0.0102179158202549) < 1e-12 and t.paired is False
+    # the normal p it used to give differs: 2 * norm.sf(2.6168) = 0.00888
+    assert abs(t.p - 2 * __import__("scipy").stats.norm.sf(t.z)) > 1e-3
+    t2 = roc.delong_test_unpaired(b.y, b.score, a.y, a.score)
+    assert abs(t2.z + t.z) < 1e-12 and abs(t2.df - t.df) < 1e-9 and abs(t2.p - t.p) < 1e-15
+    # the CI of the difference uses the same t(df): it excludes 0 exactly when p < 0.05
+    from scipy import stats as st
+    h = st.t.ppf(0.975, t.df) * t.diff / t.z
+    assert abs(t.diff_lo - (t.diff - h)) < 1e-12 and abs(t.diff_hi - (t.diff + h)) < 1e-12
+    assert roc.delong_test([0, 1, 0, 1, 1], [1, 2, 3, 4, 5], [2, 1, 4, 3, 5]).df is None
+
+
+def test_calibration_against_R():
+    """Recalibration intercept and slope as rms::val.prob, calibration-in-the-large, Wald CIs as confint.default.
+
+    R 4.2.2, rms 6.5, on tests/data/calibration.csv:
+        d <- read.csv("calibration.csv", comment.char = "#"); options(digits = 15)
+        val.prob(d$p, d$y, pl = FALSE)[c("Intercept", "Slope", "Brier")]
+            Intercept 0.327791576429354  Slope 0.673512108050071  Brier 0.214880949520939
+        ctl <- glm.control(epsilon = 1e-14, maxit = 100)
+        recal <- glm(y ~ qlogis(p), binomial, d, control = ctl)
+        coef(recal)             0.327791576568923  0.673512108405778
+        confint.default(recal)  (Intercept) 0.00180211922607476 0.653781033911772
+                                qlogis(p)   0.41537810601270048 0.931646110798855
+        citl <- glm(y ~ 1, offset = qlogis(p), family = binomial, data = d, control = ctl)
+        coef(citl)              0.372979445712743
+        confint.default(citl)   0.0224163732984844 0.723542518127001
+    """
+    d = pd.read_csv(DATA / "calibration.csv", comment="#")
+    c = roc.calibration(d.y, d.p)
+    assert abs(c.intercept_recal - 0.327791576429354) < 1e-6 and abs(c.slope - 0.673512108050071) < 1e-6   # val.prob
+    assert abs(c.brier - 0.214880949520939) < 1e-12
+    assert abs(c.intercept_recal - 0.327791576568923) < 1e-9 and abs(c.slope - 0.673512108405778) < 1e-9   # glm
+    assert np.allclose([c.intercept_recal_lo, c.intercept_recal_hi], [0.00180211922607476, 0.653781033911772], atol=1e-9, rtol=0)
+    assert np.allclose([c.slope_lo, c.slope_hi], [0.41537810601270048, 0.931646110798855], atol=1e-9, rtol=0)
+    assert np.allclose([c.citl, c.citl_lo, c.citl_hi], [0.372979445712743, 0.0224163732984844, 0.723542518127001],
+                       atol=1e-9, rtol=0)
+    assert c.n_dropped == 0 and c.table.n.sum() == len(d)
+    with pytest.raises(AttributeError, match="citl"):
+        c.intercept
+
+
+def test_calibration_probabilities_0_1_against_R():
+    """Probabilities of exactly 0 or 1 are left out of the logistic fits (with a warning), not of the Brier score.
+
+    R 4.2.2, rms 6.5, on tests/data/calibration.csv, column p01 (p with its largest set to 1, smallest to 0):
+        val.prob(d$p01, d$y, pl = FALSE)[c("Intercept", "Slope", "Brier")]
+            Warning: 2 observations deleted from logistic calibration due to probs. of 0 or 1
+            Intercept 0.327292988208750  Slope 0.663426780859178  Brier 0.214874842410350
+        k <- is.finite(qlogis(d$p01))
+        confint.default(glm(y ~ qlogis(p01), binomial, d[k, ], control = ctl))
+            (Intercept) 0.00144703053270651 0.653138945965321
+            qlogis(p01) 0.40228174617668305 0.924571815723112
+        glm(y ~ 1, offset = qlogis(p01), family = binomial, data = d[k, ], control = ctl)
+            coef 0.373262584275229, confint.default 0.0224406049505738 0.724084563599883
+    """
+    d = pd.read_csv(DATA / "calibration.csv", comment="#")
+    with pytest.warns(UserWarning, match="2 observation"):
+        c = roc.calibration(d.y, d.p01)
+    assert c.n_dropped == 2
+    assert abs(c.intercept_recal - 0.327292988208750) < 1e-6 and abs(c.slope - 0.663426780859178) < 1e-6
+    assert abs(c.brier - 0.214874842410350) < 1e-12
+    assert np.allclose([c.intercept_recal_lo, c.intercept_recal_hi, c.slope_lo, c.slope_hi],
+                       [0.00144703053270651, 0.653138945965321, 0.40228174617668305, 0.924571815723112], atol=1e-9, rtol=0)
+    assert np.allclose([c.citl, c.citl_lo, c.citl_hi], [0.373262584275229, 0.0224406049505738, 0.724084563599883],
+                       atol=1e-9, rtol=0)
+    # eps clips instead of dropping (the old behaviour, on request)
+    assert roc.calibration(d.y, d.p01, eps=1e-12).n_dropped == 0
+
+
+@pytest.mark.parametrize("p", [[0.1, 0.2, 0.3, 0.7, 0.8, 0.9],     # complete: every positive above every negative
+                               [0.1, 0.2, 0.5, 0.5, 0.8, 0.9],     # quasi-complete: separated up to a tie
+                               [0.9, 0.8, 0.7, 0.3, 0.2, 0.1]])    # reversed (AUC 0)
+def test_calibration_refuses_separated_predictions(p):
+    with pytest.raises(roc.SeparationError, match="slope is infinite") as ei:
+        roc.calibration([0, 0, 0, 1, 1, 1], p)
+    assert isinstance(ei.value, PDL1Error) and isinstance(ei.value, ValueError) and "\n" not in str(ei.value)
+
+
+def test_calibration_not_separated_gives_numbers():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        c = roc.calibration([0, 0, 1, 0, 1, 1], [0.1, 0.2, 0.3, 0.7, 0.8, 0.9])
+    assert np.isfinite([c.slope, c.intercept_recal, c.citl]).all() and abs(c.slope) < 10
+
+
+def test_separation_complete_quasi_and_none():
+    x = np.array([1, 2, 3, 4, 5, 6.]); X = np.column_stack([np.ones(6), x])
+    s = roc.separation(X, [0, 0, 0, 1, 1, 1], ["const", "x"])
+    assert s.separated and s.kind == "complete" and s.infinite == ("const", "x") and s.signs == (-1, 1) and s.n_separated == 6
+    s = roc.separation(X, [0, 0, 1, 0, 1, 1], ["const", "x"])
+    assert not s.separated and s.kind == "none" and s.infinite == () and s.n_separated == 0
+    # quasi-complete by a binary covariate: only its estimate is infinite
+    xb = np.array([0, 0, 0, 0, 0, 1, 1, 1.])
+    s = roc.separation(np.column_stack([np.ones(8), xb]), [0, 1, 0, 1, 0, 1, 1, 1], ["const", "exposed"])
+    assert s.kind == "quasi-complete" and s.infinite == ("exposed",) and s.signs == (1,) and s.n_separated == 3
+    # an aliased column is reported and left out
+    s = roc.separation(np.column_stack([np.ones(6), x, 2 * x + 1]), [0, 0, 1, 0, 1, 1], ["c", "x", "x2"])
+    assert s.aliased == ("x2",) and not s.separated
+
+
+def test_separation_against_R_lp():
+    """The Konis LP on the quasi-separated logistic_ties data (grade 3 made all positive), solved in R with lpSolve.
+
+    R 4.2.2, lpSolve (the LP of detectseparation, b = u - v with 0 <= u, v <= 1):
+        konis <- function(X, y) {
+          Xb <- X * ifelse(y == 1, 1, -1); p <- ncol(X); n <- nrow(X)
+          r <- lp("max", c(colSums(Xb), -colSums(Xb)), rbind(cbind(Xb, -Xb), diag(2 * p)),
+                  c(rep(">=", n), rep("<=", 2 * p)), c(rep(0, n), rep(1, 2 * p)))
+          b <- r$solution[1:p] - r$solution[(p + 1):(2 * p)]; names(b) <- colnames(X); list(objective = r$objval, b = b) }
+        d <- read.csv("logistic_ties.csv", comment.char = "#"); d$g3 <- as.integer(d$grade == 3); d$y[d$g3 == 1] <- 1
+        konis(model.matrix(~ sex + g3, d), d$y)
+            $objective 28    $b (Intercept) 0  sex 0  g3 1
+        konis(model.matrix(~ sex + grade + smoker + age10, o), o$y)     # o: the file unchanged
+            $objective 0     $b all 0
+    """
+    o = pd.read_csv(DATA / "logistic_ties.csv", comment="#")
+    d = o.assign(g3=(o.grade == 3).astype(int)); d.loc[d.g3 == 1, "y"] = 1
+    s = roc.separation(np.column_stack([np.ones(len(d)), d.sex, d.g3]), d.y, ["const", "sex", "g3"])
+    assert s.separated and s.kind == "quasi-complete" and s.infinite == ("g3",) and s.signs == (1,)
+    assert s.n_separated == 28 == int(d.g3.sum())            # the LP's optimum: one unit per separated patient
+    X = np.column_stack([np.ones(len(o)), o[["sex", "grade", "smoker", "age10"]]])
+    assert not roc.separation(X, o.y).separated
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_separation_one_covariate_brute_force(seed):
+    "With one covariate and an intercept the data are separated exactly when the two classes' ranges do not overlap."
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(4, 12))
+    x = rng.integers(0, 6, n).astype(float); y = rng.integers(0, 2, n); y[:2] = [0, 1]
+    if np.ptp(x) == 0: x[0] += 1
+    x0, x1 = x[y == 0], x[y == 1]
+    sep = x0.max() <= x1.min() or x1.max() <= x0.min()
+    complete = x0.max() < x1.min() or x1.max() < x0.min()
+    s = roc.separation(np.column_stack([np.ones(n), x]), y, ["const", "x"])
+    assert s.separated == sep and (s.kind == "complete") == complete
+    if sep: assert "x" in s.infinite
+
+
+def test_separation_bad_input():
+    with pytest.raises(ValueError, match="0/1"):
+        roc.separation(np.ones((3, 1)), [0, 2, 1])
+    with pytest.raises(ValueError, match="mismatched"):
+        roc.separation(np.ones((3, 1)), [0, 1])

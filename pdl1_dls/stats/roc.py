@@ -8,6 +8,7 @@ Docs: https://pdl1-dls.github.io/pdl1_dls/stats_roc.html.md"""
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -15,9 +16,12 @@ import numpy as np
 import pandas as pd
 from scipy import stats as _st
 
+from ..core import PDL1Error
+
 # %% auto #0
 __all__ = ['METRICS', 'DelongCI', 'auc', 'delong_ci', 'DelongTest', 'delong_test', 'delong_test_unpaired', 'Youden', 'roc_curve',
-           'youden_cutoff', 'binary_metrics', 'BootCI', 'bootstrap_ci', 'bootstrap_auc', 'brier_score', 'Calibration',
+           'youden_cutoff', 'binary_metrics', 'BootCI', 'bootstrap_ci', 'bootstrap_auc', 'SeparationWarning',
+           'NonConvergenceWarning', 'SeparationError', 'Separation', 'separation', 'brier_score', 'Calibration',
            'calibration', 'decision_curve']
 
 # %% ../../nbs/50_stats_roc.ipynb #b7db322f
@@ -122,6 +126,7 @@ class DelongTest:
     diff_hi: float
     level: float
     paired: bool
+    df: float | None = None  # unpaired test: Welch-Satterthwaite degrees of freedom of its t distribution; paired: None (normal)
 
 
 def delong_test(y_true,  # 0/1 labels shared by both scores
@@ -156,18 +161,24 @@ def delong_test(y_true,  # 0/1 labels shared by both scores
     return DelongTest(float(aa), float(ab), d, z, p, d - h, d + h, level, True)
 
 
+
+# %% ../../nbs/50_stats_roc.ipynb #f608bc57
 def delong_test_unpaired(y_a, score_a,  # labels and scores of sample a
                          y_b, score_b,  # labels and scores of an independent sample b
-                         level: float = 0.95,  # level of the CI of the difference
+                         level: float = 0.95,  # level of the CI of the difference (t with `df`)
                         ) -> DelongTest:
-    "Unpaired DeLong test of AUC(a) − AUC(b) for two independent samples (pROC `paired=FALSE`)."
+    "Unpaired DeLong test of AUC(a) − AUC(b), equal to pROC's `roc.test(roc_a, roc_b, method='delong', paired=FALSE)` (t, Welch df)."
     ca, cb = delong_ci(y_a, score_a), delong_ci(y_b, score_b)
-    sd = math.sqrt(ca.var + cb.var)
-    if sd == 0: raise ValueError("unpaired DeLong test: both AUC variances are zero")
+    va, vb = ca.var, cb.var
+    if va + vb == 0: raise ValueError("unpaired DeLong test: both AUC variances are zero")
+    sd = math.sqrt(va + vb)
+    na, nb = ca.n_pos + ca.n_neg, cb.n_pos + cb.n_neg
+    df = (va + vb) ** 2 / (va ** 2 / (na - 1) + vb ** 2 / (nb - 1))
     d = ca.auc - cb.auc
-    z = d / sd
-    h = _z(level) * sd
-    return DelongTest(ca.auc, cb.auc, d, z, float(2 * _st.norm.sf(abs(z))), d - h, d + h, level, False)
+    t = d / sd
+    _z(level)                                                   # validates level
+    h = float(_st.t.ppf(1 - (1 - level) / 2, df)) * sd
+    return DelongTest(ca.auc, cb.auc, d, t, float(2 * _st.t.sf(abs(t), df)), d - h, d + h, level, False, float(df))
 
 # %% ../../nbs/50_stats_roc.ipynb #2bbaee43
 @dataclass(frozen=True)
@@ -373,6 +384,119 @@ def bootstrap_auc(y_true,  # 0/1 labels
     return BootCI(value, lo, hi, float(np.nanstd(reps, ddof=1)), n_boot, int(np.isnan(reps).sum()), level)
 
 # %% ../../nbs/50_stats_roc.ipynb #38c69b8a
+class SeparationWarning(UserWarning):
+    "A model's maximum-likelihood estimate does not exist: some coefficients are infinite (separation, monotone likelihood)."
+
+
+class NonConvergenceWarning(UserWarning):
+    "A model fit stopped before it converged: its estimates are not the maximum-likelihood ones."
+
+
+class SeparationError(PDL1Error):
+    "A statistic is undefined because the outcomes are (quasi-)completely separated."
+
+
+@dataclass(frozen=True)
+class Separation:
+    "Outcome of the linear-programming check: whether some maximum-likelihood estimates are infinite, and which."
+    separated: bool  # True when some coefficient's MLE is infinite
+    kind: str  # "none", "complete", "quasi-complete" (logistic), "monotone" (Cox), "unchecked" (above a size cap)
+    infinite: tuple  # names of the coefficients whose MLE is infinite
+    signs: tuple  # +1 or -1 for each name in `infinite`: the direction in which its estimate diverges
+    n_separated: int  # logistic: observations whose fitted probability tends to 0 or 1; Cox: 0
+    aliased: tuple  # columns that are linear combinations of earlier ones, left out of the check
+
+# %% ../../nbs/50_stats_roc.ipynb #75282d5c
+def _independent_columns(X: np.ndarray, tol: float = 1e-7) -> np.ndarray:
+    "Mask of the columns kept when each column within `tol` (relative norm) of the span of the earlier kept ones is dropped, R's aliasing order."
+    keep: list[int] = []
+    for j in range(X.shape[1]):
+        x = X[:, j]
+        nx = float(np.linalg.norm(x))
+        if nx == 0: continue
+        if keep:
+            q, _ = np.linalg.qr(X[:, keep])
+            x = x - q @ (q.T @ x)
+        if np.linalg.norm(x) > tol * nx: keep.append(j)
+    mask = np.zeros(X.shape[1], dtype=bool); mask[keep] = True
+    return mask
+
+
+def _recession_directions(G,  # constraint matrix (dense or sparse): the cone is {v: G v >= 0}
+                          c: np.ndarray,  # objective on the first nb variables
+                          nb: int,  # number of coefficient variables (boxed to [-1, 1]); the rest are free
+                          tol: float = 1e-7,  # a component above tol is nonzero
+                         ):
+    "Directions of recession of the cone {v: G v >= 0} in its first nb coordinates: (combined direction, support mask), or None."
+    from scipy.optimize import linprog
+    nv = G.shape[1]
+    bounds = [(-1.0, 1.0)] * nb + [(None, None)] * (nv - nb)
+    opts = {"primal_feasibility_tolerance": 1e-10, "dual_feasibility_tolerance": 1e-10}
+
+    def best(obj):
+        r = linprog(-obj, A_ub=-G, b_ub=np.zeros(G.shape[0]), bounds=bounds, method="highs", options=opts)
+        if r.status != 0: raise RuntimeError(f"separation check: the linear program failed ({r.message})")
+        return r.x[:nb], -r.fun
+
+    obj = np.zeros(nv); obj[:nb] = c
+    b, _ = best(obj)                                             # Konis's LP
+    if np.abs(b).max() <= tol: return None
+    dirs, supp = [b], np.abs(b) > tol
+    for j in range(nb):                                          # infinite along another direction of the cone?
+        for sgn in (1.0, -1.0):
+            if supp[j]: break
+            e = np.zeros(nv); e[j] = sgn
+            bj, v = best(e)
+            if v > tol: dirs.append(bj); supp |= np.abs(bj) > tol
+    D = np.array(dirs)
+    d = (0.5 ** np.arange(len(D)))[:, None] * D                 # a positive combination: inside the cone
+    d = d.sum(0)
+    for j in np.flatnonzero(supp & (np.abs(d) <= tol)):         # (a cancellation: sign of the first direction)
+        d[j] = D[np.flatnonzero(np.abs(D[:, j]) > tol)[0], j]
+    return d, supp
+
+
+def _strict_rows(G: np.ndarray) -> np.ndarray:
+    "Rows i of G for which some v with G v >= 0 has (G v)_i > 0: max Σ t_i subject to G v >= t, 0 <= t <= 1 (one LP)."
+    from scipy.optimize import linprog
+    n, p = G.shape
+    A = np.hstack([-G, np.eye(n)])                               # -G v + t <= 0
+    bounds = [(None, None)] * p + [(0.0, 1.0)] * n
+    r = linprog(np.r_[np.zeros(p), -np.ones(n)], A_ub=A, b_ub=np.zeros(n), bounds=bounds, method="highs",
+                options={"primal_feasibility_tolerance": 1e-10, "dual_feasibility_tolerance": 1e-10})
+    if r.status != 0: raise RuntimeError(f"separation check: the linear program failed ({r.message})")
+    return r.x[p:] > 0.5
+
+
+def separation(X,  # design matrix n x p, with the intercept column when the model has one
+               y,  # 0/1 outcome
+               names: Sequence[str] | None = None,  # column names; default x0, x1, ...
+               tol: float = 1e-7,  # a direction component above tol (columns scaled to max |x| = 1) is nonzero
+              ) -> Separation:
+    "Exact linear-programming check for complete or quasi-complete separation (Konis 2007), as R's `detectseparation`."
+    X = np.asarray(X, dtype=float)
+    if X.ndim == 1: X = X[:, None]
+    y = np.asarray(y)
+    if X.ndim != 2 or len(X) != len(y): raise ValueError(f"mismatched shapes: X is {X.shape}, y has {len(y)} values")
+    if not np.isfinite(X).all(): raise ValueError("X contains NaN or infinite values")
+    if not np.isin(y, [0, 1]).all(): raise ValueError("y must be 0/1")
+    names = [f"x{j}" for j in range(X.shape[1])] if names is None else [str(n) for n in names]
+    if len(names) != X.shape[1]: raise ValueError(f"{len(names)} names for {X.shape[1]} columns")
+    sc = np.abs(X).max(0); sc[sc == 0] = 1.0
+    Xs = X / sc
+    keep = _independent_columns(Xs)
+    aliased = tuple(n for n, k in zip(names, keep) if not k)
+    kept = [n for n, k in zip(names, keep) if k]
+    G = np.where(y == 1, 1.0, -1.0)[:, None] * Xs[:, keep]
+    r = _recession_directions(G, G.sum(0), G.shape[1], tol) if G.shape[1] else None
+    if r is None: return Separation(False, "none", (), (), 0, aliased)
+    d, supp = r
+    n_sep = int(_strict_rows(G).sum())                           # patients predicted perfectly in the limit
+    idx = np.flatnonzero(supp)
+    return Separation(True, "complete" if n_sep == len(y) else "quasi-complete", tuple(kept[j] for j in idx),
+                      tuple(int(np.sign(d[j])) for j in idx), n_sep, aliased)
+
+# %% ../../nbs/50_stats_roc.ipynb #df5d526a
 def _as_prob(y_true, p):
     pos, neg = _as_xy(y_true, p, "y_prob")
     p = np.asarray(p, dtype=float)
@@ -387,37 +511,74 @@ def brier_score(y_true,  # 0/1 labels
     y, p = _as_prob(y_true, y_prob)
     return float(np.mean((p - y) ** 2))
 
+# %% ../../nbs/50_stats_roc.ipynb #8d4214f6
+_REMOVED = {"intercept": "citl", "intercept_lo": "citl_lo", "intercept_hi": "citl_hi"}
+
 
 @dataclass(frozen=True)
 class Calibration:
-    "Calibration curve (table) with logistic recalibration slope and intercept."
+    "Calibration curve (table), recalibration slope and intercept (rms::val.prob), calibration-in-the-large, Brier score."
     table: pd.DataFrame
-    slope: float
+    slope: float  # b of logit P(y) = a + b logit(p): val.prob "Slope"
     slope_lo: float
     slope_hi: float
-    intercept: float
-    intercept_lo: float
-    intercept_hi: float
-    brier: float
+    intercept_recal: float  # a of the same fit: val.prob "Intercept"
+    intercept_recal_lo: float
+    intercept_recal_hi: float
+    citl: float  # calibration-in-the-large: the intercept with the slope fixed at 1 (offset logit p)
+    citl_lo: float
+    citl_hi: float
+    brier: float  # mean (p - y)^2 over all patients: val.prob "Brier"
+    n_dropped: int = 0  # patients with p exactly 0 or 1, left out of both logistic fits
+
+    def __getattr__(self, name):
+        if name in _REMOVED:
+            raise AttributeError(f"Calibration.{name} was removed (it was the calibration-in-the-large): use "
+                                 f".{_REMOVED[name]}, or .{name.replace('intercept', 'intercept_recal')} for rms::val.prob's Intercept")
+        raise AttributeError(name)
 
 
+def _logit_glm(y, X, offset=None, what: str = "logistic fit"):
+    "Binomial GLM fitted to convergence (IRLS to 1e-12 on the deviance): coefficients and standard errors."
+    import statsmodels.api as sm
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        f = sm.GLM(y, X, family=sm.families.Binomial(), offset=offset).fit(tol=1e-12, maxiter=200)
+    if not f.converged: raise ValueError(f"calibration: the {what} did not converge in 200 iterations")
+    return np.asarray(f.params, dtype=float), np.asarray(f.bse, dtype=float)
+
+# %% ../../nbs/50_stats_roc.ipynb #d10ffd4b
 def calibration(y_true,  # 0/1 labels
                 y_prob,  # predicted probabilities
                 n_bins: int = 10,  # number of bins of the curve
                 strategy: str = "quantile",  # "quantile" (equal counts) or "uniform" (equal widths)
                 level: float = 0.95,  # CI level
-                eps: float = 1e-12,  # probabilities are clipped to [eps, 1 - eps] before logit
+                eps: float | None = None,  # None: p of exactly 0 or 1 left out of the fits (val.prob); a number: p clipped to [eps, 1 - eps]
                ) -> Calibration:
-    "Calibration curve, slope and intercept (logistic recalibration on logit p), Brier score."
-    import statsmodels.api as sm
+    "Calibration curve; recalibration slope and intercept as R's `rms::val.prob`, calibration-in-the-large, Wald CIs; Brier score."
     y, p = _as_prob(y_true, y_prob)
-    lp = np.log(np.clip(p, eps, 1 - eps) / (1 - np.clip(p, eps, 1 - eps)))
-    if np.ptp(lp) == 0: raise ValueError("y_prob is constant: calibration slope is undefined")
     z = _z(level)
-    f = sm.GLM(y, sm.add_constant(lp), family=sm.families.Binomial()).fit()
-    b, se_b = float(f.params[1]), float(f.bse[1])
-    g = sm.GLM(y, np.ones((len(y), 1)), family=sm.families.Binomial(), offset=lp).fit()
-    a, se_a = float(g.params[0]), float(g.bse[0])
+    if eps is None:
+        fin = (p > 0) & (p < 1)
+        n_drop = int((~fin).sum())
+        if n_drop:
+            warnings.warn(f"calibration: {n_drop} observation(s) with predicted probability 0 or 1 left out of the "
+                          "logistic calibration (as rms::val.prob)", stacklevel=2)
+        yf, pf = y[fin], p[fin]
+    else:
+        if not 0 < eps < 0.5: raise ValueError(f"eps must be in (0, 0.5), got {eps}")
+        yf, pf, n_drop = y, np.clip(p, eps, 1 - eps), 0
+    if len(np.unique(yf)) < 2:
+        raise ValueError("calibration: a single outcome class is left once probabilities of 0 or 1 are set aside")
+    lp = np.log(pf / (1 - pf))
+    if len(lp) == 0 or np.ptp(lp) == 0: raise ValueError("y_prob is constant: calibration slope is undefined")
+    X = np.column_stack([np.ones(len(lp)), lp])
+    sep = separation(X, yf, ["intercept", "slope"])
+    if sep.separated:
+        raise SeparationError(f"calibration undefined: the predicted probabilities separate the outcomes ({sep.kind} "
+                              "separation, AUC 0 or 1 up to ties), so the recalibration slope is infinite")
+    (a, b), (se_a, se_b) = _logit_glm(yf, X, what="recalibration fit")
+    (c,), (se_c,) = _logit_glm(yf, X[:, :1], offset=lp, what="calibration-in-the-large fit")
     if strategy == "quantile":
         edges = np.unique(np.quantile(p, np.linspace(0, 1, n_bins + 1)))
     elif strategy == "uniform":
@@ -431,12 +592,13 @@ def calibration(y_true,  # 0/1 labels
         nk, ok = int(sel.sum()), float(y[sel].sum())
         ph = ok / nk
         den = 1 + z**2 / nk
-        c = (ph + z**2 / (2 * nk)) / den
+        cc = (ph + z**2 / (2 * nk)) / den
         h = z * math.sqrt(ph * (1 - ph) / nk + z**2 / (4 * nk**2)) / den
         rows.append(dict(bin=int(k), n=nk, mean_predicted=float(p[sel].mean()), observed=ph,
-                         observed_lo=max(0.0, c - h), observed_hi=min(1.0, c + h)))
-    return Calibration(pd.DataFrame(rows), b, b - z * se_b, b + z * se_b, a, a - z * se_a, a + z * se_a,
-                       float(np.mean((p - y) ** 2)))
+                         observed_lo=max(0.0, cc - h), observed_hi=min(1.0, cc + h)))
+    return Calibration(pd.DataFrame(rows), float(b), float(b - z * se_b), float(b + z * se_b),
+                       float(a), float(a - z * se_a), float(a + z * se_a), float(c), float(c - z * se_c), float(c + z * se_c),
+                       float(np.mean((p - y) ** 2)), n_drop)
 
 # %% ../../nbs/50_stats_roc.ipynb #9e1e158d
 def decision_curve(y_true,  # 0/1 labels
