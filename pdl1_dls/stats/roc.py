@@ -1,4 +1,4 @@
-"""ROC analysis that agrees with R pROC: AUC, DeLong variance, CI and tests (fast Sun & Xu algorithm), Youden cutoff, binary metrics with vectorised bootstrap CIs, Brier score, calibration and decision curves.
+"""ROC analysis that agrees with R pROC: AUC, DeLong variance, CI and tests (fast Sun & Xu algorithm), Youden cutoff, binary metrics with vectorised bootstrap CIs, Brier score, calibration as rms::val.prob, decision curves, and the exact linear-programming check for separation.
 
 Docs: https://pdl1-dls.github.io/pdl1_dls/stats_roc.html.md"""
 

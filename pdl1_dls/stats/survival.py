@@ -1,4 +1,4 @@
-"""Survival statistics that agree with R's survival package: Kaplan-Meier with R's median CI, log-rank, Cox PH (Efron), Harrell's C with R's tie rules and its infinitesimal-jackknife SE, paired C comparison, bootstrap HR differences, logistic regression.
+"""Survival statistics that agree with R's survival package: Kaplan-Meier with R's CIs (log, log-log, plain) and median CI, log-rank, Cox PH (Efron), Harrell's C with R's tie rules and its infinitesimal-jackknife SE, paired C comparison, bootstrap HR differences, logistic regression; infinite estimates (separation, monotone likelihood) and non-convergence detected and said.
 
 Docs: https://pdl1-dls.github.io/pdl1_dls/stats_survival.html.md"""
 
@@ -16,12 +16,13 @@ import numpy as np
 import pandas as pd
 from scipy import stats as _st
 
-from .roc import DelongCI, delong_ci
+from .roc import (DelongCI, NonConvergenceWarning, Separation, SeparationWarning, _independent_columns,
+                                _recession_directions, delong_ci, separation)
 
 # %% auto #0
-__all__ = ['KM', 'Median', 'kaplan_meier', 'km_median', 'at_risk', 'LogRank', 'logrank', 'HarrellC', 'harrell_c', 'CoxResult',
-           'cox', 'CCompare', 'compare_c', 'HRDiff', 'hr_difference', 'LogisticResult', 'logistic',
-           'logistic_univariable']
+__all__ = ['CONF_TYPES', 'KM', 'Median', 'kaplan_meier', 'km_median', 'at_risk', 'LogRank', 'logrank', 'HarrellC', 'harrell_c',
+           'CoxResult', 'monotone_likelihood', 'cox', 'CCompare', 'compare_c', 'HRDiff', 'hr_difference',
+           'LogisticResult', 'logistic', 'logistic_univariable']
 
 # %% ../../nbs/51_stats_survival.ipynb #d48cc747
 def _surv_xy(time, event, *others, names=("risk",)):
@@ -46,6 +47,9 @@ def _surv_xy(time, event, *others, names=("risk",)):
     return (t, e.astype(bool), *arrs)
 
 # %% ../../nbs/51_stats_survival.ipynb #64393ee6
+CONF_TYPES = ("log", "log-log", "plain")
+
+
 @dataclass(frozen=True)
 class KM:
     "Kaplan-Meier estimate: the curve table and the median with its CI (inf = not reached)."
@@ -56,6 +60,7 @@ class KM:
     level: float
     n: int
     events: int
+    conf_type: str = "log"  # transform of the pointwise CI: "log", "log-log" or "plain" (R's conf.type)
 
 
 @dataclass(frozen=True)
@@ -66,7 +71,29 @@ class Median:
     hi: float
 
 
-def _km_table(t: np.ndarray, e: np.ndarray, level: float) -> pd.DataFrame:
+def _km_band(surv: np.ndarray, se_log: np.ndarray, z: float, conf_type: str):
+    "Pointwise CI of a survival curve from the se of log S, as R survival's `survfit_confint` (NaN where R gives NA)."
+    with np.errstate(divide="ignore", invalid="ignore"):
+        if conf_type == "log":
+            ok = surv > 0
+            ls = np.log(np.where(ok, surv, 1.0))
+            lower = np.where(ok, np.exp(ls - z * se_log), np.nan)
+            upper = np.where(ok, np.minimum(1.0, np.exp(ls + z * se_log)), np.nan)
+        elif conf_type == "log-log":
+            ok = (surv > 0) & (surv < 1)
+            xx = np.where(ok, surv, 0.5)
+            se2 = z * se_log / np.log(xx)
+            lower = np.where(ok, np.exp(-np.exp(np.log(-np.log(xx)) - se2)), np.nan)
+            upper = np.where(ok, np.exp(-np.exp(np.log(-np.log(xx)) + se2)), np.nan)
+        elif conf_type == "plain":
+            se2 = z * se_log * surv                               # 0 * inf = NaN once S = 0, as R
+            lower, upper = np.maximum(surv - se2, 0.0), np.minimum(surv + se2, 1.0)
+        else:
+            raise ValueError(f"conf_type must be one of {CONF_TYPES}, got {conf_type!r}")
+    return lower, upper
+
+
+def _km_table(t: np.ndarray, e: np.ndarray, level: float, conf_type: str = "log") -> pd.DataFrame:
     ut, inv = np.unique(t, return_inverse=True)
     n_event = np.bincount(inv, weights=e.astype(float), minlength=len(ut))
     n_out = np.bincount(inv, minlength=len(ut)).astype(float)
@@ -76,10 +103,8 @@ def _km_table(t: np.ndarray, e: np.ndarray, level: float) -> pd.DataFrame:
         gw = np.cumsum(np.where(n_event > 0, n_event / (n_risk * (n_risk - n_event)), 0.0))
     se_log = np.sqrt(gw)                                       # se of log S (R's `std.err`)
     z = float(_st.norm.ppf(1 - (1 - level) / 2))
-    ok = surv > 0
-    with np.errstate(divide="ignore", invalid="ignore"):
-        lower = np.where(ok, np.exp(np.log(np.where(ok, surv, 1)) - z * se_log), np.nan)
-        upper = np.where(ok, np.minimum(1.0, np.exp(np.log(np.where(ok, surv, 1)) + z * se_log)), np.nan)
+    lower, upper = _km_band(surv, se_log, z, conf_type)
+    with np.errstate(invalid="ignore"):
         std_err = surv * se_log                                # 0 * inf once every patient at risk has the event
     return pd.DataFrame({"time": ut, "n_risk": n_risk.astype(int), "n_event": n_event.astype(int),
                          "n_censor": (n_out - n_event).astype(int), "surv": surv,
@@ -100,27 +125,30 @@ def _findq(x: np.ndarray, s: np.ndarray, p: float, xmax: float, tol: float = mat
         return float((x[i1[0]] + xmax) / 2) if abs(p - y[-1]) < tol else math.inf
     return float((x[i1[0]] + x[i2[0]]) / 2)
 
-
+# %% ../../nbs/51_stats_survival.ipynb #cdf5132a
 def kaplan_meier(time,  # follow-up times
                  event,  # 1 = event, 0 = censored
                  level: float = 0.95,  # CI level
+                 conf_type: str = "log",  # pointwise CI: "log" (R's default), "log-log" or "plain" (R's conf.type)
                 ) -> KM:
-    "Kaplan-Meier curve with R survfit's log-transformed Greenwood CI and the median with its CI."
+    "Kaplan-Meier curve with R survfit's Greenwood CI (`conf.type` log, log-log or plain) and the median with its CI."
+    if conf_type not in CONF_TYPES: raise ValueError(f"conf_type must be one of {CONF_TYPES}, got {conf_type!r}")
     t, e = _surv_xy(time, event)
-    tab = _km_table(t, e, level)
+    tab = _km_table(t, e, level, conf_type)
     x, xmax = tab.time.to_numpy(), float(t.max())
     med = _findq(x, tab.surv.to_numpy(), 0.5, xmax)
     lo = _findq(x, tab.lower.to_numpy(), 0.5, xmax)             # the lower band falls below 0.5 first
     hi = _findq(x, tab.upper.to_numpy(), 0.5, xmax)
-    return KM(tab, med, lo, hi, level, len(t), int(e.sum()))
+    return KM(tab, med, lo, hi, level, len(t), int(e.sum()), conf_type)
 
 
 def km_median(time,  # follow-up times
               event,  # 1 = event, 0 = censored
               level: float = 0.95,  # CI level
+              conf_type: str = "log",  # CI transform: "log" (R's default), "log-log" or "plain"
              ) -> Median:
-    "Median survival and its CI exactly as R's `print(survfit(Surv(time, event) ~ 1))`."
-    k = kaplan_meier(time, event, level)
+    "Median survival and its CI exactly as R's `print(survfit(Surv(time, event) ~ 1, conf.type = conf_type))`."
+    k = kaplan_meier(time, event, level, conf_type)
     return Median(k.median, k.lo, k.hi)
 
 
@@ -305,13 +333,16 @@ def _c_influence(t, e, r):
 # %% ../../nbs/51_stats_survival.ipynb #5eb0c9ee
 @dataclass(frozen=True)
 class CoxResult:
-    "Cox model: table (coef se hr hr_lo hr_hi p per covariate), concordance (HarrellC), n, events, fitted model."
+    "Cox model: table (coef se hr hr_lo hr_hi z p warning per covariate), concordance (HarrellC or None), n, events, fitted model."
     table: pd.DataFrame
-    concordance: HarrellC
+    concordance: HarrellC | None  # None when the likelihood is monotone (the ranking has no unique value)
     n: int
     events: int
     n_dropped: int
-    model: object
+    model: object  # lifelines CoxPHFitter (None when the fit failed)
+    separation: tuple = ()  # coefficients whose estimate is infinite (monotone likelihood); empty when the MLE exists
+    converged: bool = True  # the fitter's own convergence
+    warning: str = ""  # what went wrong, in one line ("" when nothing did)
 
 
 def _design(df: pd.DataFrame, covariates: Sequence[str]) -> pd.DataFrame:
@@ -345,6 +376,86 @@ def _prepare(df, cols, missing: str):
     return df.loc[~na], int(na.sum())
 
 
+def _linear_predictor(X: np.ndarray, b: np.ndarray) -> np.ndarray:
+    "X·b computed once per distinct covariate row, so patients with identical covariates get bit-identical values."
+    u, inv = np.unique(np.asarray(X, dtype=float), axis=0, return_inverse=True)
+    return (u @ np.asarray(b, dtype=float))[np.ravel(inv)]
+
+# %% ../../nbs/51_stats_survival.ipynb #bfaa8a74
+def monotone_likelihood(time,  # follow-up times
+                        event,  # 1 = event, 0 = censored
+                        X,  # covariates, n x p (no intercept)
+                        names: Sequence[str] | None = None,  # column names; default x0, x1, ...
+                        tol: float = 1e-7,  # a direction component above tol (scaled columns) is nonzero
+                        max_n: int = 200_000,  # above this many patients at risk the LP is skipped (kind "unchecked")
+                       ) -> Separation:
+    "Exact linear-programming check for a monotone Cox partial likelihood (infinite coefficients), the analogue of `separation`."
+    import scipy.sparse as sps
+    t, e = _surv_xy(time, event)
+    X = np.asarray(X, dtype=float)
+    if X.ndim == 1: X = X[:, None]
+    if X.ndim != 2 or len(X) != len(t): raise ValueError(f"mismatched shapes: X is {X.shape}, time has {len(t)} values")
+    if not np.isfinite(X).all(): raise ValueError("X contains NaN or infinite values")
+    names = [f"x{j}" for j in range(X.shape[1])] if names is None else [str(n) for n in names]
+    if len(names) != X.shape[1]: raise ValueError(f"{len(names)} names for {X.shape[1]} columns")
+    if not e.any(): raise ValueError("all observations are censored: a Cox model needs events")
+    at = t >= t[e].min()                                         # in some event's risk set
+    Xr, tr, er = X[at], t[at], e[at]
+    Xc = Xr - Xr.mean(0)
+    sc = np.abs(Xc).max(0); sc[sc == 0] = 1.0
+    Xs = Xc / sc
+    keep = _independent_columns(Xs)
+    aliased = tuple(n for n, k in zip(names, keep) if not k)
+    kept = [n for n, k in zip(names, keep) if k]
+    if not kept: return Separation(False, "none", (), (), 0, aliased)
+    if len(tr) > max_n: return Separation(False, "unchecked", (), (), 0, aliased)
+    Z = Xs[:, keep]; n, p = Z.shape
+    ut, k = np.unique(tr, return_inverse=True); k = np.ravel(k); K = len(ut)
+    ev = np.flatnonzero(er)
+    Zs = sps.csr_matrix(Z)
+    ones_at = lambda rows, sign: sps.csr_matrix((np.full(len(rows), sign), (np.arange(len(rows)), k[rows])), shape=(len(rows), K))
+    chain = sps.csr_matrix((np.r_[np.ones(K - 1), -np.ones(K - 1)],
+                            (np.r_[np.arange(K - 1), np.arange(K - 1)], np.r_[np.arange(K - 1), np.arange(1, K)])), shape=(K - 1, K))
+    G = sps.vstack([sps.hstack([Zs[ev], ones_at(ev, -1.0)]),     # x_i'b - M_k(i) >= 0, events
+                    sps.hstack([-Zs, ones_at(np.arange(n), 1.0)]),  # M_k(j) - x_j'b >= 0, everyone
+                    sps.hstack([sps.csr_matrix((K - 1, p)), chain])]).tocsr()  # M_k - M_(k+1) >= 0
+    cnt = np.bincount(k, minlength=K).astype(float)
+    S = np.zeros((K, p)); np.add.at(S, k, Z)
+    n_at = cnt[::-1].cumsum()[::-1]; S_at = S[::-1].cumsum(0)[::-1]   # size and column sums of each risk set
+    c = (n_at[k[ev], None] * Z[ev] - S_at[k[ev]]).sum(0)        # Σ_i Σ_(j ∈ R_i) (x_i − x_j)
+    if np.abs(c).max() > 0: c = c / np.abs(c).max()
+    r = _recession_directions(G, c, p, tol)
+    if r is None: return Separation(False, "none", (), (), 0, aliased)
+    d, supp = r
+    idx = np.flatnonzero(supp)
+    return Separation(True, "monotone", tuple(kept[j] for j in idx), tuple(int(np.sign(d[j])) for j in idx), 0, aliased)
+
+# %% ../../nbs/51_stats_survival.ipynb #6d003940
+def _flag_estimates(names: list, coef, se, zz, pp, sep: Separation, converged: bool, fit_error: str | None, what: str):
+    "Coefficient arrays with infinite estimates as ±inf (NaN se, z, p), a per-row warning column and the one-line message."
+    coef, se, zz, pp = (np.array(a, dtype=float) for a in (coef, se, zz, pp))
+    warn = np.full(len(names), "", dtype=object)
+    msg = ""
+    if sep.separated:
+        inf = list(sep.infinite)
+        for nm, sg in zip(sep.infinite, sep.signs):
+            j = names.index(nm)
+            coef[j], se[j], zz[j], pp[j] = sg * math.inf, np.nan, np.nan, np.nan
+            warn[j] = f"infinite estimate ({sep.kind} {what}): the maximum-likelihood estimate does not exist"
+        for j, nm in enumerate(names):
+            if nm not in inf:
+                warn[j] = (f"conditional on the infinite estimate(s) of {', '.join(inf)}" if fit_error is None
+                           else f"not estimated: the fit failed ({fit_error})")
+        msg = f"{sep.kind} {what}: the estimate(s) of {', '.join(inf)} are infinite (reported as ±inf)"
+    elif fit_error is not None:
+        warn[:] = f"not estimated: the fit failed ({fit_error})"
+        msg = f"the fit failed: {fit_error}"
+    elif not converged:
+        warn[:] = "the fit did not converge: not the maximum-likelihood estimate"
+        msg = "the fit did not converge"
+    return coef, se, zz, pp, warn, msg
+
+
 def cox(df: pd.DataFrame,  # one row per patient
         duration_col: str,  # follow-up time column
         event_col: str,  # event column (1 = event)
@@ -352,8 +463,9 @@ def cox(df: pd.DataFrame,  # one row per patient
         level: float = 0.95,  # CI level
         missing: str = "raise",  # "raise" or "drop" rows with missing values (R's na.omit)
        ) -> CoxResult:
-    "Cox PH with Efron ties (lifelines), reported as R's `summary(coxph)`, with Harrell's C of the linear predictor."
+    "Cox PH with Efron ties (lifelines) as R's `summary(coxph)`, Harrell's C; infinite coefficients and non-convergence detected and said."
     from lifelines import CoxPHFitter
+    from lifelines.exceptions import ConvergenceError, ConvergenceWarning
     covariates = [covariates] if isinstance(covariates, str) else list(covariates)
     if not covariates: raise ValueError("no covariates given")
     d, dropped = _prepare(df, [duration_col, event_col, *covariates], missing)
@@ -362,20 +474,42 @@ def cox(df: pd.DataFrame,  # one row per patient
     X = _design(d, covariates)
     const = [c for c in X.columns if X[c].nunique() < 2]
     if const: raise ValueError(f"covariate(s) {const} are constant: the Cox model is not identifiable")
+    names = [str(c) for c in X.columns]
+    sep = monotone_likelihood(t, e, X.to_numpy(float), names)
+    if sep.aliased:
+        raise ValueError(f"covariate(s) {list(sep.aliased)} are constant or linear combinations of the others among the "
+                         "patients at risk: the Cox model is not identifiable")
     data = X.assign(_T=t, _E=e.astype(int))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        # tighter than lifelines' default (1e-7 on the step), which can leave ~1e-5 in a coefficient
-        f = CoxPHFitter(alpha=1 - level).fit(data, "_T", "_E", fit_options={"precision": 1e-10, "max_steps": 500})
-    s = f.summary
+    f, err = None, None
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:   # tighter than lifelines' default (1e-7 on the step), which can leave ~1e-5 in a coefficient
+            f = CoxPHFitter(alpha=1 - level).fit(data, "_T", "_E", fit_options={"precision": 1e-10, "max_steps": 500})
+        except (ConvergenceError, np.linalg.LinAlgError) as ex:
+            err = str(ex).splitlines()[0][:120]
+    bad = ("failed to converge", "still high", "suspiciously close")
+    converged = f is not None and not any(issubclass(w.category, ConvergenceWarning) and any(b in str(w.message) for b in bad)
+                                          for w in caught)
+    if f is not None:
+        s = f.summary
+        vals = (s["coef"], s["se(coef)"], s["z"], s["p"])
+    else:
+        vals = (np.full(len(names), np.nan),) * 4
+    coef, se, zz, pp, warn, msg = _flag_estimates(names, *vals, sep, converged, err, "monotone likelihood")
     z = float(_st.norm.ppf(1 - (1 - level) / 2))
-    tab = pd.DataFrame({"coef": s["coef"], "se": s["se(coef)"], "hr": np.exp(s["coef"]),
-                        "hr_lo": np.exp(s["coef"] - z * s["se(coef)"]), "hr_hi": np.exp(s["coef"] + z * s["se(coef)"]),
-                        "z": s["z"], "p": s["p"]})
-    tab.index.name = "covariate"
-    lp = X.to_numpy() @ s["coef"].to_numpy()
-    conc = harrell_c(t, e, lp, level) if np.ptp(lp) > 0 else None
-    return CoxResult(tab, conc, len(d), int(e.sum()), dropped, f)
+    with np.errstate(invalid="ignore", over="ignore"):
+        tab = pd.DataFrame({"coef": coef, "se": se, "hr": np.exp(coef), "hr_lo": np.exp(coef - z * se),
+                            "hr_hi": np.exp(coef + z * se), "z": zz, "p": pp, "warning": warn},
+                           index=pd.Index(names, name="covariate"))
+    conc = None
+    if not sep.separated and f is not None:
+        lp = _linear_predictor(X.to_numpy(float), coef)
+        conc = harrell_c(t, e, lp, level) if np.ptp(lp) > 0 else None
+    if msg:
+        if sep.separated: msg += "; concordance not computed (R coxph: 'Loglik converged before variable …; coefficient may be infinite')"
+        msg = f"cox {duration_col} ~ {' + '.join(map(str, covariates))}: {msg}"
+        warnings.warn(msg, SeparationWarning if sep.separated else NonConvergenceWarning, stacklevel=2)
+    return CoxResult(tab, conc, len(d), int(e.sum()), dropped, f, sep.infinite, bool(converged), msg)
 
 # %% ../../nbs/51_stats_survival.ipynb #0ac953b3
 @dataclass(frozen=True)
@@ -490,12 +624,15 @@ def hr_difference(df: pd.DataFrame,  # one row per patient
 # %% ../../nbs/51_stats_survival.ipynb #5a79ad95
 @dataclass(frozen=True)
 class LogisticResult:
-    "Logistic model: table (coef se or or_lo or_hi p), AUC of fitted probabilities (DelongCI), n, model."
+    "Logistic model: table (coef se or or_lo or_hi z p warning), AUC of the linear predictor (DelongCI or None), n, model."
     table: pd.DataFrame
-    auc: DelongCI
+    auc: DelongCI | None  # DeLong CI of the AUC of X·b; None under separation (no unique value)
     n: int
     n_dropped: int
-    model: object
+    model: object  # statsmodels Logit results (None when the fit failed)
+    separation: tuple = ()  # coefficients whose estimate is infinite; empty when the MLE exists
+    converged: bool = True  # statsmodels' mle_retvals['converged']
+    warning: str = ""  # what went wrong, in one line ("" when nothing did)
 
 
 def logistic(df: pd.DataFrame,  # one row per patient
@@ -504,7 +641,7 @@ def logistic(df: pd.DataFrame,  # one row per patient
              level: float = 0.95,  # CI level
              missing: str = "raise",  # "raise" or "drop" rows with missing values
             ) -> LogisticResult:
-    "Multivariable logistic regression with odds ratios, Wald CIs, p values and the model's AUC."
+    "Logistic regression as R's `glm(binomial)`: ORs, Wald CIs, p, AUC of X·b; separation and non-convergence detected and said."
     import statsmodels.api as sm
     covariates = [covariates] if isinstance(covariates, str) else list(covariates)
     d, dropped = _prepare(df, [outcome, *covariates], missing)
@@ -514,27 +651,47 @@ def logistic(df: pd.DataFrame,  # one row per patient
     X = _design(d, covariates)
     const = [c for c in X.columns if X[c].nunique() < 2]
     if const: raise ValueError(f"covariate(s) {const} are constant")
+    Xc = sm.add_constant(X, has_constant="add")
+    names = [str(c) for c in Xc.columns]
+    sep = separation(Xc.to_numpy(float), y.astype(int), names)
+    if sep.aliased:
+        raise ValueError(f"covariate(s) {list(sep.aliased)} are linear combinations of the others (aliased): "
+                         "the logistic model is not identifiable")
+    f, err = None, None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        f = sm.Logit(y.astype(float), sm.add_constant(X, has_constant="add")).fit(disp=0, maxiter=200)
+        try:
+            f = sm.Logit(y.astype(float), Xc).fit(disp=0, maxiter=200)
+        except (np.linalg.LinAlgError, ValueError) as ex:
+            err = str(ex).splitlines()[0][:120]
+    converged = f is not None and bool(f.mle_retvals.get("converged", False))
+    vals = (f.params, f.bse, f.tvalues, f.pvalues) if f is not None else (np.full(len(names), np.nan),) * 4
+    coef, se, zz, pp, warn, msg = _flag_estimates(names, *vals, sep, converged, err, "separation")
     z = float(_st.norm.ppf(1 - (1 - level) / 2))
-    tab = pd.DataFrame({"coef": f.params, "se": f.bse, "or": np.exp(f.params),
-                        "or_lo": np.exp(f.params - z * f.bse), "or_hi": np.exp(f.params + z * f.bse),
-                        "z": f.tvalues, "p": f.pvalues})
-    tab.index.name = "covariate"
-    return LogisticResult(tab, delong_ci(y, f.predict(), level), len(d), dropped, f)
+    with np.errstate(invalid="ignore", over="ignore"):
+        tab = pd.DataFrame({"coef": coef, "se": se, "or": np.exp(coef), "or_lo": np.exp(coef - z * se),
+                            "or_hi": np.exp(coef + z * se), "z": zz, "p": pp, "warning": warn},
+                           index=pd.Index(names, name="covariate"))
+    auc = None
+    if not sep.separated and f is not None:
+        auc = delong_ci(y, _linear_predictor(Xc.to_numpy(float), coef), level)
+    if msg:
+        if sep.separated: msg += "; the model's AUC is undefined"
+        msg = f"logistic {outcome} ~ {' + '.join(map(str, covariates))}: {msg}"
+        warnings.warn(msg, SeparationWarning if sep.separated else NonConvergenceWarning, stacklevel=2)
+    return LogisticResult(tab, auc, len(d), dropped, f, sep.infinite, bool(converged), msg)
 
-
+# %% ../../nbs/51_stats_survival.ipynb #269df384
 def logistic_univariable(df: pd.DataFrame,  # one row per patient
                          outcome: str,  # 0/1 outcome column
                          covariates: Sequence[str],  # each fitted alone
                          level: float = 0.95,  # CI level
                          missing: str = "drop",  # rows missing the covariate are dropped per model
                         ) -> pd.DataFrame:
-    "One logistic model per covariate: OR, CI, p, n and AUC per row (intercepts left out)."
+    "One logistic model per covariate: OR, CI, p, n, AUC and the model's warning per row (intercepts left out)."
     rows = []
     for c in covariates:
         r = logistic(df, outcome, [c], level, missing)
-        t = r.table.drop(index="const").assign(n=r.n, auc=r.auc.auc)
-        rows.append(t)
+        t = r.table.drop(index="const").assign(n=r.n, auc=r.auc.auc if r.auc is not None else np.nan)
+        rows.append(t[[k for k in t.columns if k != "warning"] + ["warning"]])
     return pd.concat(rows)
