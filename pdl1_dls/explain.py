@@ -15,15 +15,15 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn as nn
-from scipy import stats as sstats
 from scipy.cluster import hierarchy
 
 from .core import PDL1Error
+from .stats.association import chi_square
 
 # %% auto #0
 __all__ = ['BinaryLogitTarget', 'cam_layer', 'gradcam', 'default_activation_layers', 'activation_maps', 'top_filters',
-           'plot_hyperimage_gradcam', 'plot_activations', 'plot_mri_gradcam', 'ChiSquare', 'chi2_test', 'ClusterResult',
-           'cluster_deep_features', 'plot_feature_heatmap']
+           'plot_hyperimage_gradcam', 'plot_activations', 'plot_mri_gradcam', 'ClusterResult', 'cluster_deep_features',
+           'plot_feature_heatmap']
 
 # %% ../nbs/40_explain.ipynb #21f6343b
 class BinaryLogitTarget:
@@ -273,38 +273,13 @@ def plot_mri_gradcam(planes: np.ndarray,  # (S, P, H, W): S sequences × P plane
 
 # %% ../nbs/40_explain.ipynb #71f6ad52
 @dataclass
-class ChiSquare:
-    "Pearson's χ² test of independence of the clusters and one variable."
-    variable: str
-    statistic: float
-    dof: int
-    p: float
-    n: int  # patients with the variable known
-    min_expected: float  # smallest expected count (< 5: the χ² approximation is rough)
-    table: pd.DataFrame  # contingency table, clusters × levels
-
-def chi2_test(a: pd.Series,  # first variable (e.g. the cluster of each patient)
-              b: pd.Series,  # second variable, same index; missing values are dropped
-              name: str = "",  # the variable's name in the result
-             ) -> ChiSquare:
-    "χ² test of independence of two categorical variables (Yates' correction only for 2×2)."
-    ok = a.notna() & b.notna()
-    tab = pd.crosstab(a[ok], b[ok])
-    n = int(ok.sum())
-    if tab.shape[0] < 2 or tab.shape[1] < 2:
-        raise ValueError(f"χ² test of {name or 'variable'}: need at least 2 levels on each side, "
-                         f"got a {tab.shape[0]}×{tab.shape[1]} table from {n} patients")
-    r = sstats.chi2_contingency(tab.to_numpy(), correction=True)
-    return ChiSquare(name, float(r.statistic), int(r.dof), float(r.pvalue), n, float(r.expected_freq.min()), tab)
-
-@dataclass
 class ClusterResult:
     "Deep-feature clusters of the patients, the standardised features, both linkages and the χ² tests."
     clusters: pd.DataFrame  # one row per patient: id, `cluster` (G1…Gk), and the metadata columns
     z: pd.DataFrame  # standardised features, patients (rows, dendrogram order) × features
     patient_linkage: np.ndarray  # scipy linkage of the patients (rows of `z` before reordering)
     feature_linkage: np.ndarray  # scipy linkage of the features (display only)
-    tests: dict  # variable -> ChiSquare
+    tests: dict  # variable -> stats.association.ChiSquare
     n_clusters: int
     method: str
     metric: str
@@ -313,8 +288,8 @@ class ClusterResult:
 
     def summary(self) -> pd.DataFrame:
         "One row per χ² test: variable, statistic, dof, p, n, smallest expected count."
-        return pd.DataFrame([dict(variable=t.variable, chi2=t.statistic, dof=t.dof, p=t.p, n=t.n,
-                                  min_expected=t.min_expected) for t in self.tests.values()])
+        return pd.DataFrame([dict(variable=v, chi2=t.statistic, dof=t.dof, p=t.p, n=t.n,
+                                  min_expected=t.min_expected) for v, t in self.tests.items()])
 
 # %% ../nbs/40_explain.ipynb #ca8036f3
 def cluster_deep_features(features: pd.DataFrame,  # one row per patient: id column + the deep features (numeric)
@@ -367,7 +342,9 @@ def cluster_deep_features(features: pd.DataFrame,  # one row per patient: id col
     cl = cl.merge(meta, on=id_column, how="left", validate="one_to_one")
     tests = {}
     for v in test_columns:
-        if v in cl.columns: tests[v] = chi2_test(cl["cluster"], cl[v], v)
+        if v not in cl.columns: continue
+        try: tests[v] = chi_square(cl["cluster"], cl[v], dropna=True)
+        except ValueError as e: raise ValueError(f"χ² test of {v}: {e}") from None
     zdf = pd.DataFrame(Z, index=pd.Index(ids, name=id_column), columns=cols)
     return ClusterResult(clusters=cl, z=zdf.iloc[leaves], patient_linkage=L, feature_linkage=FL, tests=tests,
                          n_clusters=len(order), method=method, metric=metric, id_column=id_column,
@@ -407,7 +384,7 @@ def plot_feature_heatmap(result: ClusterResult,  # from `cluster_deep_features`
                        cbar_kws=dict(label="z-score"))
     g.ax_heatmap.set_xlabel(f"patients (n={data.shape[1]})"); g.ax_heatmap.set_ylabel(f"deep features (N={data.shape[0]})")
     g.ax_col_dendrogram.legend(handles=handles, loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize=7, frameon=False)
-    stats = "; ".join(f"{t.variable}: χ²={t.statistic:.1f}, df={t.dof}, p={t.p:.2g}" for t in result.tests.values())
+    stats = "; ".join(f"{v}: χ²={t.statistic:.1f}, df={t.dof}, p={t.p:.2g}" for v, t in result.tests.items())
     if stats: g.figure.suptitle(stats, y=1.01, fontsize=9)
     g.figure.pdl1_grid = g  # the seaborn ClusterGrid (dendrogram order in g.dendrogram_col.reordered_ind)
     return g.figure

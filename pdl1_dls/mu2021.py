@@ -19,7 +19,7 @@ from .stats.roc import delong_ci, roc_curve
 from .stats.survival import at_risk, kaplan_meier
 
 # %% auto #0
-__all__ = ['TPS_GROUPS', 'tps_group', 'plot_roc', 'KMPlot', 'plot_km', 'auc_ci', 'fisher_exact_2xc', 'rqs_checklist', 'rqs_table']
+__all__ = ['TPS_GROUPS', 'tps_group', 'plot_roc', 'KMPlot', 'plot_km', 'auc_ci', 'rqs_checklist', 'rqs_table']
 
 # %% ../nbs/62_mu2021.ipynb #6b339f3e
 TPS_GROUPS = ("<1%", "1-49%", ">=50%")
@@ -138,34 +138,6 @@ def auc_ci(y,  # 0/1 labels (NaN = unlabelled, dropped)
     except ValueError as e:
         out["note"] = f"no DeLong CI: {e}"
     return out
-
-# %% ../nbs/62_mu2021.ipynb #6baea982
-def fisher_exact_2xc(table,  # 2 x c (or c x 2) table of counts
-                     max_tables: int = 20_000_000,  # refuse enumerations larger than this
-                    ) -> float:
-    "Two-sided Fisher-Freeman-Halton exact p for a 2 x c contingency table (R `fisher.test`)."
-    from scipy.special import gammaln
-    t = np.asarray(table)
-    if t.ndim != 2 or 2 not in t.shape: raise ValueError(f"need a 2 x c table, got shape {t.shape}")
-    if t.shape[0] != 2: t = t.T
-    if (t < 0).any() or not np.allclose(t, np.round(t)): raise ValueError("table must hold non-negative counts")
-    t = np.round(t).astype(np.int64)
-    t = t[:, t.sum(0) > 0]
-    if t.shape[1] < 2 or (t.sum(1) == 0).any(): return 1.0
-    cols, r1 = t.sum(0), int(t[0].sum())
-    lc = lambda n, k: gammaln(n + 1) - gammaln(k + 1) - gammaln(n - k + 1)
-    obs = float(sum(lc(c, x) for c, x in zip(cols, t[0])))
-    rest = np.concatenate([np.cumsum(cols[::-1])[::-1][1:], [0]])    # capacity of the columns after j
-    s = np.zeros(1, np.int64); lp = np.zeros(1)
-    for c, cap in zip(cols, rest):
-        x = np.arange(0, min(c, r1) + 1)
-        s2 = (s[:, None] + x[None, :]).ravel(); lp2 = (lp[:, None] + lc(c, x)[None, :]).ravel()
-        keep = (s2 <= r1) & (s2 + cap >= r1)
-        s, lp = s2[keep], lp2[keep]
-        if len(s) > max_tables: raise ValueError(f"more than {max_tables} tables to enumerate")
-    lp = lp - lc(int(cols.sum()), r1)
-    obs = obs - lc(int(cols.sum()), r1)
-    return float(min(1.0, np.exp(lp[lp <= obs + np.log1p(1e-7)]).sum()))
 
 # %% ../nbs/62_mu2021.ipynb #1006be59
 def rqs_checklist(path: str | Path | None = None,  # a checklist YAML; default the package's

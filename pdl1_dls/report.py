@@ -60,15 +60,26 @@ def write_table(df: pd.DataFrame,  # the table
     with atomic_write(d / f"{name}.md") as f: f.write(md)
     return d / f"{name}.csv"
 
+def _in_kernel() -> bool:
+    "True inside a Jupyter kernel (JupyterLab, papermill), where a displayed image becomes a cell output."
+    try: from IPython import get_ipython
+    except ImportError: return False
+    ip = get_ipython()
+    return ip is not None and getattr(ip, "kernel", None) is not None
+
 def save_figure(fig,  # a matplotlib Figure
                 name: str,  # file stem, e.g. "fig3_roc"
                 out_dir: str | os.PathLike,  # the run folder (figures/ is created inside)
                 dpi: int = 150,
+                show: bool = True,  # in a Jupyter kernel, also show the saved PNG as the cell's output
                ) -> Path:
-    "Write `figures/NAME.png` and `figures/NAME.svg`; return the PNG path."
+    "Write `figures/NAME.png` and `figures/NAME.svg`, show the PNG inline in a notebook; return the PNG path."
     d = Path(out_dir) / "figures"
     for ext in ("png", "svg"):
         with atomic_path(d / f"{name}.{ext}") as p: fig.savefig(p, dpi=dpi, bbox_inches="tight", format=ext)
+    if show and _in_kernel():
+        from IPython.display import Image, display
+        display(Image(filename=str(d / f"{name}.png")))
     return d / f"{name}.png"
 
 # %% ../nbs/60_report.ipynb #de9d3cce

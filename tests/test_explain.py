@@ -12,10 +12,11 @@ import torch.nn as nn
 from sklearn.metrics import adjusted_rand_score
 
 from pdl1_dls.core import PDL1Error, seed_everything
-from pdl1_dls.explain import (BinaryLogitTarget, activation_maps, cam_layer, chi2_test, cluster_deep_features,
+from pdl1_dls.explain import (BinaryLogitTarget, activation_maps, cam_layer, cluster_deep_features,
                               gradcam, plot_activations, plot_feature_heatmap, plot_hyperimage_gradcam,
                               plot_mri_gradcam, top_filters)
 from pdl1_dls.srescnn import SResCNN, make_model
+from pdl1_dls.stats.association import chi_square
 
 
 @pytest.fixture(scope="module")
@@ -283,7 +284,7 @@ def test_chi2_p_is_calibrated_under_independence():
     feats, meta, truth, rng = _planted(seed=3)
     res = cluster_deep_features(feats, meta)
     cl = res.clusters.set_index("patient_id")["cluster"]
-    ps = np.array([chi2_test(cl, pd.Series(rng.integers(0, 2, len(cl)), index=cl.index)).p for _ in range(300)])
+    ps = np.array([chi_square(cl, pd.Series(rng.integers(0, 2, len(cl)), index=cl.index)).p for _ in range(300)])
     assert 0.015 <= np.mean(ps < 0.05) <= 0.10
     assert 0.4 <= np.median(ps) <= 0.65
 
@@ -310,7 +311,7 @@ def test_clustering_bad_input():
     with pytest.raises(ValueError, match="euclidean"): cluster_deep_features(feats, meta, metric="cosine")
     with pytest.raises(PDL1Error, match="not in the metadata"): cluster_deep_features(feats, meta.iloc[1:])
     with pytest.raises(PDL1Error, match="twice"): cluster_deep_features(pd.concat([feats, feats.iloc[:1]]), meta)
-    with pytest.raises(ValueError, match="2 levels"):
+    with pytest.raises(ValueError, match="χ² test of pdl1: need at least two levels"):
         cluster_deep_features(feats, meta.assign(pdl1=1))
     ok = cluster_deep_features(feats, meta, method="average", metric="cosine", test_columns=("histology",))
     assert list(ok.tests) == ["histology"]

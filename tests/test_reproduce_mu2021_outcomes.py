@@ -40,6 +40,35 @@ def mu_run(tmp_path_factory):
     return dict(run=run, manifest=manifest, result=res)
 
 
+@pytest.fixture(scope="session")
+def mu_fixed(tmp_path_factory):
+    """The multivariable notebook on a fixed, larger study with no training: the clinical tables of the `small`
+    synthetic PET/CT study (60 patients in the retrospective ICI cohort) and a DLS drawn from the latent truth with a
+    fixed numpy seed, so every number is the same on every machine and the models are identifiable (a tiny study's
+    8-patient cohort is separated or not depending on the CPU's rounding of the training)."""
+    from pdl1_dls.synth import _study_tables, _manifest
+    from pdl1_dls.report import run_reproduction
+    root = tmp_path_factory.mktemp("mu2021_fixed")
+    clin, truth, _ = _study_tables("petct", "small", 0)
+    clin.to_csv(root / "clinical.csv", index=False)
+    m = _manifest("petct", "small", 0)
+    for k in ("synthetic", "checksums"): m.pop(k)
+    m["name"] = "mu2021_fixed"
+    m["images"] = {k: v for k, v in m["images"].items() if k in ("pet", "ct", "roi")}
+    for pid in clin["patient_id"]:                    # the manifest names images; the notebooks read only scores.csv
+        d = root / "images" / pid; d.mkdir(parents=True)
+        for k in m["images"]: (d / f"{k}.nii.gz").touch()
+    (root / "study.yaml").write_text(yaml.safe_dump(m, sort_keys=False))
+    z = truth.set_index("patient_id").loc[clin["patient_id"], "z"].to_numpy()
+    rng = np.random.default_rng(7)
+    run = root / "run"; run.mkdir()
+    pd.DataFrame({"patient_id": clin["patient_id"], "cohort": clin["cohort"], "role": "",
+                  "dls": 1 / (1 + np.exp(-(1.5 * z + rng.normal(0, 1, len(z)))))}).to_csv(run / "scores.csv", index=False)
+    res = run_reproduction(root / "study.yaml", run, seed=0, n_boot=200, quick=True, only=["mu2021_11_multivariable"],
+                           log=lambda *a: None)
+    return dict(run=run, manifest=root / "study.yaml", result=res)
+
+
 def _table(run, name):
     p = run / "tables" / f"{name}.csv"
     return pd.read_csv(p) if p.is_file() else None
@@ -102,6 +131,17 @@ def test_every_figure_has_png_and_svg(mu_run):
     svg = {p.stem for p in figs.glob("mu2021_*.svg")}
     assert png == svg and png
     assert {"mu2021_fig2e_feature_heatmap", "mu2021_dls_bootstrap_mean", "mu2021_fig4_prognosis", "mu2021_rqs"} <= png
+
+
+def test_executed_notebooks_show_their_figures(mu_run):
+    "Every saved figure is also an image output of the executed notebook, as JupyterLab and the docs show it."
+    shown = {}
+    for nb in (mu_run["run"] / "notebooks").glob("mu2021_*.ipynb"):
+        cells = json.loads(nb.read_text())["cells"]
+        shown[nb.stem] = sum("image/png" in o.get("data", {}) for c in cells if c["cell_type"] == "code" for o in c["outputs"])
+    assert set(shown) == set(MINE)
+    assert shown["mu2021_09_fig4_prognosis"] >= 1 and shown["mu2021_12_rqs"] >= 1
+    assert sum(shown.values()) == len(list((mu_run["run"] / "figures").glob("mu2021_*.png")))
 
 
 def test_recorded_keys_are_published(mu_run):
@@ -200,27 +240,33 @@ def test_fig5_rates(mu_run):
         assert r["n"] == len(g) and r["dcb"] == int(g["dcb"].sum())
 
 
-def test_multivariable_cindex_matches_sklearn_logistic(mu_run):
+def test_multivariable_cindex_matches_sklearn_logistic(mu_fixed):
+    "DCB model refitted by sklearn (unpenalised ML) on the retrospective cohort and applied unchanged: same C-indices."
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import roc_auc_score
-    t, _ = _scored(mu_run)
-    c = _table(mu_run["run"], "mu2021_cindex")
-    if c is None or not (c["endpoint"] == "DCB").any(): pytest.skip("tiny study: DCB model not fitted")
+    from pdl1_dls.stats.survival import logistic
+    st = {s["notebook"]: s for s in mu_fixed["result"]["notebooks"]}
+    assert st["mu2021_11_multivariable"]["ok"], st["mu2021_11_multivariable"]["error"]
+    t, _ = _scored(mu_fixed)
+    c = _table(mu_fixed["run"], "mu2021_cindex")
+    assert c is not None and (c["endpoint"] == "DCB").sum() == 3   # fitted on the retrospective cohort, applied to two
     t["adc"] = (t["histology"] == "ADC").astype(float); t["ecog_ge1"] = (t["ecog"] >= 1).astype(float)
     cols = ["dls", "adc", "ecog_ge1"]
     train = c[c["role"] == "training"]["cohort"].iloc[0]
     tr = t[t["cohort"] == train].dropna(subset=cols + ["dcb"])
+    assert not logistic(tr, "dcb", cols).separation          # identifiable: the maximum-likelihood estimate exists
     m = LogisticRegression(penalty=None, max_iter=5000, tol=1e-10).fit(tr[cols], tr["dcb"].astype(int))
     for _, r in c[c["endpoint"] == "DCB"].iterrows():
         d = t[t["cohort"] == r["cohort"]].dropna(subset=cols + ["dcb"])
+        assert r["n"] == len(d)
         assert r["c"] == pytest.approx(roc_auc_score(d["dcb"].astype(int), m.decision_function(d[cols])), abs=1e-6)
 
 
-def test_multivariable_cox_cindex_by_brute_force(mu_run):
+def test_multivariable_cox_cindex_by_brute_force(mu_fixed):
     "Cox model refitted with lifelines on the training cohort, applied unchanged; Harrell's C counted pair by pair."
     from lifelines import CoxPHFitter
-    t, _ = _scored(mu_run)
-    c = _table(mu_run["run"], "mu2021_cindex")
+    t, _ = _scored(mu_fixed)
+    c = _table(mu_fixed["run"], "mu2021_cindex")
     assert c is not None and (c["endpoint"] == "PFS").any()
     t["adc"] = (t["histology"] == "ADC").astype(float); t["ecog_ge1"] = (t["ecog"] >= 1).astype(float)
     cols = ["dls", "adc", "ecog_ge1"]

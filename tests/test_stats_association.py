@@ -326,3 +326,48 @@ def test_table1():
 def test_bad_input_raises_clear_valueerror(call, match):
     with pytest.raises(ValueError, match=match):
         call()
+
+
+def test_fisher_exact_rxc_against_R():
+    """Fisher's exact test of 2x2, 2xc and rxc tables equals R's `fisher.test`; the Monte-Carlo p is close to it.
+
+    R 4.2.2:
+    > options(digits = 15)
+    > fisher.test(matrix(c(12, 5, 3, 10), nrow = 2))$p.value
+    [1] 0.0253276870336761
+    > fisher.test(matrix(c(3, 1, 4, 7, 2, 5, 6, 0), nrow = 2))$p.value
+    [1] 0.0274792373089586
+    > fisher.test(matrix(c(5, 2, 7, 3, 6, 1, 2, 8, 4), nrow = 3))$p.value
+    [1] 0.0671859917690065
+    > chisq.test(matrix(c(5, 2, 7, 3, 6, 1, 2, 8, 4), nrow = 3))   # X-squared = 8.39619047619048, df = 4
+    [1] 0.0780970511682089
+    """
+    t22 = np.array([[12, 3], [5, 10]])
+    t24 = np.array([[3, 4, 2, 6], [1, 7, 5, 0]])
+    t33 = np.array([[5, 3, 2], [2, 6, 8], [7, 1, 4]])
+    assert asc.fisher_exact(None, None, table=t22).p == pytest.approx(0.0253276870336761, rel=1e-10)
+    assert asc.fisher_exact(None, None, table=t24).p == pytest.approx(0.0274792373089586, rel=1e-10)
+    assert asc.fisher_exact(None, None, table=t24.T).p == pytest.approx(0.0274792373089586, rel=1e-10)
+    r = asc.fisher_exact(None, None, table=t33)
+    assert r.p == pytest.approx(0.0671859917690065, rel=1e-10) and r.test == "Fisher-Freeman-Halton exact"
+    mc = asc.fisher_exact(None, None, table=t33, simulate=True, n_sim=20000, seed=1)
+    assert abs(mc.p - 0.0671859917690065) < 0.006 and "Monte-Carlo" in mc.test         # SE about 0.0018
+    few = asc.fisher_exact(None, None, table=t33, max_tables=10)                         # too many tables: simulated
+    assert "Monte-Carlo" in few.test
+    cs = asc.chi_square(None, None, table=t33)
+    assert cs.statistic == pytest.approx(8.39619047619048, rel=1e-12) and cs.dof == 4
+    assert cs.p == pytest.approx(0.0780970511682089, rel=1e-10) and cs.min_expected < 5
+
+
+def test_fisher_exact_2xc_brute_force():
+    "Every assignment of the positives among 9 patients in 3 columns, counted: the p is the mass of tables no likelier."
+    from itertools import combinations
+    tab = np.array([[2, 1, 0], [1, 2, 3]]); grp = np.repeat([0, 1, 2], tab.sum(0))
+    probs = {}
+    for pos in combinations(range(len(grp)), int(tab[0].sum())):
+        k = tuple(np.bincount(grp[list(pos)], minlength=3)); probs[k] = probs.get(k, 0) + 1
+    tot = sum(probs.values()); pobs = probs[tuple(tab[0])] / tot
+    brute = sum(v / tot for v in probs.values() if v / tot <= pobs * (1 + 1e-7))
+    assert asc.fisher_exact(None, None, table=tab).p == pytest.approx(brute, abs=1e-12)
+    a = np.repeat(["x", "y"], [3, 6]); b = np.r_[grp[:0], [0, 0, 1, 0, 1, 1, 2, 2, 2]]
+    assert asc.fisher_exact(a, b).p == pytest.approx(asc.fisher_exact(None, None, table=pd.crosstab(a, b).to_numpy()).p)

@@ -19,7 +19,7 @@ from scipy import stats as _st
 
 # %% auto #0
 __all__ = ['Correlation', 'spearman', 'point_biserial', 'CorrCompare', 'compare_correlations', 'Anova', 'anova_lsd', 'Test',
-           'mann_whitney', 'wilcoxon', 'fisher_exact', 'chi_square', 'icc', 'table1']
+           'mann_whitney', 'wilcoxon', 'fisher_exact', 'ChiSquare', 'chi_square', 'icc', 'table1']
 
 # %% ../../nbs/52_stats_association.ipynb #63de3209
 @dataclass(frozen=True)
@@ -235,24 +235,109 @@ def _crosstab(a, b):
     return t
 
 
-def fisher_exact(a, b,  # two binary variables (or pass table=)
-                 table=None,  # a 2x2 table of counts instead of a, b
+def _counts(a, b, table) -> np.ndarray:
+    "The contingency table as non-negative integer counts, empty rows and columns dropped."
+    t = np.asarray(table, dtype=float) if table is not None else _crosstab(a, b).to_numpy().astype(float)
+    if t.ndim != 2: raise ValueError(f"need a two-way table, got shape {t.shape}")
+    if (t < 0).any() or not np.allclose(t, np.round(t)): raise ValueError("table must hold non-negative counts")
+    t = np.round(t).astype(np.int64)
+    return t[t.sum(1) > 0][:, t.sum(0) > 0]
+
+# %% ../../nbs/52_stats_association.ipynb #84fd0c39
+def _lfact(x):
+    from scipy.special import gammaln
+    return gammaln(np.asarray(x, dtype=float) + 1)
+
+
+def _compositions(c: int, caps: np.ndarray) -> np.ndarray:
+    "Every way to split a column total c over len(caps) rows with x_i <= caps_i, one per row of the result."
+    parts = np.zeros((1, 0), np.int64)
+    for i, cap in enumerate(caps):
+        left = c - parts.sum(1)
+        if i == len(caps) - 1:
+            keep = left <= cap
+            return np.column_stack([parts[keep], left[keep]])
+        x = np.arange(0, min(c, cap) + 1)
+        parts = np.column_stack([np.repeat(parts, len(x), 0), np.tile(x, len(parts))])
+        parts = parts[parts[:, -1] <= np.repeat(left, len(x))]
+    return parts
+
+
+def _fisher_exact_rxc(t: np.ndarray, max_tables: int) -> float | None:
+    "Exact two-sided p (R `fisher.test`): the probability of every table with the margins no more likely than t."
+    rows, cols = t.sum(1), t.sum(0)
+    base = float(_lfact(rows).sum() - _lfact(t.sum()))
+    obs = base + float((_lfact(cols) - _lfact(t).sum(0)).sum())
+    state, lp = np.zeros((1, len(rows)), np.int64), np.zeros(1)
+    for c in cols:
+        x = _compositions(int(c), rows)
+        new = (state[:, None, :] + x[None, :, :]).reshape(-1, len(rows))
+        lp2 = (lp[:, None] + (float(_lfact(c)) - _lfact(x).sum(1))[None, :]).ravel()
+        keep = (new <= rows).all(1)
+        state, lp = new[keep], lp2[keep]
+        if len(lp) > max_tables: return None
+    p = np.exp(base + lp)
+    return float(min(1.0, p[base + lp <= obs + np.log1p(1e-7)].sum()))
+
+
+def _fisher_simulated(t: np.ndarray, n_sim: int, seed: int) -> float:
+    "Monte-Carlo p as R's `fisher.test(simulate.p.value = TRUE, B = n_sim)`: tables with the margins of t, drawn at random."
+    ai = np.repeat(np.arange(t.shape[0]), t.sum(1)); bi = np.concatenate([np.repeat(np.arange(t.shape[1]), r) for r in t])
+    R, C = t.shape
+    obs = float(_lfact(t).sum())
+    rng = np.random.default_rng(seed)
+    sims = []
+    for s0 in range(0, n_sim, 2000):
+        m = min(2000, n_sim - s0)
+        perm = np.argsort(rng.random((m, len(bi))), axis=1)              # random pairing of row and column labels
+        codes = ai[None, :] * C + bi[perm] + (R * C) * np.arange(m)[:, None]
+        sims.append(_lfact(np.bincount(codes.ravel(), minlength=m * R * C).reshape(m, R * C)).sum(1))
+    sims = np.concatenate(sims)
+    return float((1 + (sims >= obs * (1 - 64 * np.finfo(float).eps) - 1e-7).sum()) / (1 + n_sim))
+
+
+def fisher_exact(a, b,  # two categorical variables (or pass table=)
+                 table=None,  # an r x c table of counts instead of a, b
+                 simulate: bool = False,  # Monte-Carlo p (R `simulate.p.value = TRUE`) instead of the exact one
+                 n_sim: int = 10000,  # simulated tables (R's B) when simulating
+                 seed: int = 0,  # seed of the simulation
+                 max_tables: int = 2_000_000,  # an exact p needing more partial tables than this is simulated instead
                 ) -> Test:
-    "Fisher's exact test for a 2x2 table (two-sided); statistic = sample odds ratio."
-    t = np.asarray(table) if table is not None else _crosstab(a, b).to_numpy()
-    if t.shape != (2, 2): raise ValueError(f"Fisher's exact test here needs a 2x2 table, got {t.shape}")
-    r = _st.fisher_exact(t)
-    return Test(float(r.statistic), float(r.pvalue), "Fisher exact")
+    "Fisher's exact test of an r x c table (R `fisher.test`); 2x2 statistic = sample odds ratio, else NaN."
+    t = _counts(a, b, table)
+    if t.shape[0] < 2 or t.shape[1] < 2: return Test(np.nan, 1.0, "Fisher exact")
+    if t.shape == (2, 2) and not simulate:
+        r = _st.fisher_exact(t)
+        return Test(float(r.statistic), float(r.pvalue), "Fisher exact")
+    p = None if simulate else _fisher_exact_rxc(t, max_tables)
+    if p is not None: return Test(np.nan, p, "Fisher-Freeman-Halton exact")
+    return Test(np.nan, _fisher_simulated(t, n_sim, seed), f"Fisher-Freeman-Halton (Monte-Carlo, {n_sim} tables)")
+
+# %% ../../nbs/52_stats_association.ipynb #e9de9853
+@dataclass(frozen=True)
+class ChiSquare(Test):
+    "Pearson's chi-square test with its degrees of freedom, n, smallest expected count and the table."
+    dof: int = 0
+    n: int = 0
+    min_expected: float = np.nan
+    table: pd.DataFrame | None = None
 
 
-def chi_square(a, b,  # two categorical variables (or pass table=)
+def chi_square(a, b,  # two categorical variables, same length (or pass table=); pass `dropna=True` to drop missing pairs
                table=None,  # a table of counts instead of a, b
                correction: bool = True,  # Yates' correction for 2x2 (R default)
-              ) -> Test:
+               dropna: bool = False,  # drop pairs with a missing value instead of refusing them
+              ) -> ChiSquare:
     "Pearson chi-square test of independence (R `chisq.test`)."
-    t = np.asarray(table) if table is not None else _crosstab(a, b).to_numpy()
-    r = _st.chi2_contingency(t, correction=correction)
-    return Test(float(r.statistic), float(r.pvalue), "chi-square")
+    if table is None:
+        a, b = pd.Series(np.asarray(a, dtype=object)), pd.Series(np.asarray(b, dtype=object))
+        if dropna and len(a) == len(b): ok = a.notna() & b.notna(); a, b = a[ok], b[ok]
+        tab = _crosstab(a, b)
+    else:
+        tab = pd.DataFrame(np.asarray(table))
+    r = _st.chi2_contingency(tab.to_numpy(), correction=correction)
+    return ChiSquare(float(r.statistic), float(r.pvalue), "chi-square", int(r.dof), int(tab.to_numpy().sum()),
+                     float(r.expected_freq.min()), tab)
 
 # %% ../../nbs/52_stats_association.ipynb #3729a5b9
 def icc(ratings,  # n targets x k readers (array or DataFrame), or a list of k reader arrays
