@@ -538,14 +538,44 @@ class Calibration:
         raise AttributeError(name)
 
 
-def _logit_glm(y, X, offset=None, what: str = "logistic fit"):
-    "Binomial GLM fitted to convergence (IRLS to 1e-12 on the deviance): coefficients and standard errors."
-    import statsmodels.api as sm
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        f = sm.GLM(y, X, family=sm.families.Binomial(), offset=offset).fit(tol=1e-12, maxiter=200)
-    if not f.converged: raise ValueError(f"calibration: the {what} did not converge in 200 iterations")
-    return np.asarray(f.params, dtype=float), np.asarray(f.bse, dtype=float)
+def _logit_mle(y: np.ndarray,  # 0/1 outcomes
+               X: np.ndarray,  # design matrix (full column rank)
+               what: str = "logistic fit",  # named in the error message
+               maxiter: int = 200,  # Newton iterations
+              ):
+    "Logistic MLE by Newton-Raphson with step halving from the intercept-only fit, to a 1e-10 relative step: coefficients, Wald SEs."
+    from scipy.special import expit
+    loglik = lambda bb: float(np.sum(y * (X @ bb) - np.logaddexp(0.0, X @ bb)))
+    b = np.zeros(X.shape[1]); b[0] = math.log(y.mean() / (1 - y.mean()))   # column 0 is the intercept
+    ll = loglik(b)
+    for _ in range(maxiter):
+        mu = expit(X @ b)
+        H = (X * (mu * (1 - mu))[:, None]).T @ X
+        step = np.linalg.solve(H, X.T @ (y - mu))
+        if np.abs(step).max() <= 1e-10 * (1 + np.abs(b).max()):
+            b = b + step
+            mu = expit(X @ b)                                    # the information at the estimate itself
+            return b, np.sqrt(np.diag(np.linalg.inv((X * (mu * (1 - mu))[:, None]).T @ X)))
+        t, floor = 1.0, ll - 1e-12 * (1 + abs(ll))              # (rounding noise in the log-likelihood)
+        while (llt := loglik(b + t * step)) < floor and t > 1e-14: t /= 2   # concave: halving finds an ascent
+        if llt < floor: break
+        b, ll = b + t * step, max(ll, llt)
+    raise ValueError(f"calibration: the {what} did not converge in {maxiter} Newton steps")
+
+
+def _citl_mle(y: np.ndarray,  # 0/1 outcomes, both classes present
+              lp: np.ndarray,  # logit of the predictions (the offset)
+             ):
+    "Calibration-in-the-large: the root a of Σ(y − expit(a + lp)) = 0 (decreasing in a), and its Wald SE."
+    from scipy.optimize import brentq
+    from scipy.special import expit
+    score = lambda a: float(np.sum(y - expit(a + lp)))
+    lo, hi = -1.0, 1.0
+    while score(lo) <= 0: lo *= 2
+    while score(hi) >= 0: hi *= 2
+    a = brentq(score, lo, hi, xtol=1e-14, rtol=4 * np.finfo(float).eps, maxiter=500)
+    mu = expit(a + lp)
+    return a, 1 / math.sqrt(float(np.sum(mu * (1 - mu))))
 
 # %% ../../nbs/50_stats_roc.ipynb #d10ffd4b
 def calibration(y_true,  # 0/1 labels
@@ -577,8 +607,8 @@ def calibration(y_true,  # 0/1 labels
     if sep.separated:
         raise SeparationError(f"calibration undefined: the predicted probabilities separate the outcomes ({sep.kind} "
                               "separation, AUC 0 or 1 up to ties), so the recalibration slope is infinite")
-    (a, b), (se_a, se_b) = _logit_glm(yf, X, what="recalibration fit")
-    (c,), (se_c,) = _logit_glm(yf, X[:, :1], offset=lp, what="calibration-in-the-large fit")
+    (a, b), (se_a, se_b) = _logit_mle(yf, X, what="recalibration fit")
+    c, se_c = _citl_mle(yf, lp)
     if strategy == "quantile":
         edges = np.unique(np.quantile(p, np.linspace(0, 1, n_bins + 1)))
     elif strategy == "uniform":

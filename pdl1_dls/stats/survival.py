@@ -665,6 +665,10 @@ def logistic(df: pd.DataFrame,  # one row per patient
         except (np.linalg.LinAlgError, ValueError) as ex:
             err = str(ex).splitlines()[0][:120]
     converged = f is not None and bool(f.mle_retvals.get("converged", False))
+    if converged and not sep.separated:                          # and check it: the Newton decrement g'H⁻¹g at the estimate
+        g = f.model.score(np.asarray(f.params))
+        try: converged = bool(g @ np.linalg.solve(-f.model.hessian(np.asarray(f.params)), g) < 1e-8)
+        except np.linalg.LinAlgError: converged = False
     vals = (f.params, f.bse, f.tvalues, f.pvalues) if f is not None else (np.full(len(names), np.nan),) * 4
     coef, se, zz, pp, warn, msg = _flag_estimates(names, *vals, sep, converged, err, "separation")
     z = float(_st.norm.ppf(1 - (1 - level) / 2))
