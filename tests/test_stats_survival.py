@@ -50,6 +50,10 @@ def test_km_median_midpoint_rule_and_not_reached():
     # the curve is exactly 0.5 between t=2 and t=4: R takes the midpoint 3
     m = sv.km_median([1, 2, 4, 5], [1, 1, 1, 1])
     assert m.median == 3.0
+    # R 4.2.2: quantile(survfit(Surv(c(1, 2, 3, 4), c(1, 1, 0, 0)) ~ 1), 0.5) gives 3 (1, NA); print() gives 2 (1, NA):
+    # a curve that ends flat at 0.5 is the one case where print and quantile differ; km_median follows quantile
+    m = sv.km_median([1, 2, 3, 4], [1, 1, 0, 0])
+    assert (m.median, m.lo, m.hi) == (3.0, 1.0, np.inf)
     m = sv.km_median([1, 2, 3, 4, 5, 6], [1, 0, 0, 0, 0, 0])
     assert m.median == np.inf
 

@@ -147,7 +147,7 @@ def km_median(time,  # follow-up times
               level: float = 0.95,  # CI level
               conf_type: str = "log",  # CI transform: "log" (R's default), "log-log" or "plain"
              ) -> Median:
-    "Median survival and its CI exactly as R's `print(survfit(Surv(time, event) ~ 1, conf.type = conf_type))`."
+    "Median survival and its CI as R's `quantile(survfit(Surv(time, event) ~ 1, conf.type = conf_type), 0.5)` (and its print)."
     k = kaplan_meier(time, event, level, conf_type)
     return Median(k.median, k.lo, k.hi)
 
