@@ -54,6 +54,74 @@ def test_torch_pinned_for_ci():
     assert "torch==2.14.1" in c and "torchvision==0.29.1" in c
 
 
+LOCK = REPO / "requirements-x86_64.lock"  # `make lock` writes it; `make install` installs exactly it (x86_64)
+
+
+def _lock_pins():
+    "{canonical name: version} of every `name==version` line in the lock."
+    from packaging.utils import canonicalize_name
+    pins = {}
+    for line in LOCK.read_text().splitlines():
+        if line[:1].isalnum():
+            name, _, version = line.split(" ")[0].partition("==")
+            assert version, f"{LOCK.name}: not pinned with ==: {line}"
+            pins[canonicalize_name(name)] = version
+    return pins
+
+
+def test_lock_satisfies_pyproject():
+    "Every requirement of pyproject.toml (main + dev) and every pin of constraints.txt holds for the lock's version; every pin has a hash."
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+    pins = _lock_pins()
+    proj = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    cons = [l for l in (REPO / "constraints.txt").read_text().splitlines() if l.strip() and not l.startswith("#")]
+    bad = []
+    for r in map(Requirement, proj["dependencies"] + proj["optional-dependencies"]["dev"] + cons):
+        v = pins.get(canonicalize_name(r.name))
+        if v is None or not r.specifier.contains(v, prereleases=True): bad.append(f"{r} (lock: {v})")
+    assert not bad, f"{LOCK.name} out of step with pyproject.toml/constraints.txt (run `make lock`): {bad}"
+    assert {"pip", "setuptools", "torch", "torchvision"} <= set(pins)
+    blocks = re.split(r"\n(?=[A-Za-z0-9])", LOCK.read_text())
+    unhashed = [b.split(" ")[0] for b in blocks if b[:1].isalnum() and "--hash=sha256:" not in b]
+    assert not unhashed, f"pins without a hash: {unhashed}"
+
+
+def _lock_env():
+    "None when the running environment was made by `make install` from the lock as it is now, else why not."
+    stamp = Path(sys.prefix) / ".installed"
+    if not stamp.exists():
+        return f"not an environment made by `make install` (no {stamp}): a user's own environment need not be the lock"
+    if LOCK.name not in stamp.read_text():
+        return f"{stamp} names no lock ({stamp.read_text().strip()!r}): only x86_64 installs from {LOCK.name}"
+    return None
+
+
+def test_environment_is_the_lock():
+    "The environment `make install` built is exactly the lock: every locked package at its version, nothing else (but pdl1_dls)."
+    import hashlib
+    import importlib.metadata as md
+    import sysconfig
+    from packaging.utils import canonicalize_name
+    why = _lock_env()
+    if why: pytest.skip(why)
+    stamp = (Path(sys.prefix) / ".installed").read_text()
+    assert hashlib.sha256(LOCK.read_bytes()).hexdigest() in stamp, \
+        f"{sys.prefix} was installed from another {LOCK.name} than this one: run `make install`"
+    pins = _lock_pins()
+    site = sorted({sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]})
+    have = {}
+    for d in md.distributions(path=site):
+        name = canonicalize_name(d.metadata["Name"])
+        assert name not in have, f"{name} installed twice in {site}"
+        have[name] = d.version
+    assert have.pop("pdl1-dls", None), "pdl1_dls itself is not installed"
+    wrong = {n: f"{have[n]} (lock: {v})" for n, v in pins.items() if n in have and have[n] != v}
+    missing = sorted(set(pins) - set(have))
+    extra = sorted(set(have) - set(pins))
+    assert not (wrong or missing or extra), f"not the lock: wrong versions {wrong}, missing {missing}, not in the lock {extra}"
+
+
 def test_nbdev_export_matches_committed_library(tmp_path):
     "Exporting the notebooks afresh reproduces pdl1_dls/*.py exactly."
     w = tmp_path / "w"
