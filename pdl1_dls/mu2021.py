@@ -81,6 +81,7 @@ def plot_km(ax,  # matplotlib Axes
             xlabel: str = "months",  # x-axis label
             ylabel: str = "survival probability",  # y-axis label
             censor_marks: bool = True,  # '+' at censored times
+            conf_type: str = "log",  # CI of the medians: "log" (R's default), "log-log" or "plain" (SPSS's symmetric one)
            ) -> KMPlot:
     "Kaplan-Meier curves per group with medians and the number at risk, returned as data."
     t, e = np.asarray(time, dtype=float), np.asarray(event, dtype=float)
@@ -95,7 +96,7 @@ def plot_km(ax,  # matplotlib Axes
     kms, lines, rows = {}, {}, []
     for i, lev in enumerate(levels):
         m = g == lev
-        k = kaplan_meier(t[m], e[m])
+        k = kaplan_meier(t[m], e[m], conf_type=conf_type)
         kms[lev] = k
         tab = k.table
         x = np.concatenate([[0.0], tab["time"].to_numpy()])

@@ -40,15 +40,10 @@ def mu_run(tmp_path_factory):
     return dict(run=run, manifest=manifest, result=res)
 
 
-@pytest.fixture(scope="session")
-def mu_fixed(tmp_path_factory):
-    """The multivariable notebook on a fixed, larger study with no training: the clinical tables of the `small`
-    synthetic PET/CT study (60 patients in the retrospective ICI cohort) and a DLS drawn from the latent truth with a
-    fixed numpy seed, so every number is the same on every machine and the models are identifiable (a tiny study's
-    8-patient cohort is separated or not depending on the CPU's rounding of the training)."""
+def _fixed_study(root):
+    """The clinical tables of the `small` synthetic PET/CT study (60 patients in the retrospective ICI cohort) as a
+    manifest, and the latent truth per patient: no images are read, the notebooks take the scores from scores.csv."""
     from pdl1_dls.synth import _study_tables, _manifest
-    from pdl1_dls.report import run_reproduction
-    root = tmp_path_factory.mktemp("mu2021_fixed")
     clin, truth, _ = _study_tables("petct", "small", 0)
     clin.to_csv(root / "clinical.csv", index=False)
     m = _manifest("petct", "small", 0)
@@ -59,14 +54,41 @@ def mu_fixed(tmp_path_factory):
         d = root / "images" / pid; d.mkdir(parents=True)
         for k in m["images"]: (d / f"{k}.nii.gz").touch()
     (root / "study.yaml").write_text(yaml.safe_dump(m, sort_keys=False))
-    z = truth.set_index("patient_id").loc[clin["patient_id"], "z"].to_numpy()
+    return root / "study.yaml", clin, truth.set_index("patient_id").loc[clin["patient_id"]]
+
+
+def _run_on_scores(manifest, run, clin, dls):
+    from pdl1_dls.report import run_reproduction
+    run.mkdir()
+    pd.DataFrame({"patient_id": clin["patient_id"], "cohort": clin["cohort"], "role": "", "dls": dls}).to_csv(run / "scores.csv", index=False)
+    res = run_reproduction(manifest, run, seed=0, n_boot=200, quick=True, only=["mu2021_11_multivariable"], log=lambda *a: None)
+    return dict(run=run, manifest=manifest, result=res)
+
+
+@pytest.fixture(scope="session")
+def mu_fixed_study(tmp_path_factory):
+    return _fixed_study(tmp_path_factory.mktemp("mu2021_fixed"))
+
+
+@pytest.fixture(scope="session")
+def mu_fixed(mu_fixed_study):
+    """The multivariable notebook on a fixed, larger study with no training: a DLS drawn from the latent truth with a
+    fixed numpy seed, so every number is the same on every machine and the models are identifiable (a tiny study's
+    8-patient cohort is separated or not depending on the CPU's rounding of the training)."""
+    manifest, clin, truth = mu_fixed_study
     rng = np.random.default_rng(7)
-    run = root / "run"; run.mkdir()
-    pd.DataFrame({"patient_id": clin["patient_id"], "cohort": clin["cohort"], "role": "",
-                  "dls": 1 / (1 + np.exp(-(1.5 * z + rng.normal(0, 1, len(z)))))}).to_csv(run / "scores.csv", index=False)
-    res = run_reproduction(root / "study.yaml", run, seed=0, n_boot=200, quick=True, only=["mu2021_11_multivariable"],
-                           log=lambda *a: None)
-    return dict(run=run, manifest=root / "study.yaml", result=res)
+    z = truth["z"].to_numpy()
+    return _run_on_scores(manifest, manifest.parent / "run", clin, 1 / (1 + np.exp(-(1.5 * z + rng.normal(0, 1, len(z))))))
+
+
+@pytest.fixture(scope="session")
+def mu_separated(mu_fixed_study):
+    "The same study with a DLS that separates DCB perfectly in the retrospective ICI cohort (the model's fitting cohort)."
+    manifest, clin, truth = mu_fixed_study
+    rng = np.random.default_rng(8)
+    dcb = clin["dcb"].to_numpy(float)
+    dls = np.where(np.isnan(dcb), rng.uniform(0.2, 0.8, len(dcb)), 0.25 + 0.5 * np.nan_to_num(dcb) + rng.uniform(-0.2, 0.2, len(dcb)))
+    return _run_on_scores(manifest, manifest.parent / "run_separated", clin, dls)
 
 
 def _table(run, name):
@@ -255,11 +277,28 @@ def test_multivariable_cindex_matches_sklearn_logistic(mu_fixed):
     train = c[c["role"] == "training"]["cohort"].iloc[0]
     tr = t[t["cohort"] == train].dropna(subset=cols + ["dcb"])
     assert not logistic(tr, "dcb", cols).separation          # identifiable: the maximum-likelihood estimate exists
-    m = LogisticRegression(penalty=None, max_iter=5000, tol=1e-10).fit(tr[cols], tr["dcb"].astype(int))
+    m = LogisticRegression(C=np.inf, max_iter=5000, tol=1e-10).fit(tr[cols], tr["dcb"].astype(int))
     for _, r in c[c["endpoint"] == "DCB"].iterrows():
         d = t[t["cohort"] == r["cohort"]].dropna(subset=cols + ["dcb"])
         assert r["n"] == len(d)
         assert r["c"] == pytest.approx(roc_auc_score(d["dcb"].astype(int), m.decision_function(d[cols])), abs=1e-6)
+
+
+def test_separated_dcb_model_is_flagged_not_given_numbers(mu_separated):
+    "A DLS that splits DCB perfectly on the fitting cohort: the model's DLS coefficient is infinite, said, and not applied."
+    st = {s["notebook"]: s for s in mu_separated["result"]["notebooks"]}
+    assert st["mu2021_11_multivariable"]["ok"], st["mu2021_11_multivariable"]["error"]
+    coefs = _table(mu_separated["run"], "mu2021_multivariable_models")
+    full = coefs[(coefs["endpoint"] == "DCB") & (coefs["model"] == "DLS + histology + ECOG")].set_index("term")
+    assert np.isinf(full.loc["dls", "coef"]) and full.loc["dls", "coef"] > 0 and np.isnan(full.loc["dls", "se"])
+    assert "separation" in full.loc["dls", "warning"]
+    c = _table(mu_separated["run"], "mu2021_cindex")
+    dcb = c[c["endpoint"] == "DCB"]
+    assert len(dcb) == 3 and dcb["c"].isna().all() and dcb["warning"].str.contains("not estimable").all()
+    assert c[c["endpoint"] != "DCB"]["c"].notna().all()                 # the Cox models are identifiable and applied
+    uni = _table(mu_separated["run"], "mu2021_univariable")
+    assert "separation" in uni[(uni["endpoint"] == "DCB") & (uni["variable"] == "dls")]["warning"].iloc[0]
+    assert not (mu_separated["run"] / "tables" / "mu2021_calibration_dcb.csv").exists()   # no model, no calibration
 
 
 def test_multivariable_cox_cindex_by_brute_force(mu_fixed):

@@ -365,7 +365,7 @@ def test_linear_predictor_keeps_identical_rows_tied():
         p = int(rng.integers(2, 9)); n = int(rng.integers(5, 300))
         u = rng.normal(size=(7, p)) * rng.choice([1, 100, 1e-3], size=p)
         X = u[rng.integers(0, 7, n)]; b = rng.normal(size=p)
-        lp = sv._linear_predictor(X, b)
+        lp = sv.linear_predictor(X, b)
         _, inv = np.unique(X, axis=0, return_inverse=True)
         for k in np.unique(inv):
             assert len(np.unique(lp[np.ravel(inv) == k])) == 1

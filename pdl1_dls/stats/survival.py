@@ -21,8 +21,8 @@ from .roc import (DelongCI, NonConvergenceWarning, Separation, SeparationWarning
 
 # %% auto #0
 __all__ = ['CONF_TYPES', 'KM', 'Median', 'kaplan_meier', 'km_median', 'at_risk', 'LogRank', 'logrank', 'HarrellC', 'harrell_c',
-           'CoxResult', 'monotone_likelihood', 'cox', 'CCompare', 'compare_c', 'HRDiff', 'hr_difference',
-           'LogisticResult', 'logistic', 'logistic_univariable']
+           'CoxResult', 'linear_predictor', 'monotone_likelihood', 'cox', 'CCompare', 'compare_c', 'HRDiff',
+           'hr_difference', 'LogisticResult', 'logistic', 'logistic_univariable']
 
 # %% ../../nbs/51_stats_survival.ipynb #d48cc747
 def _surv_xy(time, event, *others, names=("risk",)):
@@ -376,7 +376,7 @@ def _prepare(df, cols, missing: str):
     return df.loc[~na], int(na.sum())
 
 
-def _linear_predictor(X: np.ndarray, b: np.ndarray) -> np.ndarray:
+def linear_predictor(X: np.ndarray, b: np.ndarray) -> np.ndarray:
     "X·b computed once per distinct covariate row, so patients with identical covariates get bit-identical values."
     u, inv = np.unique(np.asarray(X, dtype=float), axis=0, return_inverse=True)
     return (u @ np.asarray(b, dtype=float))[np.ravel(inv)]
@@ -503,7 +503,7 @@ def cox(df: pd.DataFrame,  # one row per patient
                            index=pd.Index(names, name="covariate"))
     conc = None
     if not sep.separated and f is not None:
-        lp = _linear_predictor(X.to_numpy(float), coef)
+        lp = linear_predictor(X.to_numpy(float), coef)
         conc = harrell_c(t, e, lp, level) if np.ptp(lp) > 0 else None
     if msg:
         if sep.separated: msg += "; concordance not computed (R coxph: 'Loglik converged before variable …; coefficient may be infinite')"
@@ -678,7 +678,7 @@ def logistic(df: pd.DataFrame,  # one row per patient
                            index=pd.Index(names, name="covariate"))
     auc = None
     if not sep.separated and f is not None:
-        auc = delong_ci(y, _linear_predictor(Xc.to_numpy(float), coef), level)
+        auc = delong_ci(y, linear_predictor(Xc.to_numpy(float), coef), level)
     if msg:
         if sep.separated: msg += "; the model's AUC is undefined"
         msg = f"logistic {outcome} ~ {' + '.join(map(str, covariates))}: {msg}"
