@@ -75,7 +75,7 @@ def _cmd_reproduce(a):
 
 def _cmd_explore(a):
     from pdl1_dls.explore import serve
-    return serve(a.run_dir, port=a.port)
+    return serve(a.run_dir, port=a.port, max_kernels=a.max_kernels)
 
 # %% ../nbs/70_cli.ipynb #0346c63f
 def _positive_int(v: str) -> int:
@@ -154,9 +154,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=_cmd_reproduce)
 
     s = sub.add_parser("explore", help="serve the survival and Grad-CAM explorers of a finished run (Voila, localhost)",
-                       description="Start Voila on 127.0.0.1 with the survival and Grad-CAM explorer notebooks for RUN_DIR; no browser is opened. Ctrl-C stops it.")
+                       description="Start Voila on 127.0.0.1 with the survival and Grad-CAM explorer notebooks for RUN_DIR; no browser is opened. "
+                                   "It prints the two URLs with a random access token (pages without it are refused) and answers only to "
+                                   "127.0.0.1/localhost; each open page is one kernel. Ctrl-C or SIGTERM stops Voila and its kernels.")
     s.add_argument("run_dir", nargs="?", default=None, help="finished run folder (default: $PDL1_DLS_RUN, else runs/demo)")
-    s.add_argument("--port", type=int, default=8866)
+    s.add_argument("--port", type=int, default=8866, help="port on 127.0.0.1 (default 8866)")
+    s.add_argument("--max-kernels", type=_positive_int, default=4, help="most explorer pages open at once, one kernel each (default 4)")
     s.set_defaults(func=_cmd_explore)
     return p
 

@@ -23,10 +23,12 @@ from .core import PDL1Error, find_settings_file, get_settings
 from .manifest import Study, load_study
 
 # %% auto #0
-__all__ = ['RUN_ENV', 'ENDPOINTS', 'GROUPINGS', 'POOLED_ICI', 'TARGETS', 'EXPLORERS', 'OFFLINE_TEMPLATE', 'VOILA_DENY',
-           'default_run_dir', 'Run', 'open_run', 'SurvivalView', 'SurvivalExplorer', 'plot_survival', 'fig_png',
-           'GradcamExplorer', 'survival_app', 'gradcam_app', 'explorers_dir', 'offline_template', 'voila_command',
-           'serve']
+__all__ = ['RUN_ENV', 'ENDPOINTS', 'GROUPINGS', 'POOLED_ICI', 'TARGETS', 'EXPLORERS', 'OFFLINE_TEMPLATE', 'BUSY_PAGE',
+           'VOILA_DENY', 'LOCAL_HOSTS', 'MAX_KERNELS', 'CULL_IDLE_S', 'CULL_INTERVAL_S', 'TOKEN_ENV', 'default_run_dir',
+           'Run', 'open_run', 'SurvivalView', 'SurvivalExplorer', 'plot_survival', 'fig_png', 'GradcamExplorer',
+           'survival_app', 'gradcam_app', 'explorers_dir', 'offline_template', 'url_host', 'is_loopback',
+           'allowed_hosts', 'capped_kernel_manager', 'voila_app_class', 'voila_main', 'voila_command', 'stop_voila',
+           'ExplorerServer', 'serve']
 
 # %% ../nbs/71_explore.ipynb #53506da1
 RUN_ENV = "PDL1_DLS_RUN"  # environment variable the explorer notebooks read (set by `serve`)
@@ -568,6 +570,10 @@ def explorers_dir() -> Path:
     return d
 
 OFFLINE_TEMPLATE = "pdl1_offline"
+BUSY_PAGE = """<!DOCTYPE html>
+<html><head><meta charset="utf-8"><title>{{ status_code }}: {{ status_message }}</title></head>
+<body><h1>{{ status_code }}: {{ status_message }}</h1><p class="pdl1-refused">{{ message }}</p></body></html>
+"""
 VOILA_DENY = ("jupyterlab-jupytext",)  # JupyterLab extensions Voila must not load (they need JupyterLab's document manager)
 
 def offline_template(root: str | os.PathLike,  # folder to write `voila/templates/pdl1_offline/` into (a Jupyter data dir)
@@ -582,40 +588,312 @@ def offline_template(root: str | os.PathLike,  # folder to write `voila/template
     d.mkdir(parents=True, exist_ok=True)
     (d / "conf.json").write_text(json.dumps({"base_template": "lab"}))
     (d / "index.html.j2").write_text(text + "\n")
+    (d / "503.html").write_text(BUSY_PAGE)      # the kernel cap's refusal, with its message (Voila's error page drops it)
     return d
 
+# %% ../nbs/71_explore.ipynb #e0a84f31
+import atexit
+import ipaddress
+import secrets
+import shutil
+import signal
+import tempfile
+import threading
+import time
+
+LOCAL_HOSTS = ("127.0.0.1", "localhost", "[::1]")  # host names the server answers to (with its port in the Host header)
+MAX_KERNELS = 4        # most live kernels (open explorer pages) at once; the next page load is refused with 503
+CULL_IDLE_S = 600      # a kernel idle this long with no page connected is shut down
+CULL_INTERVAL_S = 60   # how often Voila looks for such kernels
+TOKEN_ENV = "PDL1_DLS_VOILA_TOKEN"  # how `serve` hands the token to Voila (not on the command line, which `ps` shows)
+
+def url_host(ip: str) -> str:
+    "An address as written in a URL or Host header (IPv6 in brackets)."
+    return f"[{ip}]" if ":" in ip and not ip.startswith("[") else ip
+
+def is_loopback(ip: str) -> bool:
+    "Whether `ip` is `localhost` or a loopback address (127.0.0.0/8, ::1)."
+    if ip == "localhost": return True
+    try: return ipaddress.ip_address(ip.strip("[]")).is_loopback
+    except ValueError: return False
+
+def allowed_hosts(port: int,  # the server's port
+                  ip: str = "127.0.0.1",  # the interface it listens on
+                 ) -> frozenset[str]:
+    "The Host header values the explorer server answers: the loopback names with its port."
+    return frozenset(f"{h}:{port}" for h in (*LOCAL_HOSTS, url_host(ip)))
+
+# %% ../nbs/71_explore.ipynb #e9563f89
+def capped_kernel_manager(base: type,  # the kernel manager class Voila would use
+                          cap: int = MAX_KERNELS,  # most kernels live or starting at once
+                         ) -> type:
+    "A subclass of `base` whose `start_kernel` answers HTTP 503 once `cap` kernels are live or starting."
+    from tornado.web import HTTPError
+    msg = (f"this explorer server runs at most {cap} kernel(s), one per open explorer page, and all are in use: "
+           f"close an explorer tab and reload (a kernel with no page open is shut down after {CULL_IDLE_S // 60} min)")
+    class CappedKernelManager(base):
+        _starting = 0
+        async def start_kernel(self, *args, kernel_id=None, **kwargs):
+            if kernel_id is None or kernel_id not in self:
+                if len(self.list_kernel_ids()) + self._starting >= cap: raise HTTPError(503, msg)
+            self._starting += 1
+            try: return await super().start_kernel(*args, kernel_id=kernel_id, **kwargs)
+            finally: self._starting -= 1
+    return CappedKernelManager
+
+# %% ../nbs/71_explore.ipynb #2f6cac8a
+def voila_app_class() -> type:
+    "Voila's application with `serve`'s guards: token required, Host checked, kernels capped, stops when its parent ends."
+    import tornado.ioloop
+    import tornado.web
+    from tornado.routing import Matcher, Rule
+    from jupyter_server.log import log_request
+    from traitlets import Integer, Unicode
+    from voila.app import Voila
+    from voila.tornado.handler import TornadoVoilaHandler
+
+    # jupyter_server's Host check back on; its access log, which blanks `?token=` (tornado's writes it out)
+    local_only = dict(allow_remote_access=False, local_hostnames=["localhost"], log_function=log_request)
+
+    class ForeignHost(Matcher):
+        "Matches a request whose Host header is none of `allowed`."
+        def __init__(self, allowed): self.allowed = allowed
+        def match(self, request): return None if request.host.lower() in self.allowed else {}
+
+    class Refuse(tornado.web.RequestHandler):
+        "Answers any request (websockets too) with a plain-text refusal."
+        def initialize(self, status, message): self.status, self.message = status, message
+        def prepare(self):
+            self.set_status(self.status)
+            self.set_header("Content-Type", "text/plain; charset=utf-8")
+            self.finish(self.message + "\n")
+
+    class PageHandler(TornadoVoilaHandler):
+        "Voila's page, which also sets the `_xsrf` cookie: the page's shutdown beacon sends it, and is refused without it."
+        async def prepare(self):
+            await super().prepare()
+            if self.current_user: self.xsrf_token            # tornado sets the cookie when the token is first read
+
+    class PDL1Voila(Voila):
+        max_kernels = Integer(MAX_KERNELS, config=True, help="most live kernels; the next page load is answered 503")
+        owned_dir = Unicode("", config=True, help="folder removed when the server ends (serve's temp folder)")
+
+        def initialize(self, argv=None):
+            super().initialize(argv)
+            self.token = os.environ.pop(TOKEN_ENV, "")       # popped: kernels inherit Voila's environment
+            if not self.token: raise SystemExit(f"no token in ${TOKEN_ENV}: the explorer server does not run without one")
+            self.port_retries, self.open_browser = 0, False  # the printed URLs name this port
+            self._parent = os.getppid()
+
+        def init_settings(self):
+            c = self.voila_configuration
+            c.multi_kernel_manager_class = capped_kernel_manager(c.multi_kernel_manager_class, self.max_kernels)
+            return {**super().init_settings(), **local_only}
+
+        def init_handlers(self):
+            return [(h[0], PageHandler, *h[2:]) if h[1] is TornadoVoilaHandler else h for h in super().init_handlers()]
+
+        def listen(self):
+            # again: Voila's `tornado_settings` (from a user's config file) were applied after init_settings
+            self.app.settings.update(local_only)
+            router = self.app.default_router
+            refuse = dict(status=403, message=f"403: refused: this explorer server answers only to "
+                                             f"http://{url_host(self.ip)}:{self.port} (the Host header names another site)")
+            router.rules.insert(0, router.process_rule(Rule(ForeignHost(allowed_hosts(self.port, self.ip)), Refuse, refuse)))
+            tornado.ioloop.PeriodicCallback(self._check_parent, 1000).start()
+            super().listen()
+
+        def _check_parent(self):
+            if os.getppid() != self._parent:
+                self.log.warning("pdl1-dls has ended: stopping the explorer server")
+                self.ioloop.stop()
+
+        def stop(self):
+            try: super().stop()                            # removes the connection files, shuts the kernels down
+            finally:
+                if self.owned_dir: shutil.rmtree(self.owned_dir, ignore_errors=True)
+
+    return PDL1Voila
+
+def voila_main(argv: list[str] | None = None,  # Voila's arguments; default `sys.argv[1:]`
+              ) -> None:
+    "The Voila process that `serve` starts."
+    voila_app_class().launch_instance(argv)
+
+# %% ../nbs/71_explore.ipynb #c946943c
 def voila_command(port: int = 8866,  # port on 127.0.0.1
                   ip: str = "127.0.0.1",  # interface; localhost by default
                   template: str | None = OFFLINE_TEMPLATE,  # Voila template (None: Voila's default, which loads a CDN stylesheet)
+                  max_kernels: int = MAX_KERNELS,  # most live kernels
+                  owned_dir: str | os.PathLike | None = None,  # temp folder for the kernels' connection files, removed when Voila ends
                  ) -> list[str]:
-    "The Voila command line serving the explorers folder (no browser)."
-    cmd = [sys.executable, "-m", "voila", "--no-browser", f"--port={port}", f"--Voila.ip={ip}",
+    "The command line of the guarded Voila serving the explorers folder (no browser; the token comes in `$PDL1_DLS_VOILA_TOKEN`)."
+    cmd = [sys.executable, "-c", "from pdl1_dls.explore import voila_main; voila_main()",
+           "--no-browser", f"--port={port}", f"--Voila.ip={ip}", "--Voila.port_retries=0",
+           f"--PDL1Voila.max_kernels={max_kernels}",
+           f"--MappingKernelManager.cull_idle_timeout={CULL_IDLE_S}", f"--MappingKernelManager.cull_interval={CULL_INTERVAL_S}",
            # JupyterLab-only extensions (jupytext's) fail to load in Voila, with a console error
            *[f"--VoilaConfiguration.extension_denylist={e}" for e in VOILA_DENY]]
+    if owned_dir is not None: cmd += [f"--Voila.connection_dir_root={owned_dir}", f"--PDL1Voila.owned_dir={owned_dir}"]
     if template: cmd.append(f"--template={template}")
     return cmd + [str(explorers_dir())]
 
+# %% ../nbs/71_explore.ipynb #03760aa7
+def _marked_processes(marker: str,  # text in the command line (serve's temp folder)
+                      pid: int | None = None,  # also this process and its descendants
+                     ) -> list:
+    "Processes whose command line contains `marker`, and `pid`'s process tree (psutil; [] without it)."
+    try: import psutil
+    except ImportError: return []
+    found = {}
+    if pid is not None:
+        try:
+            p = psutil.Process(pid)
+            found.update({q.pid: q for q in [p, *p.children(recursive=True)]})
+        except psutil.Error: pass
+    for q in psutil.process_iter(["cmdline"]):
+        if q.pid != os.getpid() and any(marker in a for a in (q.info.get("cmdline") or [])): found.setdefault(q.pid, q)
+    return list(found.values())
+
+def _signal_group(p: subprocess.Popen, sig: int) -> None:
+    "Send `sig` to `p`'s process group (started with `start_new_session`), or to `p` where there are none."
+    try:
+        if hasattr(os, "killpg"): os.killpg(p.pid, sig)
+        else: p.send_signal(sig)
+    except (ProcessLookupError, PermissionError): pass
+
+def stop_voila(p: subprocess.Popen,  # the Voila process started by `serve`
+               marker: str,  # serve's temp folder: every kernel's command line names it
+               timeout: float = 10,  # seconds Voila has to shut its kernels down before SIGKILL
+              ) -> None:
+    "End Voila and every kernel it started: SIGTERM, SIGKILL after `timeout` s, then any kernel still alive."
+    procs = _marked_processes(marker, p.pid if p.poll() is None else None)
+    if p.poll() is None:
+        _signal_group(p, signal.SIGTERM)
+        try: p.wait(timeout)
+        except subprocess.TimeoutExpired:
+            _signal_group(p, signal.SIGKILL)
+            p.wait(5)
+    left = [q for q in {q.pid: q for q in procs + _marked_processes(marker)}.values() if q.pid != p.pid]
+    if not left: return
+    import psutil
+    def alive(q):
+        try: return q.is_running() and q.status() != psutil.STATUS_ZOMBIE
+        except psutil.Error: return False
+    for sig, wait in ((signal.SIGTERM, 3), (signal.SIGKILL, 1)):
+        for q in filter(alive, left):
+            try: q.send_signal(sig)
+            except psutil.Error: pass
+        t0 = time.monotonic()
+        while any(map(alive, left)) and time.monotonic() - t0 < wait: time.sleep(0.05)
+
+# %% ../nbs/71_explore.ipynb #ed9de1c7
+class ExplorerServer:
+    "The running explorer server that `serve(block=False)` returns; `close()` (or leaving `with`) stops Voila and its kernels and removes its temp folder."
+    def __init__(self, process: subprocess.Popen, port: int, ip: str, token: str, tmp: Path, run_dir: Path):
+        self.process, self.port, self.ip, self.token, self.tmp, self.run_dir = process, port, ip, token, Path(tmp), Path(run_dir)
+        self.closed = False
+        atexit.register(self.close)      # a caller that forgets: stopped when Python exits
+
+    @property
+    def base_url(self) -> str: return f"http://{url_host(self.ip)}:{self.port}"
+
+    def url(self, explorer: str = EXPLORERS[0],  # notebook name
+            token: bool = True,  # add `?token=`
+           ) -> str:
+        "The page of one explorer."
+        return f"{self.base_url}/voila/render/{explorer}" + (f"?token={self.token}" if token else "")
+
+    @property
+    def urls(self) -> list[str]: return [self.url(e) for e in EXPLORERS]
+
+    def wait_ready(self, timeout: float = 60) -> ExplorerServer:
+        "Wait until Voila answers; a clear error if it ended first (port in use, ...)."
+        import urllib.error
+        import urllib.request
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))   # never through a proxy
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < timeout:
+            if self.process.poll() is not None:
+                raise PDL1Error(f"Voila ended (exit code {self.process.returncode}) before serving on "
+                                f"{url_host(self.ip)}:{self.port}: is the port in use? (pdl1-dls explore --port N)")
+            try:
+                opener.open(self.base_url + "/voila/static/voila.js", timeout=5).close()
+                return self
+            except urllib.error.HTTPError: return self        # it answers
+            except OSError: time.sleep(0.2)
+        raise PDL1Error(f"Voila did not answer on {url_host(self.ip)}:{self.port} within {timeout:.0f} s")
+
+    def close(self, timeout: float = 10) -> None:
+        "Stop Voila and its kernels and remove the temp folder (again: a no-op)."
+        if self.closed: return
+        self.closed = True
+        atexit.unregister(self.close)
+        try: stop_voila(self.process, str(self.tmp), timeout)
+        finally: shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def __enter__(self) -> ExplorerServer: return self
+    def __exit__(self, *exc) -> None: self.close()
+    def __repr__(self) -> str: return f"ExplorerServer({self.base_url}, run={self.run_dir}, {'closed' if self.closed else 'running'})"
+
+# %% ../nbs/71_explore.ipynb #4800e85c
+class _Stopped(Exception):
+    "A stop signal arrived."
+
+class _StopSignals:
+    "While installed (main thread only), the first SIGTERM, SIGINT or SIGHUP raises `_Stopped`; later ones are ignored."
+    NAMES = ("SIGTERM", "SIGINT", "SIGHUP")
+    def __init__(self):
+        self.armed, self.old = True, {}
+        if threading.current_thread() is threading.main_thread():
+            for n in self.NAMES:
+                if hasattr(signal, n): self.old[getattr(signal, n)] = signal.signal(getattr(signal, n), self._handler)
+    def _handler(self, signum, frame):
+        if self.armed:
+            self.armed = False
+            raise _Stopped(signum)
+    def hold(self) -> None: self.armed = False             # cleanup under way: ignore further signals
+    def restore(self) -> None:
+        for s, h in self.old.items(): signal.signal(s, h)
+
 def serve(run_dir: str | os.PathLike | None = None,  # run folder; default `default_run_dir()`
           port: int = 8866,  # port on 127.0.0.1
-          block: bool = True,  # wait for Voila to end (Ctrl-C); False: return the running process
-          ip: str = "127.0.0.1",  # interface to listen on
+          block: bool = True,  # print the URLs and wait until Voila ends or a stop signal; False: return the running `ExplorerServer`
+          ip: str = "127.0.0.1",  # loopback interface to listen on (127.0.0.1, ::1)
           quiet: bool = False,  # send Voila's log to /dev/null
+          max_kernels: int = MAX_KERNELS,  # most live kernels (open explorer pages)
+          token: str | None = None,  # access token; default a new random one
          ):
-    "Serve both explorer notebooks with Voila for one run folder, without opening a browser."
+    "Serve both explorer notebooks with Voila for one run folder, to this machine only, behind a token; no browser is opened."
+    if not is_loopback(ip): raise PDL1Error(f"the explorers are served on a loopback address only (127.0.0.1, ::1), not {ip}")
+    if max_kernels < 1: raise PDL1Error(f"max_kernels must be at least 1, not {max_kernels}")
     run = open_run(run_dir)                      # fail early, with a clear message, on a run that cannot be opened
-    import tempfile
-    data = Path(tempfile.mkdtemp(prefix="pdl1-voila-"))   # a Jupyter data dir holding the offline template
-    offline_template(data)
-    jp = os.pathsep.join([str(data)] + ([os.environ["JUPYTER_PATH"]] if os.environ.get("JUPYTER_PATH") else []))
-    env = dict(os.environ, **{RUN_ENV: str(run.run_dir.resolve()), "JUPYTER_PATH": jp})
-    cmd = voila_command(port, ip)
-    out = subprocess.DEVNULL if quiet else None
-    p = subprocess.Popen(cmd, env=env, stdout=out, stderr=out, cwd=str(explorers_dir()))
-    if not block: return p
-    print(f"explorers of {run.run_dir} on http://{ip}:{port}/voila/render/{EXPLORERS[0]} and .../{EXPLORERS[1]} (Ctrl-C stops)")
-    try: return p.wait()
-    except KeyboardInterrupt:
-        p.terminate()
-        try: p.wait(10)
-        except subprocess.TimeoutExpired: p.kill()
-        return 0
+    token = token or secrets.token_urlsafe(32)
+    guard = _StopSignals() if block else None
+    srv, rc, handed_over = None, 0, False
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix="pdl1-voila-"))   # Jupyter data dir (offline template) + kernels' connection files
+        try:
+            offline_template(tmp)
+            jp = os.pathsep.join([str(tmp)] + ([os.environ["JUPYTER_PATH"]] if os.environ.get("JUPYTER_PATH") else []))
+            env = dict(os.environ, **{RUN_ENV: str(run.run_dir.resolve()), "JUPYTER_PATH": jp, TOKEN_ENV: token})
+            out = subprocess.DEVNULL if quiet else None
+            p = subprocess.Popen(voila_command(port, ip, max_kernels=max_kernels, owned_dir=tmp), env=env, stdout=out,
+                                 stderr=out, cwd=str(explorers_dir()), start_new_session=True)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        srv = ExplorerServer(p, port, ip, token, tmp, run.run_dir)
+        srv.wait_ready()
+        if not block:
+            handed_over = True
+            return srv
+        print(f"explorers of {run.run_dir}, for this machine only (open a URL; Ctrl-C stops):", *srv.urls, sep="\n    ", flush=True)
+        rc = srv.process.wait()
+    except (_Stopped, KeyboardInterrupt):
+        rc = 0
+    finally:
+        if guard is not None: guard.hold()
+        if srv is not None and not handed_over: srv.close()
+        if guard is not None: guard.restore()
+    return rc

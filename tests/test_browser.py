@@ -1,15 +1,25 @@
 """Real-browser checks (Debian's chromium + chromedriver through selenium): the explorers served by Voila
 react to their controls, and every page of the offline docs site loads without console errors and shows
-its figures. Screenshots go to test-artifacts/. Skips with the reason when chromium, chromedriver or
-selenium is missing (`make test` installs them)."""
+its figures. Screenshots go to test-artifacts/. Browser tests skip with the reason when chromium,
+chromedriver or selenium is missing (`make test` installs them).
+
+The guards of the explorer server (token, Host header, kernel cap, stopping with `pdl1-dls`) are checked
+over plain HTTP against the same live Voila: they need Voila but no browser."""
 import contextlib
+import http.cookiejar
+import json
 import os
+import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -28,14 +38,14 @@ try:
 except ImportError as e:
     _SELENIUM = str(e)
 
-pytestmark = pytest.mark.skipif(
-    not (CHROMIUM and DRIVER) or _SELENIUM is not None,
-    reason=f"browser tests need Debian's chromium and chromium-driver (apt-get install -y chromium chromium-driver) "
-           f"and selenium (pip): chromium={CHROMIUM}, chromedriver={DRIVER}, selenium={'missing' if _SELENIUM else 'ok'}")
+NO_BROWSER = (None if CHROMIUM and DRIVER and _SELENIUM is None else
+              f"browser tests need Debian's chromium and chromium-driver (apt-get install -y chromium chromium-driver) "
+              f"and selenium (pip): chromium={CHROMIUM}, chromedriver={DRIVER}, selenium={'missing' if _SELENIUM else 'ok'}")
 
 
 @pytest.fixture(scope="module")
 def browser():
+    if NO_BROWSER: pytest.skip(NO_BROWSER)
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
     os.environ.setdefault("SE_AVOID_STATS", "true")
@@ -79,29 +89,28 @@ def _errors(drv) -> list:
 # ---------------------------------------------------------------- Voila explorers
 
 @contextlib.contextmanager
-def _served(run):
-    "Voila on 127.0.0.1 serving the explorers for `run` (what `pdl1-dls explore RUN` starts); stopped on exit."
-    import urllib.request
+def _served(run, **kw):
+    "The explorers served for `run` as `pdl1-dls explore RUN` serves them (an `ExplorerServer`); stopped on exit."
+    pytest.importorskip("voila")
     from pdl1_dls.explore import serve
-    port = _free_port()
-    p = serve(run, port=port, block=False, quiet=True)
-    try:
-        url = f"http://127.0.0.1:{port}"
-        _wait(lambda: urllib.request.urlopen(url + "/voila/static/voila.js", timeout=5).status == 200, 60, "Voila to start")
-        yield url
-    finally:
-        p.terminate()
-        try: p.wait(15)
-        except subprocess.TimeoutExpired: p.kill(); p.wait(5)
+    with serve(run, port=_free_port(), block=False, quiet=True, **kw) as srv:
+        yield srv
+    assert not srv.tmp.exists()
 
 
 @pytest.fixture(scope="module")
-def voila(tmp_path_factory):
-    "The explorers served for a small finished run."
+def voila_run(tmp_path_factory):
+    "A small finished run (made as test_explore does)."
     sys.path.insert(0, str(Path(__file__).parent))
     from test_explore import make_run
-    with _served(make_run(tmp_path_factory.mktemp("voila"))) as url:
-        yield url
+    return make_run(tmp_path_factory.mktemp("voila"))
+
+
+@pytest.fixture(scope="module")
+def voila(voila_run):
+    "The explorers served for a small finished run."
+    with _served(voila_run) as srv:
+        yield srv
 
 
 def _img_src(drv):
@@ -120,8 +129,8 @@ def voila_demo():
     need = [run / "scores.csv", run / "models" / "hyper" / "model.pt"]
     if not all(f.is_file() for f in need):
         pytest.skip(f"no finished `make demo` output at {run} (run `make demo` first, or set PDL1_DLS_DEMO_RUN)")
-    with _served(run) as url:
-        yield url
+    with _served(run) as srv:
+        yield srv
 
 
 @pytest.mark.slow
@@ -143,7 +152,7 @@ def _check_survival(drv, voila, tag):
     from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.by import By
     drv.get("about:blank"); time.sleep(1); _errors(drv)     # drop messages of the page left before
-    drv.get(voila + "/voila/render/survival_explorer.ipynb")
+    drv.get(voila.url("survival_explorer.ipynb"))
     src0 = _wait(lambda: _img_src(drv), 120, "the KM figure")
     hr0 = _wait(lambda: _text(drv, "pdl1-hr"), 10, "the HR text")
     assert "HR high DLS vs low DLS" in hr0 and "log-rank p=" in hr0
@@ -156,13 +165,14 @@ def _check_survival(drv, voila, tag):
     assert src1 != src0 and hr1 != hr0
     errs = [e for e in _errors(drv) if "favicon" not in e]
     assert not errs, errs
+    _leave(drv, voila)
 
 
 def _check_gradcam(drv, voila, tag):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import Select
     drv.get("about:blank"); time.sleep(1); _errors(drv)     # drop messages of the page left before
-    drv.get(voila + "/voila/render/gradcam_explorer.ipynb")
+    drv.get(voila.url("gradcam_explorer.ipynb"))
     src0 = _wait(lambda: _img_src(drv), 120, "the Grad-CAM figure")
     info0 = _text(drv, "pdl1-info")
     assert "DLS" in info0 and "cutoff" in info0
@@ -176,6 +186,157 @@ def _check_gradcam(drv, voila, tag):
     assert first not in info1 and sel.first_selected_option.text in info1
     errs = [e for e in _errors(drv) if "favicon" not in e]
     assert not errs, errs
+    _leave(drv, voila)
+
+
+def _leave(drv, voila):
+    "Leave the page: its kernel is shut down (the page's beacon is accepted), so it does not count against the cap."
+    kernel = drv.execute_script("return JSON.parse(document.getElementById('jupyter-config-data').textContent).kernelId;")
+    cookie = "; ".join(f"{c['name']}={c['value']}" for c in drv.get_cookies())
+    url = voila.base_url + f"/api/kernels/{kernel}"
+    assert _get(url, Cookie=cookie)[0] == 200
+    drv.get("about:blank")
+    _wait(lambda: _get(url, Cookie=cookie)[0] == 404, 30, "the page's kernel to be shut down")
+
+
+# ---------------------------------------------------------------- the explorer server's guards (plain HTTP)
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *a, **kw): return None
+
+
+def _client(jar=None):
+    "An HTTP client that never uses a proxy, never follows redirects and keeps cookies in `jar`."
+    return urllib.request.build_opener(urllib.request.ProxyHandler({}), _NoRedirect(),
+                                       urllib.request.HTTPCookieProcessor(jar if jar is not None else http.cookiejar.CookieJar()))
+
+
+def _get(url, client=None, method="GET", data=None, **headers):
+    "(status, headers, body) of one request (`data`: a form to POST)."
+    import urllib.parse
+    req = urllib.request.Request(url, headers=headers, method=method,
+                                 data=urllib.parse.urlencode(data).encode() if data is not None else None)
+    try:
+        with (client or _client()).open(req, timeout=180) as r: return r.status, r.headers, r.read().decode(errors="replace")
+    except urllib.error.HTTPError as e:
+        return e.code, e.headers, e.read().decode(errors="replace")
+
+
+def _websocket(url, cookie=None):
+    "Open a kernel websocket (tornado's client): 101 when it connects, else the HTTP status it was refused with."
+    import asyncio
+    from tornado.httpclient import HTTPClientError, HTTPRequest
+    from tornado.websocket import websocket_connect
+    async def go():
+        try: ws = await websocket_connect(HTTPRequest(url, headers={"Cookie": cookie} if cookie else {}, connect_timeout=30))
+        except HTTPClientError as e: return e.code
+        ws.close()
+        return 101
+    return asyncio.run(go())
+
+
+NO_KERNEL = "00000000-0000-4000-8000-000000000000"
+
+
+def test_voila_refuses_requests_without_the_token(voila):
+    "No token (or a wrong one): the page redirects to the login form, the APIs and the kernel websocket answer 403."
+    page = voila.url("survival_explorer.ipynb", token=False)
+    for url in (page, page + "?token=wrong", voila.base_url + "/", voila.base_url + "/voila/tree"):
+        status, headers, _ = _get(url)
+        assert status == 302 and headers["Location"].startswith("/login?next="), (url, status)
+    for path in ("/voila/api/contents/", f"/api/kernels/{NO_KERNEL}"):
+        assert _get(voila.base_url + path)[0] == 403, path
+    assert _get(voila.base_url + f"/voila/api/shutdown/{NO_KERNEL}", method="POST", data={})[0] == 403
+    assert _websocket(f"ws://127.0.0.1:{voila.port}/api/kernels/{NO_KERNEL}/channels") == 403
+
+
+def test_voila_refuses_a_foreign_host_header(voila):
+    "DNS rebinding: any Host but 127.0.0.1/localhost/[::1] with the server's port is refused, even with the token."
+    port = voila.port
+    for host in (f"evil.example:{port}", f"127.0.0.1.evil.example:{port}", f"localhost:{port + 1}", "127.0.0.1"):
+        for url in (voila.url("survival_explorer.ipynb"), voila.base_url + "/voila/static/voila.js",
+                    voila.base_url + f"/api/kernels/{NO_KERNEL}"):
+            status, _, body = _get(url, Host=host)
+            assert status == 403 and "answers only to" in body, (host, url, status)
+    for host in (f"127.0.0.1:{port}", f"localhost:{port}", f"[::1]:{port}"):
+        assert _get(voila.base_url + "/voila/static/voila.js", Host=host)[0] == 200, host
+
+
+def test_voila_with_the_token_page_static_files_and_kernel(voila):
+    """The first `?token=` request renders the page and sets the login cookie; with the cookie alone the static
+    files, the kernel API and the kernel websocket work (what the page itself uses); the page's kernel is then
+    shut down as the page does when it is left (a POST carrying the page's `_xsrf` cookie; refused without)."""
+    jar = http.cookiejar.CookieJar()
+    c = _client(jar)
+    status, _, html = _get(voila.url("survival_explorer.ipynb"), c)
+    assert status == 200 and "application/vnd.jupyter.widget-view+json" in html
+    cookies = {k.name: k.value for k in jar}
+    assert set(cookies) == {f"username-127-0-0-1-{voila.port}", "_xsrf"}, cookies
+    cookie = "; ".join(f"{k}={v}" for k, v in cookies.items())
+    kernel = re.search(r'"kernelId": "([0-9a-f-]{36})"', html).group(1)
+    assert _get(voila.base_url + "/voila/static/voila.js", c)[0] == 200
+    status, _, body = _get(voila.base_url + f"/api/kernels/{kernel}", c)
+    assert status == 200 and json.loads(body)["id"] == kernel
+    ws = f"ws://127.0.0.1:{voila.port}/api/kernels/{kernel}/channels"
+    assert _websocket(ws, cookie) == 101 and _websocket(ws) == 403
+    shutdown = voila.base_url + f"/voila/api/shutdown/{kernel}"
+    assert _get(shutdown, c, method="POST", data={})[0] == 403                          # cross-site request forgery
+    assert _get(shutdown, c, method="POST", data={"_xsrf": cookies["_xsrf"]})[0] == 204
+    assert _get(voila.base_url + f"/api/kernels/{kernel}", c)[0] == 404
+
+
+def test_voila_kernel_cap(voila_run):
+    "With max_kernels=1, a second page load while the first page's kernel lives gets 503 and says why."
+    with _served(voila_run, max_kernels=1) as srv:
+        c = _client()
+        assert _get(srv.url("survival_explorer.ipynb"), c)[0] == 200
+        status, _, body = _get(srv.url("gradcam_explorer.ipynb"), c)
+        assert status == 503 and re.search(r'class="pdl1-refused">this explorer server runs at most 1 kernel', body)
+
+
+def _alive(q) -> bool:
+    import psutil
+    try: return q.is_running() and q.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error: return False
+
+
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGINT", "SIGKILL"])
+def test_explore_command_leaves_nothing_behind(voila_run, tmp_path, sig):
+    """`pdl1-dls explore RUN` prints the two URLs with the token once; after SIGTERM or SIGINT it exits 0, and
+    after any of them (SIGKILL included: Voila watches its parent) no Voila or kernel process is left and the
+    temp folder is gone."""
+    psutil = pytest.importorskip("psutil")
+    pytest.importorskip("voila")
+    port = _free_port()
+    log = tmp_path / "voila.log"
+    with open(log, "w") as err:
+        p = subprocess.Popen([sys.executable, "-c", "import sys; from pdl1_dls.cli import main; sys.exit(main(sys.argv[1:]))",
+                              "explore", str(voila_run), "--port", str(port)], stdout=subprocess.PIPE, stderr=err, text=True)
+    lines = []
+    reader = threading.Thread(target=lambda: lines.extend(p.stdout), daemon=True)
+    reader.start()
+    try:
+        _wait(lambda: sum("?token=" in l for l in lines) == 2, 120, "the two URLs")
+        urls = [l.strip() for l in lines if "?token=" in l]
+        token = urls[0].split("?token=")[1]
+        assert urls == [f"http://127.0.0.1:{port}/voila/render/{n}?token={token}"
+                        for n in ("survival_explorer.ipynb", "gradcam_explorer.ipynb")]
+        assert len(token) >= 32 and token not in log.read_text()        # printed once, not in Voila's log
+        assert _get(urls[0])[0] == 200                                   # a page: a kernel
+        procs = psutil.Process(p.pid).children(recursive=True)
+        voila = [q for q in procs if "voila_main" in " ".join(q.cmdline())]
+        kernels = [q for q in procs if "ipykernel" in " ".join(q.cmdline())]
+        assert len(voila) == 1 and len(kernels) == 1, [q.cmdline() for q in procs]
+        tmp = Path(next(a.split("=", 1)[1] for a in voila[0].cmdline() if a.startswith("--PDL1Voila.owned_dir=")))
+        assert tmp.name.startswith("pdl1-voila-") and tmp.is_dir()
+        p.send_signal(getattr(signal, sig))
+        rc = p.wait(60)
+        if sig != "SIGKILL": assert rc == 0, log.read_text()[-3000:]
+        _wait(lambda: not any(map(_alive, procs)), 30, "Voila and its kernel to end")
+        _wait(lambda: not tmp.exists(), 10, f"{tmp} to be removed")
+        with pytest.raises(OSError): socket.create_connection(("127.0.0.1", port), timeout=2).close()
+    finally:
+        if p.poll() is None: p.kill()
 
 
 # ---------------------------------------------------------------- offline docs site

@@ -254,3 +254,55 @@ def test_gradcam_explorer_mri(mri_run_dir):
     with pytest.raises(ValueError): gx.figure(pid, 0, "hyper", 1)
     box = gradcam_app(mri_run_dir)
     assert box.explorer.modality == "mri"
+
+
+# ---------------------------------------------------------------- serving (no server started here: tests/test_browser.py runs one)
+
+def test_serve_refuses_before_starting_anything(tmp_path, run_dir):
+    "A non-loopback interface or a kernel cap below 1 is refused before Voila starts or a temp folder is made."
+    import tempfile
+    from pdl1_dls.explore import serve
+    before = set(Path(tempfile.gettempdir()).glob("pdl1-voila-*"))
+    for ip in ("0.0.0.0", "192.168.1.10", "::", "example.org"):
+        with pytest.raises(PDL1Error, match="loopback address only"): serve(run_dir, ip=ip)
+    with pytest.raises(PDL1Error, match="max_kernels"): serve(run_dir, max_kernels=0)
+    with pytest.raises(PDL1Error, match="run folder not found"): serve(tmp_path / "nope", block=False)
+    assert set(Path(tempfile.gettempdir()).glob("pdl1-voila-*")) == before
+
+
+def test_host_check_and_voila_command():
+    "Only the loopback names with the server's port are answered; the token never appears on Voila's command line."
+    import sys
+    from pdl1_dls.explore import CULL_IDLE_S, allowed_hosts, voila_command
+    assert allowed_hosts(8866) == {"127.0.0.1:8866", "localhost:8866", "[::1]:8866"}
+    assert allowed_hosts(8866, "127.0.0.2") == {"127.0.0.1:8866", "localhost:8866", "[::1]:8866", "127.0.0.2:8866"}
+    cmd = voila_command(9000, max_kernels=3, owned_dir="/tmp/x")
+    assert cmd[:2] == [sys.executable, "-c"] and "voila_main" in cmd[2]
+    for a in ("--port=9000", "--Voila.ip=127.0.0.1", "--Voila.port_retries=0", "--PDL1Voila.max_kernels=3",
+              f"--MappingKernelManager.cull_idle_timeout={CULL_IDLE_S}", "--Voila.connection_dir_root=/tmp/x"):
+        assert a in cmd, a
+    assert not any("token" in a.lower() for a in cmd)
+
+
+def test_capped_kernel_manager_counts_starting_kernels():
+    "Two page loads at once: the one that would exceed the cap is refused with 503 while the other is still starting."
+    import asyncio
+    from tornado.web import HTTPError
+    from pdl1_dls.explore import capped_kernel_manager
+
+    class Slow:
+        def __init__(self): self.ids = []
+        def __contains__(self, k): return k in self.ids
+        def list_kernel_ids(self): return list(self.ids)
+        async def start_kernel(self, kernel_id=None, **kw):
+            if kernel_id in self: return kernel_id
+            await asyncio.sleep(0.05)
+            self.ids.append(f"k{len(self.ids)}")
+            return self.ids[-1]
+
+    km = capped_kernel_manager(Slow, cap=1)()
+    async def two():
+        return await asyncio.gather(km.start_kernel(), km.start_kernel(), return_exceptions=True)
+    a, b = asyncio.run(two())
+    assert a == "k0" and isinstance(b, HTTPError) and b.status_code == 503 and km._starting == 0
+    assert asyncio.run(km.start_kernel(kernel_id="k0")) == "k0"      # an existing kernel is not a new one: not refused
