@@ -364,6 +364,12 @@ def _select(hyper: dict, pids, channels: str) -> dict:
 def _write_csv(df: pd.DataFrame, path):
     with atomic_write(path) as f: df.to_csv(f, index=False)
 
+def _phi(a: dict, b: dict, pids) -> float:
+    "φ (Pearson) of two 0/1 labelings over `pids` (NaN when one is constant)."
+    x, y = np.array([a[p] for p in pids], float), np.array([b[p] for p in pids], float)
+    if len(x) < 2 or x.std() == 0 or y.std() == 0: return float("nan")
+    return float(np.corrcoef(x, y)[0, 1])
+
 def _delong(y, s) -> tuple:
     y, s = np.asarray(y, int), np.asarray(s, float)
     if len(np.unique(y)) < 2: return float("nan"), float("nan"), float("nan")
@@ -426,8 +432,9 @@ def train_study(study_or_path,  # manifest path or `pdl1_dls.manifest.Study`
              n_slices=dict(fit=int(sum(len(data[p]) for p in res["fit_patients"])),
                            inner=int(sum(len(data[p]) for p in res["inner_patients"]))),
              n_skipped=int(len(skipped)),
-             permuted_label_phi=(float(np.corrcoef([true_lab[p] for p in tids], [train_lab[p] for p in tids])[0, 1])
-                                 if permute_labels else None))
+             permuted_label_phi=_phi(true_lab, train_lab, tids) if permute_labels else None,
+             permuted_label_phi_fit=_phi(true_lab, train_lab, res["fit_patients"]) if permute_labels else None,
+             permuted_label_phi_inner=_phi(true_lab, train_lab, res["inner_patients"]) if permute_labels else None)
     if len(va):
         vids = va["patient_id"].tolist()
         vdata = _select(hyper, vids, channels)

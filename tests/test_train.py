@@ -54,6 +54,29 @@ def test_permutation_is_patient_level():
     assert permute_patient_labels(lab, seed=5) == perm and permute_patient_labels(lab, seed=6) != perm
 
 
+def _phi(a, b, ids):
+    return float(np.corrcoef([a[p] for p in ids], [b[p] for p in ids])[0, 1])
+
+
+def test_null_permutation_centred_not_biased():
+    "The |φ| <= 0.1 redraw truncates φ symmetrically: over many seeds φ with the truth is centred on 0 on the cohort, fit and inner parts."
+    lab = {f"P{i:03d}": int(i % 10 < 3) for i in range(120)}           # the demo's training cohort: 120 patients, 36 positive
+    ph, raw = [], []
+    for s in range(300):
+        q = permute_patient_labels(lab, s)
+        assert sorted(q.values()) == sorted(lab.values())              # class counts kept
+        fit_ids, inner = split_inner(q, 0.2, s)
+        ph.append([_phi(lab, q, sorted(lab)), _phi(lab, q, fit_ids), _phi(lab, q, inner)])
+        raw.append(_phi(lab, permute_patient_labels(lab, s, max_phi=None), sorted(lab)))
+    ph, raw = np.array(ph), np.array(raw)
+    se = ph.std(0, ddof=1) / np.sqrt(len(ph))
+    assert (np.abs(ph.mean(0)) < 3 * se + 0.005).all(), (ph.mean(0), se)   # centred: no push either way
+    assert ((ph > 0).mean(0) > 0.35).all() and ((ph > 0).mean(0) < 0.65).all()
+    assert np.abs(ph[:, 0]).max() <= 0.1 and ph[:, 2].std() > 0.1         # cohort truncated; the 24 inner patients are free
+    assert abs(raw.mean()) < 3 * raw.std() / np.sqrt(len(raw)) + 0.005 and np.abs(raw).max() > 0.15   # any permutation: centred, wider
+    assert len({tuple(sorted(permute_patient_labels(lab, s).items())) for s in range(50)}) == 50
+
+
 def test_slices_stay_with_their_patient(toy):
     data, lab = toy
     pids = sorted(lab)
@@ -217,6 +240,7 @@ def test_train_and_score_study_outputs(fake, tmp_path):
 def test_train_study_permuted_and_channels(fake, tmp_path):
     m = T.train_study(fake, tmp_path / "p", seed=0, permute_labels=True, channels="pet", epochs=1, batch_size=16, device="cpu")
     assert m["permuted"] is True and m["channels"] == "pet" and -1 <= m["permuted_label_phi"] < 1
+    assert {"permuted_label_phi_fit", "permuted_label_phi_inner"} <= set(m)   # diagnostics of the parts the model fits and stops on
     cfg = json.loads((tmp_path / "p/config.json").read_text())
     assert cfg["permute_labels"] is True and cfg["channels"] == "pet"
     assert T.load_run(tmp_path / "p", "cpu")[0].in_channels == 1
