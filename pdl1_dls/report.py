@@ -13,11 +13,13 @@ import importlib.metadata as _md
 import json
 import os
 import platform
+import re
 import subprocess
 import sys
 import time
 import traceback
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -27,7 +29,9 @@ import pdl1_dls
 from .core import PDL1Error, atomic_path, atomic_write, get_settings, progress, sha256, write_json
 
 # %% auto #0
-__all__ = ['to_markdown', 'write_table', 'save_figure', 'published', 'record', 'git_commit', 'provenance', 'notebooks_dir',
+__all__ = ['KINDS', 'AGREEMENT_RULES', 'KEY_RULES', 'CMP_COLUMNS', 'to_markdown', 'write_table', 'save_figure', 'published',
+           'number_kind', 'agreement', 'KeyRule', 'key_rule', 'section_order', 'record', 'cohort_sizes',
+           'finalize_comparisons', 'forest_figure', 'comparison_figures', 'git_commit', 'provenance', 'notebooks_dir',
            'list_notebooks', 'run_reproduction', 'write_index']
 
 # %% ../nbs/60_report.ipynb #9627fc1d
@@ -100,30 +104,411 @@ def published(paper: str) -> dict:
     _PUBLISHED_CACHE[paper] = (stamp, out)
     return out
 
+KINDS = ("count", "p", "proportion", "auc", "score", "difference", "correlation", "hr", "value")
+
+AGREEMENT_RULES = {   # kind -> how `agrees` is judged when there is no reproduced CI to hold the published value
+    "ci": "any kind but count and p, when the notebook recorded a 95 % CI: the published value lies inside it",
+    "count": "counts: exactly equal",
+    "p": "p values: on the same side of 0.05 (a published bound such as p<0.001 is below 0.05)",
+    "proportion": "proportions (rates, prevalences, accuracy, sensitivity, ...): within 0.05 (5 percentage points)",
+    "auc": "AUC, C-index, ICC: within 0.05",
+    "score": "DLS values (cutoff, means, medians): within 0.05",
+    "difference": "differences between HRs: within 0.05",
+    "correlation": "correlations, R² and regression coefficients: within 0.10",
+    "hr": "hazard ratios: reproduced / published between 0.8 and 1.25",
+    "value": "anything else (means, SDs, medians in months, F statistics): within 10 % of the published value",
+}
+_TOL = {"proportion": ("abs", 0.05), "auc": ("abs", 0.05), "score": ("abs", 0.05), "difference": ("abs", 0.05),
+        "correlation": ("abs", 0.10), "hr": ("ratio", 1.25), "value": ("rel", 0.10)}
+
+def _num(v) -> float:
+    "A float, NaN for None, empty or non-numbers."
+    if v is None: return np.nan
+    try: return float(v)
+    except (TypeError, ValueError): return np.nan
+
+def _split_key(key: str) -> tuple[str, str]:
+    "(quantity, paper cohort key); the cohort is '' for keys without one (`cutoff`, `table1_age_p`)."
+    q, dot, c = str(key).rpartition(".")
+    return (q, c) if dot else (str(key), "")
+
+def number_kind(key: str,  # published key, e.g. "dls_auc.sph_val"
+                entry: dict | None = None,  # its published entry (its `kind` wins)
+               ) -> str:
+    "The kind of a published number (one of `KINDS`): the entry's `kind`, else guessed from the key's quantity."
+    if entry and entry.get("kind"): return str(entry["kind"])
+    q = _split_key(key)[0]
+    if re.search(r"(^|_)p(_|$)", q) or q.startswith("logrank"): return "p"
+    if q == "n" or q.startswith("n_") or re.search(r"(^|_)n(_high|_low)?$", q): return "count"
+    if q.startswith("hr_"): return "difference" if q.endswith("_diff") else "hr"
+    if "auc" in q or q.startswith(("cindex", "icc")): return "auc"
+    if re.search(r"prevalence|rate|prop|share|accuracy|sensitivity|specificity|^(acc|sen|spec|ppv|npv)_", q): return "proportion"
+    if q.startswith(("spearman", "pb_")) or "r2" in q or "coef" in q: return "correlation"
+    if q == "cutoff" or q.startswith(("dls_mean", "dls_median")): return "score"
+    return "value"
+
+def agreement(pub: dict,  # the published entry (value, lo, hi, bound, interval)
+              kind: str,  # its kind (`number_kind`)
+              value, lo=None, hi=None,  # the reproduced value and 95 % CI
+             ) -> tuple:
+    "(agrees, rule): published inside the reproduced CI, else within the kind's tolerance (`AGREEMENT_RULES`); (None, '') when nothing was reproduced."
+    v, lo, hi, pv = _num(value), _num(lo), _num(hi), _num(pub.get("value"))
+    if np.isnan(v) or not np.isfinite(pv): return None, ""
+    if kind not in ("count", "p") and (pub.get("interval") or "ci") == "ci" and np.isfinite(lo) and np.isfinite(hi):
+        return bool(min(lo, hi) - 1e-9 <= pv <= max(lo, hi) + 1e-9), "inside reproduced CI"
+    if kind == "count": return bool(abs(v - pv) < 0.5), "exact count"
+    if kind == "p":
+        below = pv < 0.05 or (pub.get("bound") in ("<", "<=") and pv <= 0.05)
+        return bool((v < 0.05) == below), "same side of 0.05"
+    mode, tol = _TOL.get(kind, _TOL["value"])
+    if mode == "abs": return bool(np.isfinite(v) and abs(v - pv) <= tol + 1e-12), f"|diff| <= {tol:g}"
+    if mode == "ratio": return bool(np.isfinite(v) and v > 0 and pv > 0 and 1 / tol - 1e-12 <= v / pv <= tol + 1e-12), f"ratio {1 / tol:g}-{tol:g}"
+    return bool(np.isfinite(v) and abs(v - pv) <= tol * abs(pv) + 1e-12), f"within {tol:.0%}"
+
+# %% ../nbs/60_report.ipynb #90a83b09
+class KeyRule(NamedTuple):
+    "Where a published key belongs: section, notebook that records it, what it needs, whether it is only planned."
+    pattern: str  # regular expression matched at the key's start
+    section: str  # section of the paper (one comparison figure each)
+    notebook: str | None  # the reproduction notebook (stem) that records it
+    needs: tuple = ()  # columns, 'label' (IHC), 'tps' (the IHC score), outcomes 'dcb'/'pfs'/'os'; '\\1' = a regex group
+    planned: bool = False  # True: no notebook records it yet
+
+_MU = ("Table 1: cohorts and PD-L1", "Figure 3: PD-L1 discrimination", "Association of the DLS",
+       "Ablation: PET-only and CT-only", "Subgroups: EGFR and stage", "Figure 2E: deep-feature clusters", "DLS vs IHC",
+       "Reliability: two readers", "Figure 4: prognosis in the ICI cohorts", "Table 2: ICI cohorts by DLS group",
+       "Figure 5: DCB by histology", "Multivariable models")
+_DING = ("Table 1: cohorts", "Table 2: PD-L1 discrimination", "Figure 5: survival and the ICI cohort")
+_M = {i: f"mu2021_{i:02d}_{s}" for i, s in [(1, "table1"), (2, "fig3_performance"), (3, "association"), (4, "ablation"),
+      (5, "subgroups"), (6, "fig2_explain"), (7, "dls_vs_ihc"), (8, "reliability"), (9, "fig4_prognosis"),
+      (10, "fig5_histology"), (11, "multivariable")]}
+KEY_RULES = {
+    "mu2021": [
+        KeyRule(r"n_patients\.(sph_train|sph_val|mcc_pdl1|va)$", _MU[0], _M[1]),
+        KeyRule(r"n_patients\.", _MU[0], _M[1], planned=True),
+        KeyRule(r"pdl1_prevalence\.", _MU[0], _M[1], ("label",)),
+        KeyRule(r"(n_pdl1_pos|n_pdl1_neg|pdl1_positive_share)\.", _MU[0], _M[1], ("label",), True),
+        KeyRule(r"cutoff$", _MU[1], _M[2], ("label",)),
+        KeyRule(r"(dls_auc|accuracy|sensitivity|specificity)\.", _MU[1], _M[2], ("label",)),
+        KeyRule(r"suvmax_auc\.", _MU[1], _M[2], ("label", "suvmax")),
+        KeyRule(r"dls_pos_vs_neg_p\.", _MU[2], _M[3], ("label",), True),
+        KeyRule(r"spearman_dls_tps\.", _MU[2], _M[3], ("tps",)),
+        KeyRule(r"spearman_suvmax_tps\.", _MU[2], _M[3], ("tps", "suvmax")),
+        KeyRule(r"(anova_dls_tps|lsd_dls_tps\w+)_p\.", _MU[2], _M[3], ("tps",), True),
+        KeyRule(r"spearman_dls_suvmax\.", _MU[2], _M[3], ("suvmax",)),
+        KeyRule(r"pb_dls_scc\.", _MU[2], _M[3], ("histology",)),
+        KeyRule(r"pb_dls_male\.", _MU[2], _M[3], ("sex",)),
+        KeyRule(r"pb_dls_smoking\.", _MU[2], _M[3], ("smoking",)),
+        KeyRule(r"pb_dls_egfr\.", _MU[2], _M[3], ("egfr",)),
+        KeyRule(r"ols_(adj_r2|f)\.", _MU[2], _M[3]),
+        KeyRule(r"ols_coef_suvmax\.", _MU[2], _M[3], ("suvmax",)),
+        KeyRule(r"(ols|necrosis_ols)_p\.", _MU[2], _M[3], (), True),
+        KeyRule(r"(spearman_dls_necrosis|necrosis_ols_(adj_r2|f|coef))\.", _MU[2], _M[3]),
+        KeyRule(r"spearman_dls_volume\.", _MU[2], _M[3]),
+        KeyRule(r"dls_(pet|ct)_auc\.", _MU[3], _M[4], ("label",)),
+        KeyRule(r"delong_p_dls_vs_(pet|ct)\.", _MU[3], _M[4], ("label",), True),
+        KeyRule(r"(dls_auc_egfr_(mut|wt)|delong_p_egfr)\.", _MU[4], _M[5], ("label", "egfr")),
+        KeyRule(r"dls_auc_advanced\.", _MU[4], _M[5], ("label", "stage"), True),
+        KeyRule(r"cluster_histology_p\.mcc_pdl1$", _MU[5], _M[6], ("histology",)),
+        KeyRule(r"cluster_histology_p\.", _MU[5], _M[6], ("histology",), True),
+        KeyRule(r"cluster_pdl1_p\.", _MU[5], _M[6], ("label",), True),
+        KeyRule(r"(dcb_auc_dls\.mcc_pdl1$|dcb_auc_dls_ihc_subset\.|dcb_auc_ihc\.|dcb_auc_dls_vs_ihc_p\.)", _MU[6], _M[7], ("dcb", "label")),
+        KeyRule(r"hr_(pfs|os)_dls\.mcc_pdl1$", _MU[6], _M[7], (r"\1", "label")),
+        KeyRule(r"hr_(pfs|os)_(ihc|diff|dls_ihc_subset)\.", _MU[6], _M[7], (r"\1", "label")),
+        KeyRule(r"icc_dls_readers\.", _MU[7], _M[8], ("roi_reader2",)),
+        KeyRule(r"(dcb_auc_dls|dls_mean_dcb|dls_mean_nodcb)\.", _MU[8], _M[9], ("dcb",)),
+        KeyRule(r"dls_mean_dcb_vs_nodcb_p\.", _MU[8], _M[9], ("dcb",), True),
+        KeyRule(r"(hr|logrank)_(pfs|os)_(dls|p)\.", _MU[8], _M[9], (r"\2",)),
+        KeyRule(r"median_(pfs|os)", _MU[8], _M[9], (r"\1",)),
+        KeyRule(r"(n_dls_high|n_dls_low|dls_median)\.", _MU[9], _M[9]),
+        KeyRule(r"dls_median_(high|low)\.", _MU[9], _M[9], (), True),
+        KeyRule(r"(dcb_rate|dcb_rate_high|dcb_rate_low|dcb_fisher_p)\.", _MU[9], _M[9], ("dcb",)),
+        KeyRule(r"table2_benefit_", _MU[9], _M[9], ("dcb",), True),
+        KeyRule(r"table2_(age|bmi|sex|stage|histology|egfr|alk|ros1|smoking|ecog|suvmax)_", _MU[9], _M[9], (r"\1",), True),
+        KeyRule(r"table2_dls_p\.", _MU[9], _M[9], (), True),
+        KeyRule(r"dcb_rate_adc_(high|low)\.", _MU[10], _M[10], ("dcb", "histology")),
+        KeyRule(r"dcb_adc_p\.", _MU[10], _M[10], ("dcb", "histology"), True),
+        KeyRule(r"cindex_(dcb|pfs|os)_model\.", _MU[11], _M[11], (r"\1", "histology", "ecog")),
+    ],
+    "ding2025": [
+        KeyRule(r"table1_n\.", _DING[0], "ding2025_01_table1"),
+        KeyRule(r"n_text\.", _DING[0], "ding2025_01_table1", (), True),
+        KeyRule(r"table1_age_(mean|sd)\.|table1_age_p$", _DING[0], "ding2025_01_table1", ("age",)),
+        KeyRule(r"table1_(differentiation|t_stage|n_stage|smoking|drink|sex)_", _DING[0], "ding2025_01_table1", (r"\1",)),
+        KeyRule(r"prevalence_pdl1\.", _DING[0], "ding2025_01_table1", ("label",)),
+        KeyRule(r"n\.ici$", _DING[0], "ding2025_01_table1"),
+        KeyRule(r"prevalence_dcb\.", _DING[0], "ding2025_01_table1", ("dcb",)),
+        KeyRule(r"(auc|acc|sen|spec|ppv|npv)_(t1|t2|ce_t1|dls)\.", _DING[1], "ding2025_02_table2", ("label",)),
+        KeyRule(r"delong_p_dls_vs_ce_t1\.", _DING[1], "ding2025_02_table2", ("label",)),
+        KeyRule(r"delong_p_dls_vs_t[12]\.", _DING[1], "ding2025_02_table2", ("label",), True),
+        KeyRule(r"(hr_pfs_dls_high|logrank_p_pfs|median_followup_months)\.", _DING[2], "ding2025_05_survival", ("pfs",)),
+        KeyRule(r"auc_dcb_dls\.", _DING[2], "ding2025_05_survival", ("dcb",)),
+    ],
+}
+
+def key_rule(paper: str, key: str) -> tuple:
+    "(KeyRule, match) of a published key; an unruled `<quantity>_p` key takes its number's rule as planned; (None, None) if none."
+    for r in KEY_RULES.get(paper, []):
+        m = re.match(r.pattern, key)
+        if m: return r, m
+    q, c = _split_key(key)
+    if q.endswith("_p"):
+        r, m = key_rule(paper, q[:-2] + (f".{c}" if c else ""))
+        if r is not None: return r._replace(planned=True), m
+    return None, None
+
+def section_order(paper: str) -> list[str]:
+    "The sections of a paper's comparison, in the paper's order."
+    return list(dict.fromkeys(r.section for r in KEY_RULES.get(paper, [])))
+
+# %% ../nbs/60_report.ipynb #a10ad27a
+_NB_ENV = "PDL1_DLS_NOTEBOOK"
+CMP_COLUMNS = ["key", "section", "description", "cohort", "kind", "published", "published_lo", "published_hi",
+               "published_bound", "published_interval", "reproduced", "reproduced_lo", "reproduced_hi", "agrees", "rule",
+               "status", "notebook", "source", "flag", "note"]
+_VALUE_COLUMNS = ("published", "published_lo", "published_hi", "reproduced", "reproduced_lo", "reproduced_hi")
+
+def _cmp_row(paper, key, pub, value=None, lo=None, hi=None, cohort="", note="", status="recorded", notebook="") -> dict:
+    kind = number_kind(key, pub)
+    rule, _ = key_rule(paper, key)
+    v, l, h = _num(value), _num(lo), _num(hi)
+    agrees, how = agreement(pub, kind, v, l, h)
+    return dict(key=key, section=pub.get("section") or (rule.section if rule else "Other"), description=pub.get("description", ""),
+                cohort=cohort or "", kind=kind, published=_num(pub.get("value")), published_lo=_num(pub.get("lo")),
+                published_hi=_num(pub.get("hi")), published_bound=pub.get("bound") or "",
+                published_interval=(pub.get("interval") or "ci") if pub.get("lo") is not None else "", reproduced=v, reproduced_lo=l,
+                reproduced_hi=h, agrees=agrees, rule=how, status=status, notebook=notebook or "", source=pub.get("source", ""),
+                flag=pub.get("flag") or "", note=note or "")
+
+def _read_cmp(p: Path) -> pd.DataFrame:
+    "comparisons.csv with every column of `CMP_COLUMNS` (older files lack some) and `agrees` as True/False/None."
+    df = pd.read_csv(p, keep_default_na=False, na_values=[""], dtype={"key": str})
+    for c in CMP_COLUMNS:
+        if c not in df: df[c] = np.nan if c in _VALUE_COLUMNS else ""
+    for c in _VALUE_COLUMNS: df[c] = pd.to_numeric(df[c], errors="coerce")
+    df["agrees"] = df["agrees"].map(lambda a: {True: True, False: False, "True": True, "False": False}.get(a))
+    for c in ("section", "description", "cohort", "kind", "published_bound", "published_interval", "rule", "status", "notebook",
+              "source", "flag", "note"):
+        df[c] = df[c].fillna("").astype(str)
+    df["status"] = df["status"].replace("", "recorded")
+    return df
+
+def _write_cmp(df: pd.DataFrame, p: Path):
+    "Write comparisons.csv atomically, counts as integers."
+    d = df.copy()
+    for c in CMP_COLUMNS:
+        if c not in d: d[c] = ""
+    d = d[CMP_COLUMNS + [c for c in d.columns if c not in CMP_COLUMNS]]
+    count = (d["kind"] == "count").to_numpy()
+    for c in _VALUE_COLUMNS:
+        x = pd.to_numeric(d[c], errors="coerce").to_numpy(float)
+        whole = count & np.isfinite(x) & (np.mod(np.where(np.isfinite(x), x, 0), 1) == 0)
+        d[c] = pd.Series([int(v) if w else v for v, w in zip(x, whole)], index=d.index, dtype=object)
+    d["agrees"] = d["agrees"].map(lambda a: "" if a is None or a is np.nan or (isinstance(a, float) and np.isnan(a)) else bool(a))
+    with atomic_path(p) as t: d.to_csv(t, index=False)
+
 def record(out_dir: str | os.PathLike,  # the run folder
            paper: str,  # paper key of the published numbers
-           key: str,  # the published item, e.g. "dls_auc_sph_train"
+           key: str,  # the published item, e.g. "dls_auc.sph_val"
            value: float,  # the reproduced value
            lo: float | None = None, hi: float | None = None,  # reproduced CI, when there is one
            cohort: str | None = None,  # the reproduced cohort the value comes from
            note: str = "",
           ):
-    "Record one reproduced number (appended to `comparisons.csv`, one row per key, last wins)."
+    "Record one reproduced number (a row of `comparisons.csv`, one per key, last wins), with its agreement."
     pub = published(paper).get(key, {})
-    row = dict(key=key, description=pub.get("description", ""), published=pub.get("value", np.nan),
-               published_lo=pub.get("lo", np.nan), published_hi=pub.get("hi", np.nan),
-               reproduced=float(value) if value is not None else np.nan,
-               reproduced_lo=np.nan if lo is None else float(lo), reproduced_hi=np.nan if hi is None else float(hi),
-               cohort=cohort or "", source=pub.get("source", ""), note=note)
+    row = _cmp_row(paper, key, pub, value, lo, hi, cohort or "", note, "recorded", os.environ.get(_NB_ENV, ""))
     p = Path(out_dir) / "comparisons.csv"
     new = pd.DataFrame([row])
     if p.is_file():
-        old = pd.read_csv(p)
+        old = _read_cmp(p)
         old = old[old["key"] != key]
         new = pd.concat([old, new], ignore_index=True) if len(old) else new
-    df = new
-    with atomic_path(p) as t: df.to_csv(t, index=False)
+    _write_cmp(new, p)
     return row
+
+# %% ../nbs/60_report.ipynb #f27c9cf2
+def _is_synthetic(study) -> bool:
+    "True for a study generated by `pdl1_dls.synth` (a `synthetic:` block, or its truth.csv beside the clinical table)."
+    try: return bool((study.spec or {}).get("synthetic")) or (Path(study.root) / "truth.csv").is_file()
+    except (AttributeError, TypeError, OSError): return False
+
+def _need_missing(study, names: list, need: str) -> str | None:
+    "Why the study cohorts `names` cannot give what `need` names (None when they can)."
+    cos = [study.cohorts[n] for n in names if n in study.cohorts]
+    if need in ("dcb", "pfs", "os"):
+        for co in cos:
+            outs = (co.spec or {}).get("outcomes", study.outcomes) if isinstance(co.spec, dict) else study.outcomes
+            o = (outs or {}).get(need)
+            col = o if isinstance(o, str) else o.get("time") if isinstance(o, dict) else None
+            if col and col in co.table and co.table[col].notna().any(): return None
+        return f"outcome absent: no {need.upper()} in cohort {', '.join(names)}"
+    col = {"label": study.label_column, "tps": study.label_source or study.label_column}.get(need, need)
+    if any(col in co.table and co.table[col].notna().any() for co in cos): return None
+    what = "the IHC PD-L1 status" if need == "label" else "the IHC PD-L1 score" if need == "tps" else f"'{col}'"
+    return f"column absent: {what} has no values in cohort {', '.join(names)}"
+
+def _missing_reason(paper: str, key: str, study=None, status: list | None = None) -> str:
+    "Why a published number has no reproduced value in this run."
+    from pdl1_dls.analysis import PAPER_COHORTS, paper_cohorts
+    rule, m = key_rule(paper, key)
+    _, c = _split_key(key)
+    if study is not None:
+        pc = paper_cohorts(study, paper)
+        if c:
+            want = ["sph_train", "sph_val"] if c == "sph" else [c]
+            names = [pc[k] for k in want if k in pc]
+            if not names:
+                roles = dict((k, r) for r, k in PAPER_COHORTS.get(paper, []))
+                role = "train/validation" if c == "sph" else roles.get(c, "?")
+                return f"cohort absent: no cohort of the study plays the paper's {c} cohort (role {role})"
+        else:
+            names = list(pc.values())
+        if rule is not None and names:
+            for need in rule.needs:
+                why = _need_missing(study, names, m.expand(need) if "\\" in need else need)
+                if why: return why
+    if rule is None or rule.notebook is None: return "not reproduced by any notebook yet"
+    if rule.planned: return f"not reproduced by any notebook yet (it belongs with {rule.notebook})"
+    if status is None: return f"not recorded by {rule.notebook}"
+    st = {s["notebook"]: s for s in status}.get(rule.notebook)
+    if st is None: return f"not estimated: notebook {rule.notebook} did not run in this run"
+    if not st.get("ok", False): return f"not estimated: notebook {rule.notebook} failed ({' '.join(str(st.get('error', '')).split())[:160]})"
+    return f"not estimable on this study: {rule.notebook} ran and recorded no value (too few patients, one class or no events; see its output)"
+
+def cohort_sizes(study,  # a `pdl1_dls.manifest.Study`
+                 paper: str | None = None,  # default: the study's paper
+                ) -> pd.DataFrame:
+    "The study's cohort sizes beside the paper's: one row per paper cohort (absent ones with 0), then the study's other cohorts."
+    from pdl1_dls.analysis import PAPER_COHORTS, paper_cohorts
+    paper = paper or study.paper
+    pub = published(paper) if paper and paper != "none" else {}
+    pc = paper_cohorts(study, paper)
+    lab = study.label_column
+    def n_lab(co): return int(co.table[lab].notna().sum()) if lab in co.table else 0
+    rows = []
+    for role, k in PAPER_COHORTS.get(paper, []):
+        co = study.cohorts.get(pc.get(k, ""))
+        src = next((q for q in (f"n_patients.{k}", f"table1_n.{k}", f"n.{k}") if q in pub), None)
+        rows.append(dict(paper_cohort=k, role=role, study_cohort=co.name if co else "", n_study=len(co) if co else 0,
+                         n_labelled=n_lab(co) if co else 0, n_paper=int(pub[src]["value"]) if src else None,
+                         paper_source=f"{src} ({pub[src].get('source', '')})" if src else ""))
+    for name, co in study.cohorts.items():
+        if name not in pc.values():
+            rows.append(dict(paper_cohort="", role=co.role, study_cohort=name, n_study=len(co), n_labelled=n_lab(co),
+                             n_paper=None, paper_source="not a cohort of the paper"))
+    df = pd.DataFrame(rows, columns=["paper_cohort", "role", "study_cohort", "n_study", "n_labelled", "n_paper", "paper_source"])
+    df["n_paper"] = df["n_paper"].astype("Int64")
+    return df
+
+def finalize_comparisons(out_dir: str | os.PathLike,  # the run folder
+                         paper: str,  # the paper whose published numbers are compared
+                         study=None,  # the study (a `Study`): absent cohorts and columns are named; None skips those checks
+                         status: list | None = None,  # the runner's notebook status (notebook, ok, error)
+                         figures: bool = True,  # also write one forest-style figure per section
+                        ) -> pd.DataFrame:
+    "Give every published number of `paper` exactly one row of `comparisons.csv` (recorded, or empty with the reason); return the table."
+    out = Path(out_dir); out.mkdir(parents=True, exist_ok=True)
+    p = out / "comparisons.csv"
+    pub = published(paper) if paper and paper != "none" else {}
+    old = _read_cmp(p) if p.is_file() else pd.DataFrame(columns=CMP_COLUMNS)
+    rec = old[old["status"] != "missing"].drop_duplicates("key", keep="last")
+    rows = []
+    for r in rec.to_dict("records"):
+        e = pub.get(r["key"]) or dict(value=r["published"], lo=None if pd.isna(r["published_lo"]) else r["published_lo"],
+                                       hi=None if pd.isna(r["published_hi"]) else r["published_hi"], bound=r["published_bound"],
+                                       interval=r["published_interval"] or None,
+                                       description=r["description"], source=r["source"], section=r["section"], flag=r["flag"])
+        rows.append(_cmp_row(paper, r["key"], e, r["reproduced"], r["reproduced_lo"], r["reproduced_hi"], r["cohort"], r["note"],
+                             "recorded", r["notebook"]))
+    have = {r["key"] for r in rows}
+    rows += [_cmp_row(paper, k, e, status="missing", note=_missing_reason(paper, k, study, status))
+             for k, e in pub.items() if k not in have]
+    df = pd.DataFrame(rows, columns=CMP_COLUMNS)
+    if len(df):
+        sec = {s: i for i, s in enumerate(section_order(paper))}
+        pos = {k: i for i, k in enumerate(pub)}
+        df["_s"] = df["section"].map(lambda s: sec.get(s, len(sec)))
+        df["_k"] = df["key"].map(lambda k: pos.get(k, len(pos)))
+        df = df.sort_values(["_s", "_k"], kind="stable").drop(columns=["_s", "_k"]).reset_index(drop=True)
+    if len(df) or p.is_file(): _write_cmp(df, p)
+    from pdl1_dls.analysis import PAPER_COHORTS
+    if study is not None and paper in PAPER_COHORTS:
+        cs = cohort_sizes(study, paper)
+        with atomic_path(out / "cohorts.csv") as t: cs.to_csv(t, index=False)
+    if figures and len(df): comparison_figures(out, df)
+    return df
+
+# %% ../nbs/60_report.ipynb #a932abeb
+_KIND_TITLE = {"count": "counts", "p": "p values (log scale; dotted: 0.05)", "proportion": "proportions",
+               "auc": "AUC, C-index, ICC", "score": "DLS values", "difference": "differences between HRs",
+               "correlation": "correlations and coefficients", "hr": "hazard ratios (log scale)", "value": "other values"}
+_AGREE_COLOUR = {True: "#1a9850", False: "#d73027"}
+
+def _slug(s: str) -> str: return re.sub(r"[^a-z0-9]+", "_", str(s).lower()).strip("_")[:60] or "other"
+
+def forest_figure(rows: pd.DataFrame,  # comparison rows of one section (`comparisons.csv` columns)
+                  title: str = "",
+                 ):
+    "A forest-style matplotlib Figure: published point and CI above the reproduced one, one panel per kind."
+    from matplotlib.figure import Figure
+    from matplotlib.lines import Line2D
+    kinds = list(dict.fromkeys(rows["kind"].fillna("value")))
+    groups = [rows[rows["kind"].fillna("value") == k] for k in kinds]
+    hts = [0.22 * len(g) + 0.6 for g in groups]
+    fig = Figure(figsize=(9, sum(hts) + 0.9), layout="constrained")
+    axs = fig.subplots(len(groups), 1, squeeze=False, gridspec_kw=dict(height_ratios=hts))[:, 0]
+    for ax, k, g in zip(axs, kinds, groups):
+        log = k in ("p", "hr")
+        def pts(v, lo, hi):
+            v, lo, hi = (pd.to_numeric(x, errors="coerce").to_numpy(float) for x in (v, lo, hi))
+            if log: v, lo, hi = (np.where(x > 0, np.maximum(x, 1e-4), np.nan) for x in (v, lo, hi))
+            v = np.where(np.isfinite(v), v, np.nan)
+            err = np.vstack([np.nan_to_num(np.clip(v - lo, 0, None)), np.nan_to_num(np.clip(hi - v, 0, None))])
+            return v, err
+        y = np.arange(len(g))[::-1].astype(float)
+        pv, pe = pts(g["published"], g["published_lo"], g["published_hi"])
+        pe[:, (g["published_interval"].fillna("").astype(str) == "iqr").to_numpy()] = 0    # an IQR is not drawn as a CI
+        bnd = g["published_bound"].fillna("").astype(str).isin(["<", "<="]).to_numpy()
+        for sel, marker in ((~bnd, "s"), (bnd, "<")):              # a printed bound (p<0.001) as a left-pointing marker
+            if sel.any(): ax.errorbar(pv[sel], y[sel] + 0.18, xerr=pe[:, sel], fmt=marker, ms=3.5, color="black", lw=1)
+        rv, rerr = pts(g["reproduced"], g["reproduced_lo"], g["reproduced_hi"])
+        ag = g["agrees"].to_numpy(object)
+        for a, colour in _AGREE_COLOUR.items():
+            sel = np.array([x is a for x in ag]) & np.isfinite(rv)
+            if sel.any(): ax.errorbar(rv[sel], y[sel] - 0.18, xerr=rerr[:, sel], fmt="o", ms=3.5, color=colour, lw=1)
+        labels = [f"{kk}" + ("" if np.isfinite(v) else "  (not reproduced)") for kk, v in zip(g["key"], rv)]
+        ax.set_yticks(y, labels, fontsize=7)
+        ax.set_ylim(-0.7, len(g) - 0.3)
+        if log and (np.isfinite(pv).any() or np.isfinite(rv).any()): ax.set_xscale("log")
+        if k == "p": ax.axvline(0.05, ls=":", color="grey", lw=1)
+        ax.set_title(_KIND_TITLE.get(k, k), fontsize=8, loc="left")
+        ax.tick_params(axis="x", labelsize=7); ax.grid(axis="x", alpha=0.3)
+    handles = [Line2D([], [], marker="s", ls="", color="black", label="published (95 % CI)"),
+               Line2D([], [], marker="<", ls="", color="black", label="published bound (p<...)"),
+               Line2D([], [], marker="o", ls="", color=_AGREE_COLOUR[True], label="reproduced, agrees"),
+               Line2D([], [], marker="o", ls="", color=_AGREE_COLOUR[False], label="reproduced, does not agree")]
+    fig.legend(handles=handles, loc="outside lower center", ncol=4, fontsize=7, frameon=False)
+    if title: fig.suptitle(title, fontsize=10)
+    return fig
+
+def comparison_figures(out_dir: str | os.PathLike,  # the run folder (figures/ is written inside)
+                       cmp: pd.DataFrame | None = None,  # the comparison table (default: the run's comparisons.csv)
+                      ) -> dict:
+    "One forest-style figure per section of the comparison table, `figures/comparison_<section>.png`; section -> PNG path."
+    out = Path(out_dir)
+    if cmp is None:
+        if not (out / "comparisons.csv").is_file(): return {}
+        cmp = _read_cmp(out / "comparisons.csv")
+    res = {}
+    for sec in dict.fromkeys(cmp["section"]):
+        g = cmp[cmp["section"] == sec]
+        if not len(g): continue
+        n_rep = int(np.isfinite(pd.to_numeric(g["reproduced"], errors="coerce")).sum())
+        n_ok = int(sum(a is True for a in g["agrees"]))
+        fig = forest_figure(g, f"{sec}: {n_rep} of {len(g)} reproduced, {n_ok} agree")
+        res[sec] = save_figure(fig, f"comparison_{_slug(sec)}", out, dpi=110, show=False)
+    return res
 
 # %% ../nbs/60_report.ipynb #76b3ed7e
 _LIBS = ("torch", "torchvision", "torchio", "numpy", "pandas", "scipy", "scikit-learn", "statsmodels",
@@ -189,7 +574,7 @@ def run_reproduction(manifest: str | os.PathLike,  # study manifest
                      kernel_name: str = "python3",
                      log=print,
                     ) -> dict:
-    "Run the reproduction notebooks for a manifest; write notebooks, tables, figures, provenance and index."
+    "Run the reproduction notebooks for a manifest; write notebooks, tables, figures, the comparison, provenance and index."
     import papermill as pm
     from pdl1_dls.manifest import load_study
     st = get_settings()
@@ -207,52 +592,135 @@ def run_reproduction(manifest: str | os.PathLike,  # study manifest
     params = dict(manifest=str(manifest), out_dir=str(out), seed=int(seed), n_boot=int(n_boot), quick=bool(quick))
     t0 = time.time()
     status = []
-    for nb in progress(nbs, desc="reproduce", unit="notebook"):
-        dest = out / "notebooks" / nb.name
-        t = time.time(); err = None
-        try:
-            with atomic_path(dest) as tmp:
-                try:
-                    pm.execute_notebook(str(nb), str(tmp), parameters=params, kernel_name=kernel_name, language="python",
-                                        progress_bar=False, cwd=str(out), log_output=False)
-                except pm.PapermillExecutionError as e:
-                    err = f"{e.ename}: {' '.join(str(e.evalue).split())[:300]}"
-        except Exception as e:                          # kernel died, notebook unreadable, ...
-            err = f"{type(e).__name__}: {' '.join(str(e).split())[:300]}"
-        status.append(dict(notebook=nb.stem, ok=err is None, seconds=round(time.time() - t, 1), error=err or ""))
-        if err: log(f"notebook {nb.stem} failed: {err}")
+    before = os.environ.get(_NB_ENV)
+    try:
+        for nb in progress(nbs, desc="reproduce", unit="notebook"):
+            dest = out / "notebooks" / nb.name
+            t = time.time(); err = None
+            os.environ[_NB_ENV] = nb.stem                # record() names the notebook of each comparison row
+            try:
+                with atomic_path(dest) as tmp:
+                    try:
+                        pm.execute_notebook(str(nb), str(tmp), parameters=params, kernel_name=kernel_name, language="python",
+                                            progress_bar=False, cwd=str(out), log_output=False)
+                    except pm.PapermillExecutionError as e:
+                        err = f"{e.ename}: {' '.join(str(e.evalue).split())[:300]}"
+            except Exception as e:                          # kernel died, notebook unreadable, ...
+                err = f"{type(e).__name__}: {' '.join(str(e).split())[:300]}"
+            status.append(dict(notebook=nb.stem, ok=err is None, seconds=round(time.time() - t, 1), error=err or ""))
+            if err: log(f"notebook {nb.stem} failed: {err}")
+    finally:
+        if before is None: os.environ.pop(_NB_ENV, None)
+        else: os.environ[_NB_ENV] = before
+    cmp_error = ""
+    try: finalize_comparisons(out, study.paper, study=study, status=status)
+    except Exception as e:                              # the run's other outputs stay; the index says what failed
+        cmp_error = f"{type(e).__name__}: {' '.join(str(e).split())[:300]}"
+        log(f"comparison table not finalised: {cmp_error}")
     prov = provenance(manifest, seed=int(seed), n_boot=int(n_boot), quick=bool(quick), study=study.name,
-                      paper=study.paper, notebooks=status, seconds=round(time.time() - t0, 1),
-                      command=" ".join(sys.argv))
+                      paper=study.paper, synthetic=_is_synthetic(study), notebooks=status,
+                      seconds=round(time.time() - t0, 1), command=" ".join(sys.argv), comparisons_error=cmp_error)
     write_json(prov, out / "provenance.json")
-    index = write_index(out, study_name=study.name, paper=study.paper, status=status)
-    return dict(out_dir=str(out), index=str(index), notebooks=status, ok=all(s["ok"] for s in status))
+    index = write_index(out, study_name=study.name, paper=study.paper, status=status, synthetic=_is_synthetic(study))
+    return dict(out_dir=str(out), index=str(index), notebooks=status, ok=all(s["ok"] for s in status) and not cmp_error)
 
 # %% ../nbs/60_report.ipynb #868e0064
+def _fmt_num(v, kind: str = "", bound: str = "") -> str:
+    "A number for the index: counts as integers, p values with 3 significant digits and their bound."
+    v = _num(v)
+    if np.isnan(v): return ""
+    if not np.isfinite(v): return "inf" if v > 0 else "-inf"
+    if kind == "count" and float(v).is_integer(): return str(int(v))
+    if kind == "p": return f"{bound or ''}{v:.3g}"
+    return _fmt(v)
+
 def _cmp_table(out: Path) -> pd.DataFrame | None:
+    "The comparison table as the index prints it (None when the run has none)."
     p = out / "comparisons.csv"
     if not p.is_file(): return None
-    df = pd.read_csv(p)
-    def ci(lo, hi): return "" if pd.isna(lo) or pd.isna(hi) else f"({_fmt(lo)}–{_fmt(hi)})"
+    df = _read_cmp(p)
+    def show(v, lo, hi, kind, bound="", interval=""):
+        s = _fmt_num(v, kind, bound)
+        iqr = "IQR " if interval == "iqr" else ""
+        ci = "" if pd.isna(lo) or pd.isna(hi) else f"({iqr}{_fmt_num(lo, kind)}–{_fmt_num(hi, kind)})"
+        return f"{s} {ci}".strip()
     return pd.DataFrame({
-        "item": df["key"], "description": df["description"].fillna(""), "cohort": df["cohort"].fillna(""),
-        "published": [f"{_fmt(v)} {ci(l, h)}".strip() for v, l, h in zip(df.published, df.published_lo, df.published_hi)],
-        "reproduced": [f"{_fmt(v)} {ci(l, h)}".strip() for v, l, h in zip(df.reproduced, df.reproduced_lo, df.reproduced_hi)],
-        "source": df["source"].fillna(""), "note": df["note"].fillna("")})
+        "section": df["section"], "item": df["key"], "description": df["description"], "cohort": df["cohort"],
+        "published": [show(*a) for a in zip(df.published, df.published_lo, df.published_hi, df.kind, df.published_bound,
+                                            df.published_interval)],
+        "reproduced": [show(*a) for a in zip(df.reproduced, df.reproduced_lo, df.reproduced_hi, df.kind)],
+        "agrees": df["agrees"].map(lambda a: "yes" if a is True else "no" if a is False else ""),
+        "rule": df["rule"], "notebook": df["notebook"], "source": df["source"], "note": df["note"], "paper flag": df["flag"]})
 
-def write_index(out_dir: str | os.PathLike, study_name: str = "", paper: str = "", status: list | None = None) -> Path:
+def _cmp_summary(cmp: pd.DataFrame) -> pd.DataFrame:
+    "Per section: published numbers, reproduced, agreeing, not agreeing, not reproduced."
+    rows = []
+    for sec, g in cmp.groupby("section", sort=False):
+        rep = g["reproduced"] != ""
+        rows.append(dict(section=sec, published=len(g), reproduced=int(rep.sum()), agree=int((g["agrees"] == "yes").sum()),
+                         disagree=int((g["agrees"] == "no").sum()), not_reproduced=int((~rep).sum())))
+    t = pd.DataFrame(rows)
+    if len(t): t = pd.concat([t, pd.DataFrame([dict(section="all", **t.drop(columns="section").sum().to_dict())])], ignore_index=True)
+    return t
+
+def _cohort_text(cs: pd.DataFrame | None, synthetic: bool | None) -> str:
+    "What a reader should expect of the numbers, given the study's cohort sizes and whether it is synthetic."
+    out = []
+    if synthetic:
+        out.append("This study is synthetic (generated by pdl1_dls.synth, its truth known): its numbers are not expected to "
+                   "equal the paper's. The comparison shows that every published number has a reproducing step; agreement "
+                   "here is not a replication of the paper.")
+    if cs is not None and len(cs):
+        cs = cs.fillna({"paper_cohort": "", "study_cohort": ""})
+        p = cs[cs["paper_cohort"].astype(str) != ""]
+        n_p = pd.to_numeric(p["n_paper"], errors="coerce")
+        diff = p[n_p.notna() & (pd.to_numeric(p["n_study"], errors="coerce") != n_p)]
+        if len(diff):
+            smaller = (pd.to_numeric(diff["n_study"]) < pd.to_numeric(diff["n_paper"])).all()
+            out.append(f"{len(diff)} of {len(p)} of the paper's cohorts differ in size here ({'all smaller' if smaller else 'see the table'}): "
+                       "counts cannot match and confidence intervals are wider or narrower than the paper's.")
+        gone = p[p["study_cohort"].astype(str) == ""]
+        if len(gone): out.append(f"Absent from this study: {', '.join(gone['paper_cohort'].astype(str))} (their numbers are not reproduced).")
+    return " ".join(out)
+
+def write_index(out_dir: str | os.PathLike,  # the run folder
+                study_name: str = "", paper: str = "",
+                status: list | None = None,  # the runner's notebook status
+                synthetic: bool | None = None,  # the study is synthetic (default: provenance.json's `synthetic`)
+               ) -> Path:
     "Write `index.html` and `index.md` for a run folder; return the HTML path."
     out = Path(out_dir)
     status = status or []
+    prov = {}
+    if (out / "provenance.json").is_file():
+        try: prov = json.loads((out / "provenance.json").read_text())
+        except (OSError, ValueError): prov = {}
+    if synthetic is None: synthetic = prov.get("synthetic")
     cmp = _cmp_table(out)
+    cs = pd.read_csv(out / "cohorts.csv", keep_default_na=False, na_values=[""]) if (out / "cohorts.csv").is_file() else None
     tables = sorted((out / "tables").glob("*.csv")) if (out / "tables").is_dir() else []
     figs = sorted((out / "figures").glob("*.png")) if (out / "figures").is_dir() else []
+    cmp_figs = {f.stem: f for f in figs if f.stem.startswith("comparison_")}
+    figs = [f for f in figs if f.stem not in cmp_figs]
+    esc = html.escape
     md = [f"# Reproduction report: {study_name}", "", f"Paper: {paper or 'none'}. Provenance: `provenance.json`.", ""]
-    h = [f"<!doctype html><html><head><meta charset='utf-8'><title>pdl1_dls report: {html.escape(study_name)}</title>",
+    h = [f"<!doctype html><html><head><meta charset='utf-8'><title>pdl1_dls report: {esc(study_name)}</title>",
          "<style>body{font-family:sans-serif;max-width:1100px;margin:auto;padding:1em}table{border-collapse:collapse;font-size:13px}"
-         "td,th{border:1px solid #ccc;padding:2px 6px}img{max-width:100%}.fail{color:#b00}</style></head><body>",
-         f"<h1>Reproduction report: {html.escape(study_name)}</h1>",
-         f"<p>Paper: {html.escape(paper or 'none')}. Provenance: <a href='provenance.json'>provenance.json</a>.</p>"]
+         "td,th{border:1px solid #ccc;padding:2px 6px}img{max-width:100%}.fail{color:#b00}.note{background:#fff8e0;padding:.5em}</style></head><body>",
+         f"<h1>Reproduction report: {esc(study_name)}</h1>",
+         f"<p>Paper: {esc(paper or 'none')}. Provenance: <a href='provenance.json'>provenance.json</a>.</p>"]
+    text = _cohort_text(cs, synthetic)
+    if cs is not None and len(cs):
+        show = cs.rename(columns={"paper_cohort": "paper cohort", "study_cohort": "study cohort", "n_study": "patients (study)",
+                                  "n_labelled": "with IHC label (study)", "n_paper": "patients (paper)", "paper_source": "paper source"})
+        for c in ("patients (study)", "with IHC label (study)", "patients (paper)"):
+            show[c] = pd.to_numeric(show[c], errors="coerce").astype("Int64")          # counts as integers, blank if none
+        show = show.astype(object).where(show.notna(), "")
+        md += ["## Cohorts: this study beside the paper", "", text, "", to_markdown(show)]
+        h += ["<h2>Cohorts: this study beside the paper</h2>", f"<p class='note'>{esc(text)}</p>" if text else "",
+              show.to_html(index=False, border=0)]
+    elif text:
+        md += [text, ""]; h += [f"<p class='note'>{esc(text)}</p>"]
     if status:
         st = pd.DataFrame(status)
         md += ["## Notebooks", "", to_markdown(st)]
@@ -260,22 +728,41 @@ def write_index(out_dir: str | os.PathLike, study_name: str = "", paper: str = "
         for s in status:
             h.append(f"<tr><td><a href='notebooks/{s['notebook']}.ipynb'>{s['notebook']}</a></td>"
                      f"<td class='{'' if s['ok'] else 'fail'}'>{'ok' if s['ok'] else 'FAILED'}</td>"
-                     f"<td>{s['seconds']}</td><td>{html.escape(s['error'])}</td></tr>")
+                     f"<td>{s['seconds']}</td><td>{esc(s['error'])}</td></tr>")
         h.append("</table>")
+    if prov.get("comparisons_error"):
+        md += [f"**The comparison table was not finalised:** {prov['comparisons_error']}", ""]
+        h += [f"<p class='fail'>The comparison table was not finalised: {esc(prov['comparisons_error'])}</p>"]
     if cmp is not None and len(cmp):
-        md += ["## Published vs reproduced", "", to_markdown(cmp)]
-        h += ["<h2>Published vs reproduced</h2>", cmp.to_html(index=False, escape=True, border=0)]
+        rules = list(AGREEMENT_RULES.values())
+        intro = ("Every number the paper publishes has a row: reproduced, or empty with the reason in `note`. "
+                 "`agrees`: the published value lies inside the reproduced 95 % CI; without a CI, within the tolerance of its kind:")
+        summ = _cmp_summary(cmp)
+        md += ["## Published vs reproduced", "", intro, ""] + [f"- {r}" for r in rules] + ["", to_markdown(summ)]
+        h += ["<h2>Published vs reproduced</h2>", f"<p>{esc(intro)}</p><ul>" + "".join(f"<li>{esc(r)}</li>" for r in rules) + "</ul>",
+              summ.to_html(index=False, border=0)]
+        for sec, g in cmp.groupby("section", sort=False):
+            g = g.drop(columns="section")
+            f = cmp_figs.get(f"comparison_{_slug(sec)}")
+            md += [f"### {sec}", ""] + ([f"![{sec}](figures/{f.name})", ""] if f else []) + [to_markdown(g)]
+            h += [f"<h3>{esc(sec)}</h3>"] + ([f"<img src='figures/{f.name}' alt='{esc(sec)}'>"] if f else []) + \
+                 [g.to_html(index=False, escape=True, border=0)]
+        flagged = cmp[cmp["paper flag"] != ""]
+        if len(flagged):
+            fl = flagged[["item", "published", "source", "paper flag"]]
+            md += ["## Where the paper contradicts itself", "", to_markdown(fl)]
+            h += ["<h2>Where the paper contradicts itself</h2>", fl.to_html(index=False, escape=True, border=0)]
     for t in tables:
         mdp = t.with_suffix(".md")
         body = mdp.read_text() if mdp.is_file() else ""
         md += [f"## Table: {t.stem}", "", body]
         try: df = pd.read_csv(t)
         except Exception: df = pd.DataFrame()
-        h += [f"<h2>Table: {html.escape(t.stem)}</h2><p><a href='tables/{t.name}'>CSV</a> · <a href='tables/{t.stem}.md'>Markdown</a></p>",
+        h += [f"<h2>Table: {esc(t.stem)}</h2><p><a href='tables/{t.name}'>CSV</a> · <a href='tables/{t.stem}.md'>Markdown</a></p>",
               df.to_html(index=False, border=0, float_format=lambda v: _fmt(v))]
     for f in figs:
         md += [f"## Figure: {f.stem}", "", f"![{f.stem}](figures/{f.name})", ""]
-        h += [f"<h2>Figure: {html.escape(f.stem)}</h2><img src='figures/{f.name}' alt='{html.escape(f.stem)}'>"]
+        h += [f"<h2>Figure: {esc(f.stem)}</h2><img src='figures/{f.name}' alt='{esc(f.stem)}'>"]
     h.append("</body></html>")
     with atomic_write(out / "index.md") as fh: fh.write("\n".join(md))
     with atomic_write(out / "index.html") as fh: fh.write("\n".join(h))
