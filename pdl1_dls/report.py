@@ -273,6 +273,7 @@ def _cmp_row(paper, key, pub, value=None, lo=None, hi=None, cohort="", note="", 
     rule, _ = key_rule(paper, key)
     v, l, h = _num(value), _num(lo), _num(hi)
     agrees, how = agreement(pub, kind, v, l, h)
+    if not np.isfinite(_num(pub.get("value"))) and not np.isnan(v): how = "not a published number"
     return dict(key=key, section=pub.get("section") or (rule.section if rule else "Other"), description=pub.get("description", ""),
                 cohort=cohort or "", kind=kind, published=_num(pub.get("value")), published_lo=_num(pub.get("lo")),
                 published_hi=_num(pub.get("hi")), published_bound=pub.get("bound") or "",
@@ -653,12 +654,13 @@ def _cmp_table(out: Path) -> pd.DataFrame | None:
         "rule": df["rule"], "notebook": df["notebook"], "source": df["source"], "note": df["note"], "paper flag": df["flag"]})
 
 def _cmp_summary(cmp: pd.DataFrame) -> pd.DataFrame:
-    "Per section: published numbers, reproduced, agreeing, not agreeing, not reproduced."
+    "Per section: published numbers, reproduced, agreeing, not agreeing, not reproduced (and recorded numbers the paper does not give)."
     rows = []
     for sec, g in cmp.groupby("section", sort=False):
-        rep = g["reproduced"] != ""
-        rows.append(dict(section=sec, published=len(g), reproduced=int(rep.sum()), agree=int((g["agrees"] == "yes").sum()),
-                         disagree=int((g["agrees"] == "no").sum()), not_reproduced=int((~rep).sum())))
+        pub, rep = g["published"] != "", g["reproduced"] != ""
+        rows.append(dict(section=sec, published=int(pub.sum()), reproduced=int((pub & rep).sum()),
+                         agree=int((g["agrees"] == "yes").sum()), disagree=int((g["agrees"] == "no").sum()),
+                         not_reproduced=int((pub & ~rep).sum()), not_in_paper=int((~pub & rep).sum())))
     t = pd.DataFrame(rows)
     if len(t): t = pd.concat([t, pd.DataFrame([dict(section="all", **t.drop(columns="section").sum().to_dict())])], ignore_index=True)
     return t

@@ -96,8 +96,10 @@ def test_finaliser_is_idempotent_and_a_later_record_replaces_the_empty_row(tmp_p
 
 def test_finaliser_for_ding_without_a_study(tmp_path):
     record(tmp_path, "ding2025", "table1_n.train", 267, cohort="train")
+    record(tmp_path, "ding2025", "auc_t1.ici", 0.61, cohort="ici")              # a number the paper does not give: kept
     df = finalize_comparisons(tmp_path, "ding2025", figures=False).set_index("key")
-    assert set(df.index) == set(published("ding2025")) and df.index.is_unique
+    assert set(df.index) == set(published("ding2025")) | {"auc_t1.ici"} and df.index.is_unique
+    assert df.loc["auc_t1.ici", "rule"] == "not a published number" and df.loc["auc_t1.ici", "agrees"] is None
     assert df.loc["table1_n.train", "agrees"] is True
     assert df.loc["auc_dls.internal", "note"] == "not recorded by ding2025_02_table2"
     assert df.loc["n_text.external", "note"].startswith("not reproduced by any notebook yet")
