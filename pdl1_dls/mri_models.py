@@ -14,6 +14,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torchvision
+from torch.func import functional_call
 from sklearn.decomposition import PCA
 from sklearn.preprocessing import StandardScaler
 
@@ -85,22 +86,40 @@ def focal_loss(logits: torch.Tensor,  # (n,) logits
     from torchvision.ops import sigmoid_focal_loss
     return sigmoid_focal_loss(logits, y.float(), alpha=alpha, gamma=gamma, reduction="mean")
 
-@torch.no_grad()
+# CPU forward plan (benchmarks/mri.py; measured on 2 cores, resnet18):
+_CPU_ACT_BYTES = 24 * 2**20  # largest activation per forward: glibc maps blocks over 32 MiB afresh each time (page faults, kernel zeroing); 10 images at 224 px (30.6 MiB) already pay it
+_CL_MIN_SIZE = 128  # channels-last from this input size on; below it (48 px: 2x2 maps in layer4) oneDNN's NHWC convolutions are slower than NCHW
+
+def _cpu_plan(model: SequenceNet, h: int, w: int, batch_size: int) -> tuple[int, bool]:
+    "Images per CPU forward pass (each activation at most `_CPU_ACT_BYTES`) and whether to run channels-last."
+    c = getattr(getattr(model.body, "conv1", None), "out_channels", 64)
+    per_image = c * -(-h // 2) * -(-w // 2) * 4  # a ResNet's largest activation: the stem's output (= layer1's in a bottleneck ResNet)
+    return max(1, min(batch_size, _CPU_ACT_BYTES // per_image)), min(h, w) >= _CL_MIN_SIZE
+
 def extract_features(model: SequenceNet,  # a trained per-sequence model
                      x,  # array or tensor (n, 3, h, w), already normalised
-                     batch_size: int = 64,  # images per forward pass
+                     batch_size: int = 64,  # images per forward pass at most (on CPU fewer: no activation over 24 MiB)
                      device=None,  # torch device; default: the model's
                     ) -> tuple[np.ndarray, np.ndarray]:
-    "Deep features (n, n_features) and logits (n,) in eval mode, batched."
+    "Deep features (n, n_features) and logits (n,) in eval mode and inference mode, batched; on CPU channels-last from 128 px."
+    if batch_size < 1: raise ValueError(f"batch_size must be >= 1, not {batch_size}")
+    if not (torch.is_tensor(x) or isinstance(x, np.ndarray)): x = np.asarray(x)
     model.eval()
-    dev = device or next(model.parameters()).device
-    feats, logits = [], []
-    for i in range(0, len(x), batch_size):
-        b = torch.as_tensor(np.asarray(x[i:i + batch_size]), dtype=torch.float32).to(dev)
-        f = model.features(b)
-        feats.append(f.cpu()); logits.append(model.head(f)[:, 0].cpu())
-    if not feats: return np.zeros((0, model.n_features), np.float32), np.zeros(0, np.float32)
-    return torch.cat(feats).numpy(), torch.cat(logits).numpy()
+    dev = torch.device(device) if device is not None else next(model.parameters()).device
+    n = len(x)
+    feats, logits = np.empty((n, model.n_features), np.float32), np.empty(n, np.float32)
+    if n == 0: return feats, logits
+    step, cl = (batch_size, False) if dev.type != "cpu" else _cpu_plan(model, *x.shape[-2:], batch_size)
+    with torch.inference_mode():
+        if cl:  # channels-last copies of the conv weights for this call: the model itself (and training) is untouched
+            w = {k: p.contiguous(memory_format=torch.channels_last) for k, p in model.body.named_parameters() if p.ndim == 4}
+            body = lambda b: functional_call(model.body, w, (b.contiguous(memory_format=torch.channels_last),))
+        else: body = model.features
+        for i in range(0, n, step):
+            b = x[i:i + step]
+            f = body((b if torch.is_tensor(b) else torch.as_tensor(b)).to(dev, torch.float32))
+            feats[i:i + len(f)] = f.cpu().numpy(); logits[i:i + len(f)] = model.head(f)[:, 0].cpu().numpy()
+    return feats, logits
 
 # %% ../nbs/21_mri_models.ipynb #910a40eb
 class FeatureReducer:

@@ -144,3 +144,67 @@ def test_gradcam_shapes_and_range():
     cams0 = mri_gradcam(net, x[0], target=0)
     assert cams1.shape == (2, 64, 64) and cams0.shape == (1, 64, 64)
     assert np.isfinite(cams1).all() and cams1.min() >= 0 and cams1.max() <= 1 + 1e-6
+
+
+def _trained_like_net(seed=0):
+    "resnet18 SequenceNet with non-trivial BatchNorm statistics (as after training), in eval mode."
+    torch.manual_seed(seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore"); net = SequenceNet("resnet18")
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.normal_(0, 0.2); m.running_var.uniform_(0.3, 2.0); m.weight.uniform_(0.5, 1.5); m.bias.normal_(0, 0.1)
+    return net.eval()
+
+
+def _close(a, b, rel=1e-5):
+    "Equal to float tolerance: max |a - b| at most `rel` of the largest |b|."
+    return np.abs(np.asarray(a) - np.asarray(b)).max() <= rel * np.abs(np.asarray(b)).max()
+
+
+@pytest.mark.parametrize("size", [40, 128])  # 40 px: the NCHW path; 128 px: channels-last
+def test_extract_features_batched_equals_per_image(size):
+    "The batched path gives the per-image features (one plain NCHW forward per image) at every batch size."
+    from pdl1_dls.mri_models import _cpu_plan
+    net = _trained_like_net()
+    x = torch.randn(7, 3, size, size, generator=torch.Generator().manual_seed(1))
+    assert _cpu_plan(net, size, size, 64)[1] is (size >= 128)
+    with torch.no_grad():
+        ref = torch.cat([net.features(x[i:i + 1]) for i in range(len(x))]).numpy()
+        ref_logit = torch.cat([net(x[i:i + 1]) for i in range(len(x))]).numpy()
+    outs = {bs: extract_features(net, x, batch_size=bs) for bs in (1, 3, 7, 64)}
+    for bs, (f, l) in outs.items():
+        assert f.shape == (7, 512) and l.shape == (7,) and f.dtype == l.dtype == np.float32
+        assert _close(f, ref) and _close(l, ref_logit), bs
+        assert _close(f, outs[1][0]) and _close(l, outs[1][1]), bs  # the result does not depend on the batch size
+    # numpy float64 input (the trainer's arrays) and a list of images: the same features
+    assert _close(extract_features(net, x.numpy().astype(np.float64), batch_size=3)[0], ref)
+    assert _close(extract_features(net, list(x.numpy()), batch_size=4)[0], ref)
+
+
+def test_extract_features_leaves_the_model_alone():
+    "Channels-last runs on copies of the weights: parameters, their memory format and later forwards are unchanged."
+    net = _trained_like_net()
+    before = {k: (v.clone(), v.data_ptr()) for k, v in net.state_dict().items()}
+    x = torch.randn(3, 3, 128, 128)
+    with torch.no_grad(): y0 = net(x)
+    net.train()
+    extract_features(net, x, batch_size=2)
+    assert not net.training  # eval mode, as documented
+    for k, v in net.state_dict().items():
+        assert torch.equal(v, before[k][0]) and v.data_ptr() == before[k][1] and v.is_contiguous(), k
+    with torch.no_grad(): assert torch.equal(net(x), y0)  # bitwise: the next forward (training, Grad-CAM) is as before
+
+
+def test_extract_features_cpu_plan_and_edges():
+    from pdl1_dls.mri_models import _cpu_plan
+    net = _trained_like_net()
+    assert _cpu_plan(net, 224, 224, 64) == (7, True)     # 7 x 64 x 112 x 112 floats = 21.4 MiB <= 24 MiB
+    assert _cpu_plan(net, 224, 224, 4) == (4, True)      # batch_size is an upper bound
+    assert _cpu_plan(net, 48, 48, 64) == (64, False)     # small inputs: the whole batch, NCHW
+    assert _cpu_plan(net, 2048, 2048, 64) == (1, True)   # never below one image
+    f, l = extract_features(net, np.zeros((0, 3, 32, 32), np.float32))
+    assert f.shape == (0, 512) and l.shape == (0,)
+    with pytest.raises(ValueError, match="batch_size"):
+        extract_features(net, torch.zeros(2, 3, 32, 32), batch_size=0)
