@@ -10,7 +10,7 @@ and a bare `net.eval(); with torch.inference_mode(): net(x[i:i + b])` at the sam
 interleaved within each repeat; rates are medians over the repeats (min-max beside them), and each ratio is the
 median over repeats of the ratio measured within one repeat (so a load change between repeats cancels). `kernel %`
 is the share of the process's CPU time spent in the kernel (page faults, zeroing fresh memory) during the variant.
-Every variant's features are compared with the loop's (`max |diff| / max |f|`).
+Each extract_features row's features are compared with the loop's (`max |diff| / max |f|`, in its note).
 """
 from __future__ import annotations
 

@@ -7,6 +7,7 @@ Docs: https://pdl1-dls.github.io/pdl1_dls/mri_models.html.md"""
 # %% ../nbs/21_mri_models.ipynb #e9625728
 from __future__ import annotations
 
+import copy
 import warnings
 from pathlib import Path
 
@@ -14,7 +15,6 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torchvision
-from torch.func import functional_call
 from sklearn.decomposition import PCA
 from sklearn.preprocessing import StandardScaler
 
@@ -86,22 +86,40 @@ def focal_loss(logits: torch.Tensor,  # (n,) logits
     from torchvision.ops import sigmoid_focal_loss
     return sigmoid_focal_loss(logits, y.float(), alpha=alpha, gamma=gamma, reduction="mean")
 
-# CPU forward plan (benchmarks/mri.py; measured on 2 cores, resnet18):
-_CPU_ACT_BYTES = 24 * 2**20  # largest activation per forward: glibc maps blocks over 32 MiB afresh each time (page faults, kernel zeroing); 10 images at 224 px (30.6 MiB) already pay it
-_CL_MIN_SIZE = 128  # channels-last from this input size on; below it (48 px: 2x2 maps in layer4) oneDNN's NHWC convolutions are slower than NCHW
+# CPU forward plan (benchmarks/mri.py; resnet18 on 2 cores, quiet and loaded):
+_CPU_CHUNK_PIXELS = 32 * 224 * 224  # images x pixels per CPU forward: 32 at 224 px. 7 (activations under glibc's 32 MiB mmap limit) ran 10 % faster on an idle machine but 35 % slower on a loaded one
+_FAST_MIN_SIZE = 80  # folded BatchNorm + channels-last from this input size on (layer4 maps >= 3x3); on 2x2 maps (48-64 px) oneDNN's NHWC convolutions are slower than NCHW
 
-def _cpu_plan(model: SequenceNet, h: int, w: int, batch_size: int) -> tuple[int, bool]:
-    "Images per CPU forward pass (each activation at most `_CPU_ACT_BYTES`) and whether to run channels-last."
-    c = getattr(getattr(model.body, "conv1", None), "out_channels", 64)
-    per_image = c * -(-h // 2) * -(-w // 2) * 4  # a ResNet's largest activation: the stem's output (= layer1's in a bottleneck ResNet)
-    return max(1, min(batch_size, _CPU_ACT_BYTES // per_image)), min(h, w) >= _CL_MIN_SIZE
+def _cpu_plan(h: int, w: int, batch_size: int) -> tuple[int, bool]:
+    "Images per CPU forward pass and whether to take the fast path (folded BatchNorm, channels-last) for (h, w) inputs."
+    return max(1, min(batch_size, _CPU_CHUNK_PIXELS // (h * w))), min(h, w) >= _FAST_MIN_SIZE
+
+@torch.no_grad()
+def _folded_body(body: nn.Module) -> nn.Module | None:
+    "Eval-mode copy of a torchvision ResNet with every BatchNorm folded into its convolution; None if `body` is not one or has hooks."
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+    if not all(hasattr(body, k) for k in ("conv1", "bn1", "layer1", "layer2", "layer3", "layer4")): return None
+    if any(m._forward_hooks or m._forward_pre_hooks for m in body.modules()): return None  # hooks must see the real modules
+    b = copy.deepcopy(body).eval()
+    for p in b.parameters(): p.grad = None  # training's gradients are not needed in the copy
+    pairs = [(b, "conv1", "bn1")]
+    for layer in (b.layer1, b.layer2, b.layer3, b.layer4):
+        for blk in layer:
+            pairs += [(blk, f"conv{i}", f"bn{i}") for i in (1, 2, 3) if hasattr(blk, f"bn{i}")]
+            if getattr(blk, "downsample", None) is not None: pairs.append((blk.downsample, "0", "1"))
+    for parent, c, n in pairs:
+        conv, bn = getattr(parent, c, None), getattr(parent, n, None)
+        if not (isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d) and bn.running_mean is not None): return None
+        setattr(parent, c, fuse_conv_bn_eval(conv, bn)); setattr(parent, n, nn.Identity())
+    if any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in b.modules()): return None
+    return b.to(memory_format=torch.channels_last)
 
 def extract_features(model: SequenceNet,  # a trained per-sequence model
                      x,  # array or tensor (n, 3, h, w), already normalised
-                     batch_size: int = 64,  # images per forward pass at most (on CPU fewer: no activation over 24 MiB)
+                     batch_size: int = 64,  # images per forward pass at most (on CPU at most 32 at 224 px)
                      device=None,  # torch device; default: the model's
                     ) -> tuple[np.ndarray, np.ndarray]:
-    "Deep features (n, n_features) and logits (n,) in eval mode and inference mode, batched; on CPU channels-last from 128 px."
+    "Deep features (n, n_features) and logits (n,) in eval and inference mode, batched; on CPU from 80 px BatchNorm folded and channels-last."
     if batch_size < 1: raise ValueError(f"batch_size must be >= 1, not {batch_size}")
     if not (torch.is_tensor(x) or isinstance(x, np.ndarray)): x = np.asarray(x)
     model.eval()
@@ -109,15 +127,13 @@ def extract_features(model: SequenceNet,  # a trained per-sequence model
     n = len(x)
     feats, logits = np.empty((n, model.n_features), np.float32), np.empty(n, np.float32)
     if n == 0: return feats, logits
-    step, cl = (batch_size, False) if dev.type != "cpu" else _cpu_plan(model, *x.shape[-2:], batch_size)
+    step, fast = (batch_size, False) if dev.type != "cpu" else _cpu_plan(*x.shape[-2:], batch_size)
+    folded = _folded_body(model.body) if fast else None  # a copy: the model itself (and its training) is untouched
     with torch.inference_mode():
-        if cl:  # channels-last copies of the conv weights for this call: the model itself (and training) is untouched
-            w = {k: p.contiguous(memory_format=torch.channels_last) for k, p in model.body.named_parameters() if p.ndim == 4}
-            body = lambda b: functional_call(model.body, w, (b.contiguous(memory_format=torch.channels_last),))
-        else: body = model.features
         for i in range(0, n, step):
             b = x[i:i + step]
-            f = body((b if torch.is_tensor(b) else torch.as_tensor(b)).to(dev, torch.float32))
+            b = (b if torch.is_tensor(b) else torch.as_tensor(b)).to(dev, torch.float32)
+            f = model.features(b) if folded is None else folded(b.contiguous(memory_format=torch.channels_last))
             feats[i:i + len(f)] = f.cpu().numpy(); logits[i:i + len(f)] = model.head(f)[:, 0].cpu().numpy()
     return feats, logits
 

@@ -163,13 +163,13 @@ def _close(a, b, rel=1e-5):
     return np.abs(np.asarray(a) - np.asarray(b)).max() <= rel * np.abs(np.asarray(b)).max()
 
 
-@pytest.mark.parametrize("size", [40, 128])  # 40 px: the NCHW path; 128 px: channels-last
+@pytest.mark.parametrize("size", [40, 128])  # 40 px: the plain NCHW path; 128 px: BatchNorm folded, channels-last (from 80 px)
 def test_extract_features_batched_equals_per_image(size):
     "The batched path gives the per-image features (one plain NCHW forward per image) at every batch size."
     from pdl1_dls.mri_models import _cpu_plan
     net = _trained_like_net()
     x = torch.randn(7, 3, size, size, generator=torch.Generator().manual_seed(1))
-    assert _cpu_plan(net, size, size, 64)[1] is (size >= 128)
+    assert _cpu_plan(size, size, 64)[1] is (size >= 80)
     with torch.no_grad():
         ref = torch.cat([net.features(x[i:i + 1]) for i in range(len(x))]).numpy()
         ref_logit = torch.cat([net(x[i:i + 1]) for i in range(len(x))]).numpy()
@@ -183,8 +183,17 @@ def test_extract_features_batched_equals_per_image(size):
     assert _close(extract_features(net, list(x.numpy()), batch_size=4)[0], ref)
 
 
+def test_extract_features_small_inputs_as_before():
+    "Below 80 px with the default batch: exactly the plain NCHW forward of the whole batch (the trainer's 48 px profiles)."
+    net = _trained_like_net()
+    x = torch.randn(20, 3, 48, 48)
+    with torch.no_grad(): ref, ref_logit = net.features(x).numpy(), net(x).numpy()
+    f, l = extract_features(net, x)
+    assert np.array_equal(f, ref) and np.array_equal(l, ref_logit)
+
+
 def test_extract_features_leaves_the_model_alone():
-    "Channels-last runs on copies of the weights: parameters, their memory format and later forwards are unchanged."
+    "BatchNorm is folded into a copy: parameters, buffers, modules and later forwards of the model are unchanged."
     net = _trained_like_net()
     before = {k: (v.clone(), v.data_ptr()) for k, v in net.state_dict().items()}
     x = torch.randn(3, 3, 128, 128)
@@ -192,18 +201,41 @@ def test_extract_features_leaves_the_model_alone():
     net.train()
     extract_features(net, x, batch_size=2)
     assert not net.training  # eval mode, as documented
+    assert isinstance(net.body.bn1, torch.nn.BatchNorm2d) and isinstance(net.body.layer2[0].downsample[1], torch.nn.BatchNorm2d)
     for k, v in net.state_dict().items():
         assert torch.equal(v, before[k][0]) and v.data_ptr() == before[k][1] and v.is_contiguous(), k
     with torch.no_grad(): assert torch.equal(net(x), y0)  # bitwise: the next forward (training, Grad-CAM) is as before
 
 
+@pytest.mark.parametrize("backbone", ["resnet18", "resnet50"])  # basic and bottleneck blocks
+def test_folded_body(backbone):
+    from pdl1_dls.mri_models import _folded_body
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore"); net = SequenceNet(backbone).eval()
+    body = net.body
+    fb = _folded_body(body)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fb.modules())
+    assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in body.modules()) > 0
+    x = torch.randn(2, 3, 128, 128)
+    with torch.no_grad(): assert _close(fb(x.contiguous(memory_format=torch.channels_last)), body(x))
+    # a model with hooks keeps its modules: no folded copy, and extract_features runs (and hooks) the real ones
+    seen = []
+    h = body.layer4.register_forward_hook(lambda m, i, o: seen.append(o.shape[0]))
+    assert _folded_body(body) is None
+    f, _ = extract_features(net, x, batch_size=1)
+    with torch.no_grad(): assert _close(f, body(x).numpy())
+    assert seen[:2] == [1, 1]
+    h.remove()
+
+
 def test_extract_features_cpu_plan_and_edges():
     from pdl1_dls.mri_models import _cpu_plan
     net = _trained_like_net()
-    assert _cpu_plan(net, 224, 224, 64) == (7, True)     # 7 x 64 x 112 x 112 floats = 21.4 MiB <= 24 MiB
-    assert _cpu_plan(net, 224, 224, 4) == (4, True)      # batch_size is an upper bound
-    assert _cpu_plan(net, 48, 48, 64) == (64, False)     # small inputs: the whole batch, NCHW
-    assert _cpu_plan(net, 2048, 2048, 64) == (1, True)   # never below one image
+    assert _cpu_plan(224, 224, 64) == (32, True)     # at most 32 images of 224 px per CPU forward
+    assert _cpu_plan(224, 224, 4) == (4, True)       # batch_size is an upper bound
+    assert _cpu_plan(48, 48, 64) == (64, False)      # small inputs: the whole batch, NCHW
+    assert _cpu_plan(2048, 2048, 64) == (1, True)    # never below one image
     f, l = extract_features(net, np.zeros((0, 3, 32, 32), np.float32))
     assert f.shape == (0, 512) and l.shape == (0,)
     with pytest.raises(ValueError, match="batch_size"):
