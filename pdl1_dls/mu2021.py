@@ -15,11 +15,11 @@ import pandas as pd
 import yaml
 
 import pdl1_dls
-from .stats.roc import delong_ci, roc_curve
+from .stats.roc import auc_ci, delong_ci, roc_curve
 from .stats.survival import at_risk, kaplan_meier
 
 # %% auto #0
-__all__ = ['TPS_GROUPS', 'tps_group', 'plot_roc', 'KMPlot', 'plot_km', 'auc_ci', 'rqs_checklist', 'rqs_table']
+__all__ = ['TPS_GROUPS', 'tps_group', 'plot_roc', 'KMPlot', 'plot_km', 'rqs_checklist', 'rqs_table']
 
 # %% ../nbs/62_mu2021.ipynb #6b339f3e
 TPS_GROUPS = ("<1%", "1-49%", ">=50%")
@@ -120,25 +120,6 @@ def plot_km(ax,  # matplotlib Axes
                 ax.text(p, -0.22 - 0.07 * (j + 1), str(int(n)), transform=trans, fontsize=7, ha="center", va="top",
                         color=lines[lev].get_color())
     return KMPlot(kms, pd.DataFrame(rows), ar, lines)
-
-# %% ../nbs/62_mu2021.ipynb #c25d53e1
-def auc_ci(y,  # 0/1 labels (NaN = unlabelled, dropped)
-           score,  # scores (NaN dropped)
-           level: float = 0.95,  # CI level
-          ) -> dict:
-    "AUC with DeLong CI and counts; NaN and a note where undefined (one class, < 2 per class, constant score)."
-    from pdl1_dls.stats.roc import auc as _auc
-    y, s = np.asarray(y, dtype=float), np.asarray(score, dtype=float)
-    ok = ~(np.isnan(y) | np.isnan(s)); y, s = y[ok].astype(int), s[ok]
-    out = dict(n=int(len(y)), n_pos=int(y.sum()), n_neg=int((1 - y).sum()), auc=np.nan, lo=np.nan, hi=np.nan, note="")
-    if out["n_pos"] == 0 or out["n_neg"] == 0:
-        out["note"] = "one class only: AUC undefined"; return out
-    out["auc"] = float(_auc(y, s))
-    try:
-        c = delong_ci(y, s, level); out.update(lo=c.lo, hi=c.hi)
-    except ValueError as e:
-        out["note"] = f"no DeLong CI: {e}"
-    return out
 
 # %% ../nbs/62_mu2021.ipynb #1006be59
 def rqs_checklist(path: str | Path | None = None,  # a checklist YAML; default the package's

@@ -19,10 +19,10 @@ from scipy import stats as _st
 from ..core import PDL1Error
 
 # %% auto #0
-__all__ = ['METRICS', 'DelongCI', 'auc', 'delong_ci', 'DelongTest', 'delong_test', 'delong_test_unpaired', 'Youden', 'roc_curve',
-           'youden_cutoff', 'binary_metrics', 'BootCI', 'bootstrap_ci', 'bootstrap_auc', 'SeparationWarning',
-           'NonConvergenceWarning', 'SeparationError', 'Separation', 'separation', 'brier_score', 'Calibration',
-           'calibration', 'decision_curve']
+__all__ = ['METRICS', 'DelongCI', 'auc', 'delong_ci', 'auc_ci', 'DelongTest', 'delong_test', 'delong_test_unpaired', 'Youden',
+           'roc_curve', 'youden_cutoff', 'binary_metrics', 'BootCI', 'bootstrap_ci', 'bootstrap_auc',
+           'SeparationWarning', 'NonConvergenceWarning', 'SeparationError', 'Separation', 'separation', 'brier_score',
+           'Calibration', 'calibration', 'decision_curve']
 
 # %% ../../nbs/50_stats_roc.ipynb #b7db322f
 def _check(y_true, y_score, name: str = "y_score"):
@@ -112,6 +112,25 @@ def delong_ci(y_true,  # 0/1 labels, 1 = positive (pROC case)
     var = float(v10.var(ddof=1) / m + v01.var(ddof=1) / n)
     h = _z(level) * math.sqrt(var)
     return DelongCI(float(a), max(0.0, a - h), min(1.0, a + h), var, level, m, n)
+
+# %% ../../nbs/50_stats_roc.ipynb #36884398
+def auc_ci(y,  # 0/1 labels (NaN = unlabelled, dropped)
+           score,  # scores (NaN dropped)
+           level: float = 0.95,  # CI level
+          ) -> dict:
+    "AUC with DeLong CI and counts; NaN and a note where undefined (one class, < 2 per class, constant score)."
+    y, s = np.asarray(y, dtype=float), np.asarray(score, dtype=float)
+    ok = ~(np.isnan(y) | np.isnan(s)); y, s = y[ok].astype(int), s[ok]
+    out = dict(n=int(len(y)), n_pos=int(y.sum()), n_neg=int((1 - y).sum()), auc=np.nan, lo=np.nan, hi=np.nan, note="")
+    if out["n_pos"] == 0 or out["n_neg"] == 0:
+        out["note"] = "one class only: AUC undefined"; return out
+    out["auc"] = float(auc(y, s))
+    try:
+        c = delong_ci(y, s, level); out.update(lo=c.lo, hi=c.hi)
+    except ValueError as e:
+        out["note"] = f"no DeLong CI: {e}"
+    return out
+
 
 # %% ../../nbs/50_stats_roc.ipynb #8528547c
 @dataclass(frozen=True)
