@@ -22,8 +22,9 @@ from typing import Any, Iterable
 import numpy as np
 
 # %% auto #0
-__all__ = ['DEFAULT_SETTINGS', 'PDL1Error', 'find_settings_file', 'Settings', 'get_settings', 'data_dir', 'seed_everything',
-           'get_device', 'progress', 'atomic_write', 'atomic_path', 'atomic_dir', 'write_json', 'sha256']
+__all__ = ['DEFAULT_SETTINGS', 'PDL1Error', 'look_up_option', 'find_settings_file', 'Settings', 'get_settings', 'data_dir',
+           'seed_everything', 'get_device', 'progress', 'atomic_write', 'atomic_path', 'atomic_dir', 'write_json',
+           'sha256']
 
 # %% ../nbs/00_core.ipynb #5d7dfb83
 class PDL1Error(ValueError):
@@ -52,6 +53,15 @@ class PDL1Error(ValueError):
         for k, v in kw.items():
             if d.get(k) is None: d[k] = v
         return PDL1Error(**d)
+
+# %% ../nbs/00_core.ipynb #dab2a93c
+def look_up_option(value,  # the choice asked for
+                   options,  # the allowed names (a dict gives the value stored under the name)
+                   what: str = "option",  # what is being chosen, for the message
+                  ):
+    "`options[value]` for a dict (else `value`) when `value` is one of `options`; else a PDL1Error listing them."
+    if value in options: return options[value] if isinstance(options, dict) else value
+    raise PDL1Error(f"{what} must be one of {', '.join(map(str, options))}, not {value!r}")
 
 # %% ../nbs/00_core.ipynb #65cd3108
 DEFAULT_SETTINGS: dict[str, Any] = dict(

@@ -9,8 +9,8 @@ import torch
 
 from pdl1_dls import train as T
 from pdl1_dls.core import PDL1Error
-from pdl1_dls.train import (TrainConfig, augment, fit, load_state, patient_mean, permute_patient_labels,
-                            slice_weights, split_inner, stack_slices, toy_patients)
+from pdl1_dls.train import TrainConfig, augment, fit, patient_mean, slice_weights, stack_slices, toy_patients
+from pdl1_dls.training import load_model, load_state, permute_patient_labels, split_inner
 
 FAST = dict(epochs=3, batch_size=16, patience=5)
 
@@ -120,18 +120,16 @@ def test_fit_no_patient_in_two_sets(toy, tmp_path):
     res = fit(data, lab, TrainConfig(**FAST), tmp_path, device="cpu")
     assert not set(res["fit_patients"]) & set(res["inner_patients"])
     assert set(res["fit_patients"]) | set(res["inner_patients"]) == set(lab)
-    cfg = json.loads((tmp_path / "config.json").read_text())
-    assert sorted(cfg["inner_patients"]) == sorted(res["inner_patients"])
-    assert cfg["n_fit_patients"] + cfg["n_inner_patients"] == len(lab)
+    assert not (tmp_path / "config.json").exists()                  # the bundle's model.json is written by train_study
     log = pd.read_csv(tmp_path / "train_log.csv")
     assert list(log.epoch) == [1, 2, 3] and {"lr", "train_loss", "inner_auc", "inner_loss"} <= set(log.columns)
     # model.pt and checkpoint.pt load with weights_only=True (no pickled code)
     sd = torch.load(tmp_path / "model.pt", weights_only=True)
     assert set(sd) == set(res["model"].state_dict())
     ck = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
-    assert ck["status"]["epoch"] == 3 and ck["status"]["done"]
-    assert all(torch.equal(sd[k], ck["best_state"][k]) for k in sd)
-    assert res["best_epoch"] == ck["status"]["best_epoch"]
+    assert ck["epoch"] == 3 and len(ck["log"]) == 3
+    assert all(torch.equal(sd[k], ck["stopper"]["best_state"][k]) for k in sd)
+    assert res["best_epoch"] == ck["stopper"]["best_epoch"]
 
 
 def test_fit_deterministic_for_seed(toy, tmp_path):
@@ -157,7 +155,7 @@ def test_resume_equals_uninterrupted(toy, tmp_path):
     with pytest.raises(Interrupt):
         fit(data, lab, cfg, tmp_path / "cut", device="cpu", on_epoch_end=stop_after_2)
     assert not (tmp_path / "cut/model.pt").exists()
-    assert torch.load(tmp_path / "cut/checkpoint.pt", weights_only=True)["status"]["epoch"] == 2
+    assert torch.load(tmp_path / "cut/checkpoint.pt", weights_only=True)["epoch"] == 2
     seen = []
     res = fit(data, lab, cfg, tmp_path / "cut", device="cpu", resume=True, on_epoch_end=lambda e, r: seen.append(e))
     assert seen == [3, 4]                                         # only the missing epochs ran
@@ -188,6 +186,7 @@ class FakeStudy:
     "A stand-in for pdl1_dls.manifest.Study (roles, labels) so the study functions are tested without images."
     def __init__(self, modality="petct"):
         self.name, self.modality, self.path, self.label_column = "fake", modality, None, "pdl1"
+        self.paper, self.label_rule = "mu2021", "tps>=1"
         rows = []
         for cohort, role, n, seed in (("tr", "train", 16, 1), ("va", "validation", 8, 2), ("ici", "ici", 4, 3)):
             data, lab = toy_patients(n, slices=(2, 4), signal=1.0, seed=seed, prefix=cohort)
@@ -203,7 +202,7 @@ class FakeStudy:
 @pytest.fixture
 def fake(monkeypatch):
     st = FakeStudy()
-    def hyper(study, table, cache_dir):
+    def hyper(study, table, cache_dir, params=None):
         keep = [p for p in table.patient_id if p != "tr000"]            # one patient "fails" preprocessing
         skipped = pd.DataFrame(dict(patient_id=["tr000"], reason=["ROI is empty"])) if "tr000" in set(table.patient_id) \
             else pd.DataFrame(columns=["patient_id", "reason"])
@@ -221,33 +220,60 @@ def test_train_and_score_study_outputs(fake, tmp_path):
         assert k in saved
     assert saved["n_patients"] == dict(fit=12, inner=3, validation=8)   # tr000 skipped: 15 (8+, 7-); 20 % of each class inner
     assert saved["permuted"] is False and 0 <= saved["val_auc"] <= 1 and saved["permuted_label_phi"] is None
-    assert pd.read_csv(tmp_path / "skipped.csv").patient_id.tolist() == ["tr000"]
-    val = pd.read_csv(tmp_path / "val_dls.csv")
-    cfg = json.loads((tmp_path / "config.json").read_text())
-    assert set(val.patient_id).isdisjoint(set(fake.table().query("role == 'train'").patient_id))
-    assert set(cfg["inner_patients"]) <= set(fake.table().query("role == 'train'").patient_id)
-    df = T.score_study(fake, tmp_path)
-    assert list(df.columns) == ["patient_id", "cohort", "dls", "n_slices"]
+    assert saved["n_skipped"] == 1 and saved["skipped_reasons"] == {"ROI is empty": 1}
+    bundle = sorted(p.name for p in tmp_path.iterdir())
+    assert bundle == ["MODEL_CARD.md", "metrics.json", "model.json", "model.pt", "train_log.csv"]
+    ids = set(fake.table().patient_id)
+    assert not any(pid in (tmp_path / f).read_text() for f in bundle if f != "model.pt" for pid in ids)   # no identifier in the bundle
+    df = load_model(tmp_path).score(fake, tmp_path / "scored", skip_bad=True)
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name != "scored") == bundle                     # nothing written into it
+    assert list(df.columns) == ["patient_id", "cohort", "dls", "dls_high", "n_slices"]
     assert set(df.cohort) == {"tr", "va", "ici"} and len(df) == len(fake.table()) - 1   # unlabeled ICI cohort scored too
-    assert df.dls.between(0, 1).all()
-    feats = pd.read_csv(tmp_path / "features.csv")
-    assert feats.shape == (len(df), 257) and feats.columns[1] == "f000" and feats.columns[-1] == "f255"
-    # the validation DLS of scoring equals the one written at training time
-    merged = val.merge(df, on="patient_id", suffixes=("_t", "_s"))
-    assert np.allclose(merged.dls_t, merged.dls_s, atol=1e-6)
+    assert df.dls.between(0, 1).all() and ((df.dls >= saved["cutoff"]) == (df.dls_high == 1)).all()
+    with np.load(tmp_path / "scored" / "features.npz") as z:
+        assert z["features"].shape == (len(df), 256) and list(z["patient_id"]) == df.patient_id.tolist()
+    assert pd.read_csv(tmp_path / "scored" / "skipped.csv").patient_id.tolist() == ["tr000"]
+    # the validation AUC of scoring equals the one measured at training time
+    from pdl1_dls.stats.roc import auc_ci
+    v = df[df.cohort == "va"].merge(fake.table(), on="patient_id")
+    assert abs(auc_ci(v.pdl1, v.dls)["auc"] - saved["val_auc"]) < 1e-9
+    # refusing bad data: the skipped patient is a one-line error naming it
+    with pytest.raises(PDL1Error, match="patient=tr000.*ROI is empty"):
+        load_model(tmp_path).score(fake, tmp_path / "refused")
+
+
+def test_retrain_or_refuse_changed_settings(fake, tmp_path):
+    "A changed setting on an existing bundle trains again, or with retrain=False is refused naming the key; the same one is reused."
+    T.train_study(fake, tmp_path, seed=0, epochs=1, batch_size=16, device="cpu")
+    ident = json.loads((tmp_path / "model.json").read_text())["identity"]
+    seen = []
+    T.train_study(fake, tmp_path, seed=0, epochs=1, batch_size=16, device="cpu", on_epoch_end=lambda e, r: seen.append(e))
+    assert seen == [] and json.loads((tmp_path / "model.json").read_text())["identity"] == ident        # same request: reused
+    for change, key in ((dict(lr=0.01), "config.lr: 0.001 -> 0.01"), (dict(epochs=2), "config.epochs: 1 -> 2"),
+                        (dict(channels="pet"), "config.channels: 'hyper' -> 'pet'")):
+        kw = dict(dict(seed=0, epochs=1, batch_size=16, device="cpu"), **change)
+        with pytest.raises(PDL1Error, match=key.replace("(", r"\(").replace(")", r"\)")):
+            T.train_study(fake, tmp_path, retrain=False, **kw)
+        assert json.loads((tmp_path / "model.json").read_text())["identity"] == ident                 # refused: untouched
+    with pytest.warns(UserWarning, match="other settings"):
+        m = T.train_study(fake, tmp_path, seed=0, epochs=1, batch_size=16, lr=0.01, device="cpu")
+    meta = json.loads((tmp_path / "model.json").read_text())
+    assert meta["identity"] != ident and meta["config"]["lr"] == 0.01 and m["epochs_run"] == 1
 
 
 def test_train_study_permuted_and_channels(fake, tmp_path):
     m = T.train_study(fake, tmp_path / "p", seed=0, permute_labels=True, channels="pet", epochs=1, batch_size=16, device="cpu")
     assert m["permuted"] is True and m["channels"] == "pet" and -1 <= m["permuted_label_phi"] < 1
     assert {"permuted_label_phi_fit", "permuted_label_phi_inner"} <= set(m)   # diagnostics of the parts the model fits and stops on
-    cfg = json.loads((tmp_path / "p/config.json").read_text())
-    assert cfg["permute_labels"] is True and cfg["channels"] == "pet"
-    assert T.load_run(tmp_path / "p", "cpu")[0].in_channels == 1
+    meta = json.loads((tmp_path / "p/model.json").read_text())
+    assert meta["config"]["permute_labels"] is True and meta["config"]["channels"] == "pet" and meta["score"] == "dls_pet"
+    assert "null control" in (tmp_path / "p/MODEL_CARD.md").read_text()
+    assert load_model(tmp_path / "p").net("cpu")[0].in_channels == 1
 
 
 def test_mri_not_here(tmp_path):
     with pytest.raises(NotImplementedError, match="mri_train"):
         T.train_study(FakeStudy("mri"), tmp_path)
-    with pytest.raises(NotImplementedError, match="mri_train"):
-        T.score_study(FakeStudy("mri"), tmp_path)
+    with pytest.raises(PDL1Error, match="must be one of"):
+        from pdl1_dls.training import pipeline
+        pipeline("ct")
