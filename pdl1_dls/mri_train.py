@@ -1,4 +1,4 @@
-"""`train_mri_study` and `score_mri_study`: per-sequence ResNets, PCA, transformer fusion → DLS (Ding 2025).
+"""`train_mri_study` and the MRI pipeline (`score`, `predict`): per-sequence ResNets, PCA, transformer fusion → DLS (Ding 2025).
 
 Docs: https://pdl1-dls.github.io/pdl1_dls/mri_train.html.md"""
 
@@ -21,12 +21,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from .core import PDL1Error, atomic_write, get_device, get_settings, progress, seed_everything, write_json
+from .stats.roc import auc_ci
+from .training import (EarlyStopping, config_hash, fit_epochs, load_state, permute_patient_labels, read_bundle, refuse_skipped,
+                               reuse_or_clear, save_state, split_inner, write_bundle)
 from .mri import PLANES, SEQUENCES, MRIParams, augment_batch, mri_augment, mri_cohort
 from .mri_models import FeatureReducer, FusionTransformer, SequenceNet, extract_features, focal_loss, mri_gradcam
 
 # %% auto #0
-__all__ = ['MRITRAIN_PROFILES', 'toy_mri_table', 'MRITrainConfig', 'fit_sequence', 'fit_fusion', 'manifest_train_settings',
-           'MRIMember', 'MRIRun', 'n_members', 'crossfit_plan', 'train_mri_study', 'score_mri_study']
+__all__ = ['MRITRAIN_PROFILES', 'PIPELINE', 'toy_mri_table', 'MRITrainConfig', 'fit_sequence', 'fit_fusion',
+           'manifest_train_settings', 'MRIMember', 'MRIRun', 'n_members', 'crossfit_plan', 'train_mri_study',
+           'MRIPipeline']
 
 # %% ../nbs/22_mri_train.ipynb #18c77e5a
 def toy_mri_table(root,  # folder for the NIfTI files
@@ -65,7 +69,7 @@ def toy_mri_table(root,  # folder for the NIfTI files
 # %% ../nbs/22_mri_train.ipynb #4553dd86
 @dataclass
 class MRITrainConfig:
-    "Every setting of an MRI run (written to config.json)."
+    "Every setting of an MRI run (written to the bundle's model.json)."
     backbone: str = "resnet18"  # torchvision ResNet (the paper: resnet101)
     weights: str | None = None  # local ImageNet weights file; None: random init (warned)
     size: int = 224  # cached slice size (the paper: 224)
@@ -143,7 +147,7 @@ def fit_sequence(x_fit: torch.Tensor,  # (n, 3, size, size) z-scored training im
                  name: str = "",  # sequence name (log)
                  desc: str | None = None,  # progress-bar label (default: name)
                 ) -> tuple[SequenceNet, list[dict]]:
-    "Train a `SequenceNet` with focal loss, SGD, augmentation and early stopping on the inner loss."
+    "Train a `SequenceNet` with focal loss, SGD, augmentation and early stopping (inner AUC, ties by the loss; `training.fit_epochs`)."
     dev = device or torch.device("cpu")
     seed_everything(seed)
     with warnings.catch_warnings():
@@ -154,8 +158,8 @@ def fit_sequence(x_fit: torch.Tensor,  # (n, 3, size, size) z-scored training im
     yf = torch.as_tensor(y_fit, dtype=torch.float32)
     xi = _resize(x_inner, cfg.input_size).to(dev); yi = torch.as_tensor(y_inner, dtype=torch.float32).to(dev)
     g = torch.Generator().manual_seed(seed)
-    best, best_state, bad, log = (-np.inf, -np.inf), None, 0, []
-    for ep in progress(range(cfg.epochs), desc=f"{desc or name} CNN", leave=False):
+
+    def train_epoch(ep):
         model.train(); perm = torch.randperm(len(x_fit), generator=g); tot = 0.0
         for i in range(0, len(perm), cfg.batch_size):
             idx = perm[i:i + cfg.batch_size]
@@ -163,15 +167,13 @@ def fit_sequence(x_fit: torch.Tensor,  # (n, 3, size, size) z-scored training im
             xb = augment_batch(x_fit[idx], tf).to(dev)
             loss = focal_loss(model(xb), yf[idx].to(dev), cfg.focal_alpha, cfg.focal_gamma)
             opt.zero_grad(); loss.backward(); opt.step(); tot += float(loss) * len(idx)
+        return dict(sequence=name, epoch=ep, train_loss=tot / len(x_fit))
+
+    def evaluate(ep):
         ai, li = _inner(model, xi, yi, cfg)
-        log.append(dict(sequence=name, epoch=ep, train_loss=tot / len(x_fit), inner_loss=li, inner_auc=ai))
-        if (ai, -li) > best:
-            best, bad = (ai, -li), 0
-            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        else:
-            bad += 1
-            if bad >= cfg.patience: break
-    model.load_state_dict(best_state); model.eval()
+        return (ai, -li), dict(inner_loss=li, inner_auc=ai)
+
+    log = fit_epochs(model, train_epoch, evaluate, EarlyStopping(cfg.patience), cfg.epochs, desc=f"{desc or name} CNN", leave=False)
     return model, log
 
 # %% ../nbs/22_mri_train.ipynb #ae263e95
@@ -203,21 +205,19 @@ def _fit_fusion(tok_fit, y_fit, tok_inner, y_inner, cfg, seed):
     opt = torch.optim.SGD(model.parameters(), lr=cfg.fusion_lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     tf, yf = torch.as_tensor(tok_fit), torch.as_tensor(y_fit, dtype=torch.float32)
     ti, yi = torch.as_tensor(tok_inner), torch.as_tensor(y_inner, dtype=torch.float32)
-    best, best_state, bad, log = np.inf, None, 0, []
-    for ep in range(cfg.fusion_epochs):
+
+    def train_epoch(ep):
         model.train()
         loss = _fusion_loss(model(tf), yf, cfg)
         opt.zero_grad(); loss.backward(); opt.step()
+        return dict(sequence="fusion", epoch=ep, train_loss=float(loss))
+
+    def evaluate(ep):
         model.eval()
         with torch.no_grad(): li = float(_fusion_loss(model(ti), yi, cfg))
-        log.append(dict(sequence="fusion", epoch=ep, train_loss=float(loss), inner_loss=li))
-        if li < best - 1e-6:
-            best, bad = li, 0
-            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        else:
-            bad += 1
-            if bad >= cfg.fusion_patience: break
-    model.load_state_dict(best_state); model.eval()
+        return (-li,), dict(inner_loss=li)
+
+    log = fit_epochs(model, train_epoch, evaluate, EarlyStopping(cfg.fusion_patience, tol=1e-6), cfg.fusion_epochs)
     return model, log
 
 # %% ../nbs/22_mri_train.ipynb #4bd91274
@@ -254,15 +254,6 @@ def _as_table(study_or_path, label_column: str | None):
 def _prep(x: np.ndarray, mu: float, sd: float, size: int) -> torch.Tensor:
     "z-score with the training mean/SD and resize to the CNN input size."
     return _resize((torch.as_tensor(x, dtype=torch.float32) - mu) / sd, size)
-
-def _auc_ci(y, s) -> dict:
-    "AUC with DeLong 95 % CI (pdl1_dls.stats.roc); NaN where a class is missing."
-    from pdl1_dls.stats.roc import auc, delong_ci
-    y, s = np.asarray(y, float), np.asarray(s, float)
-    ok = ~np.isnan(y); y, s = y[ok].astype(int), s[ok]
-    if len(np.unique(y)) < 2: return dict(auc=float("nan"), lo=float("nan"), hi=float("nan"), n=int(len(y)))
-    try: r = delong_ci(y, s); return dict(auc=r.auc, lo=r.lo, hi=r.hi, n=int(len(y)))
-    except ValueError: return dict(auc=auc(y, s), lo=float("nan"), hi=float("nan"), n=int(len(y)))
 
 @dataclass
 class MRIMember:
@@ -307,29 +298,26 @@ class MRIRun:
         xi = _prep(x, *self.zscore[seq], self.cfg.input_size)
         return np.mean([mri_gradcam(m.models[seq], xi, target) for m in self.members], 0)
 
-    def save(self, run_dir):
-        "Write each member's state dicts and reducer arrays to member<k>/ (atomically)."
-        from pdl1_dls.train import save_state
-        run_dir = Path(run_dir)
+    def save(self, run_dir) -> list:
+        "Write each member's state dicts and reducer arrays to member<k>/ (atomically); return the files written."
+        run_dir = Path(run_dir); files = []
         for k, mem in enumerate(self.members):
             d = run_dir / f"member{k}"; d.mkdir(parents=True, exist_ok=True)
             for s, m in zip(self.cfg.sequences, mem.models): save_state({n: v.cpu() for n, v in m.state_dict().items()}, d / f"cnn_{s}.pt")
             save_state(mem.fusion.state_dict(), d / "fusion.pt")
             with atomic_write(d / "reducer.npz", "wb") as f: np.savez(f, **mem.reducer.state())
+            files += [f"member{k}/cnn_{s}.pt" for s in self.cfg.sequences] + [f"member{k}/fusion.pt", f"member{k}/reducer.npz"]
+        return files
 
     @classmethod
-    def load(cls, run_dir) -> "MRIRun":
-        "Read a run written by `train_mri_study` (weights_only loads; no pickles)."
-        from pdl1_dls.train import load_state
+    def load(cls, run_dir, meta: dict | None = None) -> "MRIRun":
+        "Read a bundle written by `train_mri_study` (checked by `training.read_bundle`; weights_only loads, no pickles)."
         run_dir = Path(run_dir)
-        if not (run_dir / "config.json").is_file(): raise PDL1Error("not an MRI run folder (no config.json)", file=run_dir)
-        conf = json.loads((run_dir / "config.json").read_text())
-        cfg = MRITrainConfig(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in conf["config"].items()})
+        meta = meta or read_bundle(run_dir)
+        cfg = MRITrainConfig(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in meta["config"].items()})
         members = []
         for k in range(n_members(cfg)):
             d = run_dir / f"member{k}"
-            if not (d / "fusion.pt").is_file():
-                raise PDL1Error(f"MRI run member {k} is missing (an older run layout or an unfinished run: train again)", file=d)
             models = []
             for s in cfg.sequences:
                 with warnings.catch_warnings():
@@ -341,25 +329,19 @@ class MRIRun:
                                  for _ in range(cfg.fusion_inits)])
             fus.load_state_dict(load_state(d / "fusion.pt")); fus.eval()
             members.append(MRIMember(models, red, fus))
-        return cls(cfg, members, [tuple(v) for v in conf["zscore"]], conf.get("cutoff", float("nan")))
+        return cls(cfg, members, [tuple(v) for v in meta["zscore"]], float(meta["cutoff"]["value"]))
 
 def n_members(cfg: MRITrainConfig) -> int:
     "Members of a run: `cfg.crossfit` folds, or 1 without cross-fitting."
     return max(int(cfg.crossfit), 1)
 
-def _dls_frame(meta: pd.DataFrame, sc: dict, seqs, label_column, cutoff) -> pd.DataFrame:
-    df = pd.DataFrame({"patient_id": meta["patient_id"].astype(str), "cohort": meta.get("cohort"), "role": meta.get("role")})
-    if label_column in meta: df[label_column] = meta[label_column].to_numpy()
+def _dls_frame(meta: pd.DataFrame, sc: dict, seqs) -> pd.DataFrame:
+    "patient_id, cohort, dls, dls_<sequence>..., n_slices of scored inputs."
+    df = pd.DataFrame({"patient_id": meta["patient_id"].astype(str), "cohort": meta.get("cohort")})
     df["dls"] = sc["dls"]
     for i, s in enumerate(seqs): df[f"dls_{s}"] = sc["seq_prob"][:, i]
     df["n_slices"] = meta["n_slices"].to_numpy()
-    if np.isfinite(cutoff): df["dls_high"] = (df["dls"] >= cutoff).astype(int)
     return df
-
-def _write_features(path, pids, sc: dict):
-    with atomic_write(path, "wb") as f:
-        np.savez(f, patient_id=np.array(pids, dtype=str), features=sc["features"].astype(np.float32), tokens=sc["tokens"],
-                 dls=sc["dls"], seq_prob=sc["seq_prob"])
 
 # %% ../nbs/22_mri_train.ipynb #2f6beac0
 def crossfit_plan(labels: dict,  # training patient_id -> 0/1 (as the model sees them)
@@ -368,7 +350,6 @@ def crossfit_plan(labels: dict,  # training patient_id -> 0/1 (as the model sees
                   seed: int = 0,  # seed of the folds and splits
                  ) -> list[dict]:
     "Patient lists per member: cnn_fit, cnn_stop, pca, fusion_fit, fusion_stop (stratified, deterministic)."
-    from pdl1_dls.train import split_inner
     k = int(k)
     if k < 1: raise PDL1Error(f"crossfit must be 1 (no cross-fitting) or a number of folds ≥ 2, not {k}")
     if k == 1:
@@ -393,7 +374,7 @@ def crossfit_plan(labels: dict,  # training patient_id -> 0/1 (as the model sees
 
 # %% ../nbs/22_mri_train.ipynb #de93ccd1
 def train_mri_study(study_or_path,  # manifest path, `pdl1_dls.manifest.Study`, or a table (see `toy_mri_table`)
-                    out_dir,  # run folder: metrics.json, config.json, member<k>/ (cnn_*.pt, fusion.pt, reducer.npz), train_log.csv, dls.csv
+                    out_dir,  # the bundle folder: model.json, member<k>/ (cnn_*.pt, fusion.pt, reducer.npz), train_log.csv, metrics.json, MODEL_CARD.md
                     seed: int = 0,  # seed (split, initialisation, augmentation)
                     permute_labels: bool = False,  # null control: shuffle training labels among training patients
                     backbone: str | None = None,  # torchvision ResNet; default resnet18 (the paper: resnet101)
@@ -403,12 +384,14 @@ def train_mri_study(study_or_path,  # manifest path, `pdl1_dls.manifest.Study`, 
                     device=None,  # torch device; default: settings (auto)
                     cache_dir=None,  # per-patient input cache; default: settings cache_dir/mri/<study>
                     label_column: str | None = None,  # label column; default: the study's
+                    retrain: bool = True,  # out_dir holds a model with other settings: train again (False: refuse, naming them)
+                    skip_bad: bool = True,  # leave out patients preprocessing cannot use (False: refuse the first)
+                    skipped_out=None,  # where to write the skipped patients (never into the bundle)
                     **overrides,  # any MRITrainConfig field
                    ) -> dict:
-    "Train the per-sequence CNNs, PCA and transformer fusion on the training cohort; write the run; return metrics."
+    "Train the per-sequence CNNs, PCA and transformer fusion on the training cohort; write the bundle; return metrics."
     t0 = time.time()
     from pdl1_dls.stats.roc import youden_cutoff
-    from pdl1_dls.train import permute_patient_labels
     if isinstance(study_or_path, (str, Path)):  # read (and checksum) the manifest once
         from pdl1_dls.manifest import ensure_study
         study_or_path = ensure_study(study_or_path)
@@ -428,7 +411,9 @@ def train_mri_study(study_or_path,  # manifest path, `pdl1_dls.manifest.Study`, 
     cache = Path(cache_dir) if cache_dir is not None else Path(get_settings().cache_dir) / "mri" / name
     params = MRIParams(size=cfg.size, margin_mm=cfg.margin_mm, sequences=tuple(cfg.sequences))
     X, meta, skipped = mri_cohort(table, cache, params)
-    with atomic_write(out_dir / "skipped.csv") as f: skipped.to_csv(f, index=False)
+    refuse_skipped(skipped, skip_bad)
+    if skipped_out is not None:
+        with atomic_write(skipped_out) as f: skipped.to_csv(f, index=False)
     # training cohort, labels (permuted for the null control)
     tr = np.flatnonzero((meta["role"] == "train").to_numpy() & meta[lab].notna().to_numpy())
     y_all = meta[lab].to_numpy(dtype=float)
@@ -438,6 +423,15 @@ def train_mri_study(study_or_path,  # manifest path, `pdl1_dls.manifest.Study`, 
     # z-score per sequence: training cohort only
     zs = [(float(X[tr, s].mean()), float(X[tr, s].std() + 1e-6)) for s in range(X.shape[1])]
     xz = [(torch.as_tensor(X[:, s], dtype=torch.float32) - zs[s][0]) / zs[s][1] for s in range(X.shape[1])]
+    from pdl1_dls.core import sha256
+    prep = {k: (list(v) if isinstance(v, tuple) else v) for k, v in params.key().items()}
+    request = dict(modality="mri", config=asdict(cfg), seed=int(seed), permuted=bool(permute_labels), preprocessing=prep,
+                   weights_sha256=sha256(cfg.weights) if cfg.weights else None, label_column=lab,
+                   label_rule=getattr(study_or_path, "label_rule", None),
+                   data=config_hash([[p, labels[p]] for p in sorted(labels)], list(X.shape[1:])))
+    identity = config_hash(request)
+    done = reuse_or_clear(out_dir, identity, request, retrain)
+    if done is not None: return done
     plan = crossfit_plan(labels, cfg.crossfit, cfg.inner_frac, seed)
     n_pca = min(cfg.n_components, min(len(pl["pca"]) for pl in plan) - 1)  # one token length for every member
     members, log = [], []
@@ -463,24 +457,19 @@ def train_mri_study(study_or_path,  # manifest path, `pdl1_dls.manifest.Study`, 
     sc = run.score(X)
     y_train = np.array([labels[p] for p in meta.patient_id.iloc[tr]])
     run.cutoff = float(youden_cutoff(y_train, sc["dls"][tr]).threshold)
-    # outputs
-    run.save(out_dir)
-    write_json(dict(config=asdict(cfg), zscore=[list(z) for z in zs], cutoff=run.cutoff, seed=seed, permuted=permute_labels,
-                    label_column=lab, study=name, members=plan), out_dir / "config.json")
+    files = run.save(out_dir)
     with atomic_write(out_dir / "train_log.csv") as f: pd.DataFrame(log).to_csv(f, index=False)
-    dls = _dls_frame(meta, sc, cfg.sequences, lab, run.cutoff)
-    with atomic_write(out_dir / "dls.csv") as f: dls.to_csv(f, index=False)
-    _write_features(out_dir / "features.npz", dls.patient_id, sc)
+    dls = _dls_frame(meta, sc, cfg.sequences).assign(role=meta["role"].to_numpy(), **{lab: meta[lab].to_numpy()})
     cols = ["dls"] + [f"dls_{s}" for s in cfg.sequences]
     per_cohort = {}
     for c, g in dls.groupby("cohort", sort=False):
         y = g[lab].to_numpy(float)
         if c in set(meta.cohort.iloc[tr]) and permute_labels:  # training AUCs against the labels the model saw
             y = np.array([labels.get(p, np.nan) for p in g.patient_id], float)
-        per_cohort[str(c)] = dict(role=str(g.role.iloc[0]), n=int(len(g)), **{k: _auc_ci(y, g[k]) for k in cols})
+        per_cohort[str(c)] = dict(role=str(g.role.iloc[0]), n=int(len(g)), **{k: auc_ci(y, g[k]) for k in cols})
     def role_auc(role, col):
         g = dls[dls.role == role]
-        return _auc_ci(g[lab], g[col]) if len(g) else dict(auc=float("nan"), lo=float("nan"), hi=float("nan"), n=0)
+        return auc_ci(g[lab], g[col]) if len(g) else dict(auc=float("nan"), lo=float("nan"), hi=float("nan"), n=0)
     def vs_seq(role):
         from pdl1_dls.stats.roc import delong_test
         g = dls[(dls.role == role) & dls[lab].notna()]
@@ -491,37 +480,88 @@ def train_mri_study(study_or_path,  # manifest path, `pdl1_dls.manifest.Study`, 
         return out
     val = role_auc("validation", "dls")
     metrics = dict(val_auc=val["auc"], val_auc_ci=[val["lo"], val["hi"]], external_auc=role_auc("external", "dls")["auc"],
-                   train_auc=_auc_ci(y_train, sc["dls"][tr])["auc"], seed=seed, permuted=permute_labels,
-                   sequences={s: dict(train_auc=_auc_ci(y_train, sc["seq_prob"][tr, i])["auc"],
+                   train_auc=auc_ci(y_train, sc["dls"][tr])["auc"], seed=seed, permuted=permute_labels,
+                   sequences={s: dict(train_auc=auc_ci(y_train, sc["seq_prob"][tr, i])["auc"],
                                       val_auc=role_auc("validation", f"dls_{s}")["auc"],
                                       val_auc_ci=[role_auc("validation", f"dls_{s}")[k] for k in ("lo", "hi")],
                                       external_auc=role_auc("external", f"dls_{s}")["auc"])
                               for i, s in enumerate(cfg.sequences)},
                    delong_fused_vs_sequence_validation=vs_seq("validation"),
-                   cohorts=per_cohort, cutoff=run.cutoff, n_train=int(len(tr)), crossfit=cfg.crossfit,
+                   cohorts=per_cohort, cutoff=run.cutoff, n_train=int(len(tr)), skipped_reasons=skipped['reason'].value_counts().to_dict() if len(skipped) else {}, crossfit=cfg.crossfit,
                    members=[{f"n_{key}": len(v) for key, v in pl.items()} for pl in plan],
                    n_skipped=int(len(skipped)), backbone=cfg.backbone, pretrained=cfg.weights is not None, quick=quick, profile=cfg.profile,
                    pca_components=int(members[0].reducer.k_), train_seconds=round(time.time() - t0, 1), device=str(dev))
     write_json(metrics, out_dir / "metrics.json")
+    trc = sorted(set(meta.cohort.iloc[tr]))
+    n_pos = int(sum(labels.values()))
+    bmeta = dict(name=f"{getattr(study_or_path, 'paper', None) or 'mri'} MRI fusion ({cfg.backbone}){' null control' if permute_labels else ''}",
+                 modality="mri", paper=getattr(study_or_path, "paper", None) or "ding2025", score="dls",
+                 outputs=["dls"] + [f"dls_{s}" for s in cfg.sequences], inputs=list(cfg.sequences) + ["roi"],
+                 identity=identity, config_hash=config_hash(asdict(cfg)), request=request, config=asdict(cfg), seed=int(seed),
+                 preprocessing=prep, zscore=[list(z) for z in zs], label_column=lab, label_rule=request["label_rule"],
+                 cutoff=dict(value=run.cutoff, rule="Youden (pROC best) on the training cohort, against the labels trained on", n=int(len(tr))),
+                 training=dict(study=name, cohorts=trc, n_patients=int(len(tr)), n_positive=n_pos, n_negative=int(len(tr)) - n_pos,
+                               permuted=bool(permute_labels), n_skipped=int(len(skipped)),
+                               members=[{f"n_{key}": len(v) for key, v in pl.items()} for pl in plan]),
+                 evaluation={c: dict(role=v["role"], **{k: x for k, x in v["dls"].items() if k != "note"}) for c, v in per_cohort.items()},
+                 weights={f: "state dict" if f.endswith(".pt") else "FeatureReducer arrays (npz, no pickles)" for f in files})
+    write_bundle(out_dir, bmeta, files + ["train_log.csv", "metrics.json"])
     return metrics
 
 # %% ../nbs/22_mri_train.ipynb #701afe7f
-def score_mri_study(study_or_path,  # manifest path, Study or table
-                    run_dir,  # a folder written by `train_mri_study`
-                    out_dir=None,  # where dls.csv and features.npz go; default: run_dir
-                    cache_dir=None,  # per-patient input cache
-                    label_column: str | None = None,  # label column; default: the study's
-                    device=None,  # torch device
-                   ) -> pd.DataFrame:
-    "DLS of every patient of a study with a trained run: writes dls.csv (patient_id, cohort, dls, dls_<seq>, n_slices) and features.npz."
-    run = MRIRun.load(run_dir)
-    table, lab, name = _as_table(study_or_path, label_column)
-    cache = Path(cache_dir) if cache_dir is not None else Path(get_settings().cache_dir) / "mri" / name
-    X, meta, skipped = mri_cohort(table, cache, MRIParams(size=run.cfg.size, margin_mm=run.cfg.margin_mm, sequences=tuple(run.cfg.sequences)))
-    sc = run.score(X)
-    dls = _dls_frame(meta, sc, run.cfg.sequences, lab, run.cutoff)
-    out = Path(out_dir or run_dir)
-    with atomic_write(out / "dls.csv") as f: dls.to_csv(f, index=False)
-    with atomic_write(out / "skipped_scoring.csv") as f: skipped.to_csv(f, index=False)
-    _write_features(out / "features.npz", dls.patient_id, sc)
-    return dls
+class MRIPipeline:
+    "The MRI pipeline (Ding 2025): 2.5D inputs, per-sequence ResNets, PCA, transformer fusion (looked up by `training.pipeline('mri')`)."
+    modality = "mri"
+    inputs = SEQUENCES + ("roi",)
+
+    def train(self, study, out_dir, **kw) -> dict: return train_mri_study(study, out_dir, **kw)
+
+    def load(self, model, device=None) -> "MRIRun":
+        "The trained `MRIRun` of a bundle (`training.Model`)."
+        return MRIRun.load(model.path, model.meta)
+
+    def _params(self, run):
+        return MRIParams(size=run.cfg.size, margin_mm=run.cfg.margin_mm, sequences=tuple(run.cfg.sequences))
+
+    def score(self, model, study, cohorts=None, device=None, skip_bad=False, cache_dir=None) -> dict:
+        "dls (patient_id, cohort, dls, dls_<seq>, n_slices), features (deep features, tokens, per-sequence probabilities), skipped."
+        run = self.load(model)
+        table, lab, name = _as_table(study, None)
+        if cohorts is not None: table = table[table["cohort"].isin(cohorts)]
+        cache = Path(cache_dir) if cache_dir is not None else Path(get_settings().cache_dir) / "mri" / name
+        X, meta, skipped = mri_cohort(table, cache, self._params(run))
+        refuse_skipped(skipped, skip_bad)
+        sc = run.score(X, device=get_device(device) if device is not None else None)
+        return dict(dls=_dls_frame(meta, sc, run.cfg.sequences), skipped=skipped,
+                    features=dict(features=sc["features"].astype(np.float32), tokens=sc["tokens"], seq_prob=sc["seq_prob"]))
+
+    def predict(self, model, files: dict, out=None, device=None, gradcam=True) -> dict:
+        "One patient from files: dls, dls_high, cutoff, dls_<seq>; writes prediction.json and gradcam.png into `out`."
+        from pdl1_dls.mri import mri_slices
+        run = self.load(model)
+        x, _ = mri_slices({s: files[s] for s in run.cfg.sequences}, files["roi"], self._params(run))
+        X = np.asarray(x, np.float32)[None]
+        sc = run.score(X, device=get_device(device) if device is not None else None)
+        res = dict(dls=float(sc["dls"][0]), dls_high=bool(sc["dls"][0] >= model.cutoff), cutoff=model.cutoff,
+                   **{f"dls_{s}": float(sc["seq_prob"][0, i]) for i, s in enumerate(run.cfg.sequences)},
+                   model=str(model.path), config_hash=model.meta.get("config_hash"))
+        if out is not None:
+            out = Path(out); out.mkdir(parents=True, exist_ok=True)
+            if gradcam: res["gradcam"] = str(self._gradcam_png(run, X[0], out / "gradcam.png", res))
+            write_json(res, out / "prediction.json")
+        return res
+
+    def _gradcam_png(self, run, x, path, res):
+        "Figure-4 style Grad-CAM: every sequence and plane with its high-PD-L1 map."
+        import matplotlib; matplotlib.use("Agg", force=False)
+        import matplotlib.pyplot as plt
+        from pdl1_dls.core import atomic_path
+        from pdl1_dls.explain import plot_mri_gradcam
+        cams = np.stack([run.gradcam(x[s], s)[0] for s in range(len(run.cfg.sequences))])
+        fig = plot_mri_gradcam(x, cams, sequences=tuple(run.cfg.sequences),
+                               title=f"DLS {res['dls']:.3f} ({'high' if res['dls_high'] else 'low'}; cutoff {res['cutoff']:.3f})")
+        with atomic_path(path) as tmp: fig.savefig(tmp, dpi=100, format="png")
+        plt.close(fig)
+        return path
+
+PIPELINE = MRIPipeline()

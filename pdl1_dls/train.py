@@ -23,8 +23,8 @@ import torch.nn.functional as F
 from .core import PDL1Error, atomic_write, get_device, get_settings, progress, seed_everything, write_json
 from .srescnn import CHANNELS, make_model
 from .stats.roc import auc_ci
-from .training import (MODEL_JSON, EarlyStopping, config_diff, config_hash, fit_epochs, load_state, permute_patient_labels,
-                               read_bundle, save_state, split_inner, write_bundle)
+from .training import (EarlyStopping, config_hash, fit_epochs, load_state, permute_patient_labels, refuse_skipped,
+                               reuse_or_clear, save_state, split_inner, write_bundle)
 
 # %% auto #0
 __all__ = ['QUICK', 'DIHEDRAL', 'CHECKPOINT_FORMAT', 'PIPELINE', 'toy_patients', 'stack_slices', 'slice_weights', 'augment',
@@ -302,13 +302,6 @@ def _hyper(study, table: pd.DataFrame, cache_dir, params: dict | None = None) ->
     from pdl1_dls.petct import build_hyperimages
     return build_hyperimages(table, _default_cache(study, cache_dir), **(params or {}))
 
-def _refuse_skipped(skipped: pd.DataFrame, skip_bad: bool):
-    "Without `skip_bad`, the first patient preprocessing could not use is a one-line error (naming patient, file, problem)."
-    if skip_bad or not len(skipped): return
-    r = skipped.iloc[0]
-    more = f" (and {len(skipped) - 1} more; `--skip-bad` leaves them out and lists them)" if len(skipped) > 1 else ""
-    raise PDL1Error(f"{r['reason']}{more}", patient=r["patient_id"], cohort=r.get("cohort"), file=r.get("file") if isinstance(r.get("file"), str) else None)
-
 def _select(hyper: dict, pids, channels: str) -> dict:
     ch = list(CHANNELS[channels])
     return {p: np.ascontiguousarray(hyper[p].images[:, ch], dtype=np.float32) for p in pids}
@@ -321,22 +314,6 @@ def _phi(a: dict, b: dict, pids) -> float:
     x, y = np.array([a[p] for p in pids], float), np.array([b[p] for p in pids], float)
     if len(x) < 2 or x.std() == 0 or y.std() == 0: return float("nan")
     return float(np.corrcoef(x, y)[0, 1])
-
-# %% ../nbs/12_train.ipynb #c04f1b46
-def _existing(out_dir: Path, identity: str, request: dict, retrain: bool) -> dict | None:
-    "metrics of a finished bundle with this identity (reused); else clear the folder for a new run, or refuse (retrain=False)."
-    if not (out_dir / MODEL_JSON).is_file(): return None
-    old = read_bundle(out_dir, verify=False)
-    if old.get("identity") == identity: return json.loads((out_dir / "metrics.json").read_text())
-    diff = config_diff(old.get("request", {}), request)
-    if not retrain:
-        raise PDL1Error(f"holds a model trained with other settings ({'; '.join(diff) or 'other training data'}); "
-                        "train without --no-retrain to replace it, or use another --out", file=out_dir)
-    import warnings
-    warnings.warn(f"{out_dir}: the model there was trained with other settings ({'; '.join(diff)[:300]}); training again")
-    (out_dir / MODEL_JSON).unlink()                      # first: the folder is never a valid bundle with mixed files
-    for f in ("model.pt", "checkpoint.pt", "train_log.csv", "metrics.json", "MODEL_CARD.md"): (out_dir / f).unlink(missing_ok=True)
-    return None
 
 # %% ../nbs/12_train.ipynb #9543633b
 def train_study(study_or_path,  # manifest path or `pdl1_dls.manifest.Study`
@@ -373,7 +350,7 @@ def train_study(study_or_path,  # manifest path or `pdl1_dls.manifest.Study`
     t = t[t[lab].notna()]
     prep = {k: (list(v) if isinstance(v, tuple) else v) for k, v in DEFAULTS.items()}
     hyper, skipped = _hyper(study, t, cache_dir, DEFAULTS)
-    _refuse_skipped(skipped, skip_bad)
+    refuse_skipped(skipped, skip_bad)
     if skipped_out is not None: _write_csv(skipped, skipped_out)
     rows = t[t["patient_id"].isin(list(hyper))]
     tr, va = rows[rows["role"] == "train"], rows[rows["role"] == "validation"]
@@ -384,7 +361,7 @@ def train_study(study_or_path,  # manifest path or `pdl1_dls.manifest.Study`
     request = dict(modality="petct", config=asdict(cfg), preprocessing=prep, label_column=lab, label_rule=study.label_rule,
                    data=_data_id(data, train_lab, tids))
     identity = config_hash(request)
-    done = _existing(out_dir, identity, request, retrain)
+    done = reuse_or_clear(out_dir, identity, request, retrain)
     if done is not None: return done
     dev = torch.device(device) if device is not None else get_device()
     res = fit(data, train_lab, cfg, out_dir, dev, resume, on_epoch_end, identity=identity)
@@ -463,7 +440,7 @@ class PETCTPipeline:
         t = study.table()
         if cohorts is not None: t = t[t["cohort"].isin(cohorts)]
         hyper, skipped = _hyper(study, t, cache_dir, model.meta.get("preprocessing"))
-        _refuse_skipped(skipped, skip_bad)
+        refuse_skipped(skipped, skip_bad)
         t = t[t["patient_id"].isin(list(hyper))]
         pids = t["patient_id"].tolist()
         dls, feats, ns = self._apply(net, cfg, {p: hyper[p].images for p in pids}, pids)

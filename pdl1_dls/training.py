@@ -27,8 +27,9 @@ from .core import PDL1Error, atomic_path, atomic_write, look_up_option, progress
 
 # %% auto #0
 __all__ = ['BUNDLE_FORMAT', 'MODEL_JSON', 'CITATIONS', 'PIPELINES', 'split_inner', 'permute_patient_labels', 'save_state',
-           'load_state', 'EarlyStopping', 'fit_epochs', 'config_hash', 'config_diff', 'write_bundle', 'read_bundle',
-           'model_card', 'pipeline', 'Model', 'load_model', 'write_scores']
+           'load_state', 'EarlyStopping', 'fit_epochs', 'config_hash', 'config_diff', 'reuse_or_clear',
+           'refuse_skipped', 'write_bundle', 'read_bundle', 'model_card', 'pipeline', 'Model', 'load_model',
+           'write_scores']
 
 # %% ../nbs/30_training.ipynb #e4b6801d
 def split_inner(labels: dict,  # patient_id -> 0/1 (training patients)
@@ -160,6 +161,31 @@ def config_diff(old: dict, new: dict) -> list[str]:
             if _canon(x) != _canon(y): out.append(f"{pre}{k}: {x!r} -> {y!r}")
     walk(_canon(old), _canon(new), "")
     return out
+
+# %% ../nbs/30_training.ipynb #98bb1da5
+def reuse_or_clear(out_dir: Path, identity: str, request: dict, retrain: bool) -> dict | None:
+    "The metrics of a finished bundle with this identity (reused); else clear the folder for a new run, or refuse (retrain=False)."
+    if not (out_dir / MODEL_JSON).is_file(): return None
+    old = read_bundle(out_dir, verify=False)
+    if old.get("identity") == identity: return json.loads((out_dir / "metrics.json").read_text())
+    diff = config_diff(old.get("request", {}), request)
+    if not retrain:
+        raise PDL1Error(f"holds a model trained with other settings ({'; '.join(diff) or 'other training data'}); "
+                        "train without --no-retrain to replace it, or use another --out", file=out_dir)
+    import warnings
+    warnings.warn(f"{out_dir}: the model there was trained with other settings ({'; '.join(diff)[:300]}); training again")
+    (out_dir / MODEL_JSON).unlink()                      # first: the folder is never a valid bundle with mixed files
+    for f in ("model.pt", "checkpoint.pt", "train_log.csv", "metrics.json", "MODEL_CARD.md"): (out_dir / f).unlink(missing_ok=True)
+    return None
+
+# %% ../nbs/30_training.ipynb #20a371f7
+def refuse_skipped(skipped: pd.DataFrame, skip_bad: bool):
+    "Without `skip_bad`, the first patient preprocessing could not use is a one-line error (naming patient, file, problem)."
+    if skip_bad or not len(skipped): return
+    r = skipped.iloc[0]
+    more = f" (and {len(skipped) - 1} more; `--skip-bad` leaves them out and lists them)" if len(skipped) > 1 else ""
+    raise PDL1Error(f"{r['reason']}{more}", patient=r["patient_id"], cohort=r.get("cohort"), file=r.get("file") if isinstance(r.get("file"), str) else None)
+
 
 # %% ../nbs/30_training.ipynb #b3556fbf
 BUNDLE_FORMAT = 1  # bump when what model.json or the weight files mean changes
@@ -303,12 +329,12 @@ class Model:
         "Score every patient of `study` with the frozen model; `dls_high = dls >= cutoff` of the bundle."
         from pdl1_dls.manifest import ensure_study
         s = ensure_study(study) if isinstance(study, (str, os.PathLike)) else study
-        if s.modality != self.modality:
+        if getattr(s, "modality", self.modality) != self.modality:       # (a plain table, e.g. a toy study, has none)
             raise PDL1Error(f"a {self.modality} model cannot score a {s.modality} study", file=getattr(s, "path", None))
         res = self.pipeline.score(self, s, cohorts=cohorts, device=device, skip_bad=skip_bad, cache_dir=cache_dir)
         dls = res["dls"]
         dls.insert(list(dls.columns).index("dls") + 1, "dls_high", np.where(dls["dls"].isna(), np.nan, (dls["dls"] >= self.cutoff).astype(float)))
-        if out is not None: write_scores(out, self, dls, res["features"], res["skipped"], study=s.name)
+        if out is not None: write_scores(out, self, dls, res["features"], res["skipped"], study=getattr(s, "name", "table"))
         return dls
 
     def predict(self, out=None, device=None, gradcam: bool = True, **files) -> dict:
