@@ -1,4 +1,4 @@
-"""Train and score every model a paper needs, once per run folder, and hand the reproduction notebooks one table: clinical data, label, outcomes and every score, with the cutoff fixed on the training cohort.
+"""Train (or reuse) every model a paper needs, apply the bundles to a study, and hand the reproduction notebooks one table: clinical data, label, outcomes and every score, with the cutoff of the model's bundle.
 
 Docs: https://pdl1-dls.github.io/pdl1_dls/analysis.html.md"""
 
@@ -17,39 +17,17 @@ import pandas as pd
 
 from .core import PDL1Error, atomic_path, write_json
 from .manifest import Study, load_study
+from .training import load_model, manifest_train_settings, pipeline
 
 # %% auto #0
-__all__ = ['PETCT_MODELS', 'PAPER_COHORTS', 'mri_profile', 'reader2_study', 'train_and_score', 'paper_cohorts', 'training_cutoff',
-           'load_scores']
+__all__ = ['PAPER_COHORTS', 'mri_profile', 'reader2_study', 'train_models', 'apply_models', 'train_and_score', 'run_models',
+           'external_bundles', 'paper_cohorts', 'training_cutoff', 'load_scores']
 
 # %% ../nbs/61_analysis.ipynb #f14c937d
-PETCT_MODELS = {"hyper": "dls", "pet": "dls_pet", "ct": "dls_ct"}   # channels -> score column
-
-def _same_run(run: Path, seed: int, quick: bool, permute: bool = False, profile: str | None = None) -> bool:
-    m = run / "metrics.json"
-    if not m.is_file() or not (run / "model.pt").is_file() and not (run / "member0" / "fusion.pt").is_file(): return False
-    try: met = json.loads(m.read_text())
-    except json.JSONDecodeError: return False
-    if profile is not None and met.get("profile", "quick" if met.get("quick") else "paper") != profile: return False
-    return met.get("seed") == seed and bool(met.get("quick", quick)) == bool(quick) and bool(met.get("permuted", False)) == permute
-
 def mri_profile(study: Study, quick: bool = False, profile: str | None = None) -> str:
     "The MRI training profile a run of `study` uses: quick, else `profile`, else the manifest's `train.profile`, else paper."
-    from pdl1_dls.mri_train import manifest_train_settings
     if quick: return "quick"
     return profile or manifest_train_settings(study).get("profile") or "paper"
-
-def _train_fresh_if_changed(trainer, study, run: Path, **kw):
-    "Resume an interrupted run; if the folder holds a run with other settings, start it again from scratch."
-    import warnings
-    try:
-        return trainer(study, run, **kw)
-    except PDL1Error as e:
-        if "other settings" not in e.problem: raise
-        warnings.warn(f"{run}: an earlier run with other settings is replaced")
-        import shutil
-        shutil.rmtree(run)
-        return trainer(study, run, **kw)
 
 def reader2_study(study: Study) -> Study | None:
     "A copy of the study whose `roi` is the second reader's ROI (None when the manifest has none)."
@@ -63,51 +41,86 @@ def reader2_study(study: Study) -> Study | None:
             c.table = c.table.iloc[0:0].copy()
     return s2
 
+# %% ../nbs/61_analysis.ipynb #aa40fcd1
+def train_models(study: Study,  # the study (its modality picks the pipeline)
+                 out_dir: str | os.PathLike,  # run folder; bundles go to out_dir/models/<name>/
+                 seed: int = 0,  # training seed
+                 quick: bool = False,  # short training (smoke tests)
+                 models: tuple | None = None,  # names of the pipeline's paper models to train (default all)
+                 device=None,  # torch device; default: settings
+                 **kw,  # passed to the trainer (epochs, backbone, weights, ...)
+                ) -> dict:
+    "Train (or reuse, same identity) the paper's models; {name: bundle folder}. Skipped patients go to out_dir/skipped/."
+    pipe, out = pipeline(study.modality), Path(out_dir)
+    names = [m for m in pipe.paper_models if models is None or m in models]
+    if not names: raise PDL1Error(f"no model among {models} (this pipeline trains {', '.join(pipe.paper_models)})")
+    for m in names:
+        pipe.train(study, out / "models" / m, seed=seed, quick=quick, device=device,
+                   skipped_out=out / "skipped" / f"training_{m}.csv", **{**pipe.paper_models[m], **kw})
+    return {m: out / "models" / m for m in names}
+
+# %% ../nbs/61_analysis.ipynb #e391d1b8
+def apply_models(study: Study,  # the study to score
+                 bundles: dict,  # {name: bundle folder}; the bundle whose score is `dls` gives the cutoff
+                 out_dir: str | os.PathLike,  # run folder: scores/<name>/, scores.csv, scores.json
+                 device=None,  # torch device
+                 trained_here: bool = True,  # False for external validation (`reproduce --model`)
+                ) -> pd.DataFrame:
+    "Score every patient with each frozen bundle (and the second reader's ROI when the manifest has one); write scores.csv/json."
+    out = Path(out_dir)
+    scores = study.table()[["patient_id", "cohort", "role"]]
+    cols, dirs, primary = {}, {}, None
+    for name, path in bundles.items():
+        model = load_model(path)
+        col = model.meta.get("score", "dls")
+        d = model.score(study, out / "scores" / name, device=device, skip_bad=True)
+        if col == "dls":
+            primary = model
+            keep = [c for c in d if c.startswith("dls") or c == "n_slices"]
+        else:
+            d = d.rename(columns={"dls": col, "n_slices": f"n_slices_{name}"}); keep = [col, f"n_slices_{name}"]
+        scores = scores.merge(d[["patient_id"] + keep], on="patient_id", how="left")
+        cols[col] = str(Path(path).resolve()); dirs[col] = str((out / "scores" / name).resolve())
+        s2 = reader2_study(study) if col == "dls" else None
+        if s2 is not None:
+            d2 = model.score(s2, out / "scores" / f"{name}_reader2", device=device, skip_bad=True)
+            scores = scores.merge(d2[["patient_id", "dls"]].rename(columns={"dls": "dls_reader2"}), on="patient_id", how="left")
+    if primary is None: raise PDL1Error("no bundle gives the DLS ('dls' score): the cutoff would be undefined", file=out)
+    with atomic_path(out / "scores.csv") as p: scores.to_csv(p, index=False)
+    write_json(dict(models=cols, scores=dirs, cutoff=primary.cutoff, cutoff_rule=primary.meta["cutoff"]["rule"], primary=str(primary.path),
+                    trained_here=bool(trained_here), study=study.name), out / "scores.json")
+    return scores
+
+# %% ../nbs/61_analysis.ipynb #cfa7e825
 def train_and_score(manifest: str | os.PathLike | Study,  # study manifest (or a loaded Study)
                     out_dir: str | os.PathLike,  # run folder; models go to out_dir/models/
                     seed: int = 0,  # training seed
                     quick: bool = False,  # short training (smoke tests)
-                    models: tuple | None = None,  # PET/CT: channels to train (default all of PETCT_MODELS)
+                    models: tuple | None = None,  # names of the paper models (PET/CT: hyper, pet, ct; MRI: mri); default all
                     device=None,  # torch device; default: settings
-                    **kw,  # passed to the trainer (e.g. backbone, weights for MRI)
+                    **kw,  # passed to the trainer (e.g. epochs, backbone, weights)
                    ) -> pd.DataFrame:
-    "Train (or reuse) the paper's models in `out_dir/models/`, score every patient, write `out_dir/scores.csv`."
+    "Train (or reuse) the paper's models in `out_dir/models/`, score every patient with them, write `out_dir/scores.csv`."
     study = manifest if isinstance(manifest, Study) else load_study(manifest)
-    out = Path(out_dir); (out / "models").mkdir(parents=True, exist_ok=True)
-    frames = []
-    if study.modality == "petct":
-        from pdl1_dls.train import train_study, score_study
-        for ch in (models or tuple(PETCT_MODELS)):
-            run = out / "models" / ch
-            if not _same_run(run, seed, quick):
-                _train_fresh_if_changed(train_study, study, run, seed=seed, channels=ch, quick=quick, device=device, **kw)
-            if not (run / "dls.csv").is_file() or (run / "dls.csv").stat().st_mtime < (run / "metrics.json").stat().st_mtime:
-                score_study(study, run, device=device)
-            d = pd.read_csv(run / "dls.csv", dtype={"patient_id": str})
-            d = d.rename(columns={"dls": PETCT_MODELS[ch], "n_slices": "n_slices" if ch == "hyper" else f"n_slices_{ch}"})
-            frames.append(d.drop(columns=["cohort"]))
-        s2 = reader2_study(study)
-        if s2 is not None and (out / "models" / "hyper" / "model.pt").is_file():
-            r2 = out / "models" / "hyper" / "reader2"
-            if not (r2 / "dls.csv").is_file(): score_study(s2, out / "models" / "hyper", out=r2, device=device)
-            d = pd.read_csv(r2 / "dls.csv", dtype={"patient_id": str})[["patient_id", "dls"]].rename(columns={"dls": "dls_reader2"})
-            frames.append(d)
-    elif study.modality == "mri":
-        from pdl1_dls.mri_train import train_mri_study, score_mri_study
-        run = out / "models" / "mri"
-        if not _same_run(run, seed, quick, profile=mri_profile(study, quick, kw.get("profile"))):
-            _train_fresh_if_changed(train_mri_study, study, run, seed=seed, quick=quick, device=device, **kw)
-        if not (run / "dls.csv").is_file() or (run / "dls.csv").stat().st_mtime < (run / "metrics.json").stat().st_mtime:
-            score_mri_study(study, run)
-        d = pd.read_csv(run / "dls.csv", dtype={"patient_id": str})
-        keep = [c for c in d if c.startswith("dls") and c != "dls_high"] + [c for c in ("n_slices",) if c in d]
-        frames.append(d[["patient_id"] + keep])                 # only the scores: the clinical columns come from the study
-    else:
-        raise PDL1Error(f"no model for modality {study.modality!r}", file=study.path)
-    scores = study.table()[["patient_id", "cohort", "role"]]
-    for f in frames: scores = scores.merge(f, on="patient_id", how="left")
-    with atomic_path(out / "scores.csv") as p: scores.to_csv(p, index=False)
-    return scores
+    return apply_models(study, train_models(study, out_dir, seed, quick, models, device, **kw), out_dir, device)
+
+def run_models(out_dir: str | os.PathLike,  # a run folder
+               what: str = "models",  # "models": the bundle folders; "scores": their score folders (dls.csv, features.npz)
+              ) -> dict:
+    "{score column: folder} of the models that scored a run (from scores.json): the trained ones or `--model`'s."
+    p = Path(out_dir) / "scores.json"
+    if not p.is_file(): raise PDL1Error("no scores yet: run the paper's first notebook (train and score) first", file=p)
+    return {k: Path(v) for k, v in json.loads(p.read_text())[what].items()}
+
+def external_bundles(path: str | os.PathLike) -> dict:
+    "{name: bundle} to apply for external validation: PATH itself if it is a bundle, else the bundles in PATH/models/ (no null controls)."
+    from pdl1_dls.training import MODEL_JSON, read_bundle
+    p = Path(path)
+    if (p / MODEL_JSON).is_file(): return {p.name: p}
+    found = {b.name: b for b in sorted((p / "models").glob("*")) if (b / MODEL_JSON).is_file()
+             and not read_bundle(b, verify=False).get("training", {}).get("permuted")}
+    if not found: raise PDL1Error("not a model bundle (no model.json) nor a run folder with bundles in models/", file=p)
+    return found
 
 # %% ../nbs/61_analysis.ipynb #5af21814
 PAPER_COHORTS = {
@@ -140,15 +153,14 @@ def training_cutoff(scored: pd.DataFrame,  # `load_scores` table (or any with ro
     return float(youden_cutoff(t[label].astype(int).to_numpy(), t[score].to_numpy()).threshold)
 
 def load_scores(manifest: str | os.PathLike | Study,  # study manifest
-                out_dir: str | os.PathLike,  # run folder holding scores.csv
+                out_dir: str | os.PathLike,  # run folder holding scores.csv and scores.json
                ) -> tuple[pd.DataFrame, float, Study]:
-    "(clinical table + every score, training cutoff of the DLS, study); adds `dls_high` (DLS >= cutoff)."
+    "(clinical table + every score, the DLS cutoff of the scoring bundle, study); adds `dls_high` (DLS >= cutoff). Writes nothing."
     study = manifest if isinstance(manifest, Study) else load_study(manifest)
-    p = Path(out_dir) / "scores.csv"
-    if not p.is_file(): raise PDL1Error("no scores yet: run the paper's first notebook (train and score) first", file=p)
-    s = pd.read_csv(p, dtype={"patient_id": str}).drop(columns=["cohort", "role"])
+    p, j = Path(out_dir) / "scores.csv", Path(out_dir) / "scores.json"
+    if not p.is_file() or not j.is_file(): raise PDL1Error("no scores yet: run the paper's first notebook (train and score) first", file=p)
+    s = pd.read_csv(p, dtype={"patient_id": str}).drop(columns=["cohort", "role", "dls_high"], errors="ignore")
     t = study.table().merge(s, on="patient_id", how="left")
-    cut = training_cutoff(t, study.label_column, "dls")
+    cut = float(json.loads(j.read_text())["cutoff"])
     t["dls_high"] = np.where(t["dls"].isna(), np.nan, (t["dls"] >= cut).astype(float))
-    write_json(dict(cutoff=cut, rule="Youden (pROC best) on the training cohort", score="dls"), Path(out_dir) / "cutoff.json")
     return t, cut, study

@@ -38,34 +38,35 @@ def _cmd_validate(a):
 
 def _cmd_train(a):
     from pdl1_dls.manifest import load_study
+    from pdl1_dls.training import pipeline
     study = load_study(a.manifest)
-    if study.modality == "mri":
-        from pdl1_dls.mri_train import train_mri_study
-        m = train_mri_study(study, a.out, seed=a.seed, permute_labels=a.permute_labels, backbone=a.backbone,
-                            weights=a.weights, quick=a.quick, profile=a.profile, device=a.device)
-    else:
-        from pdl1_dls.train import train_study
-        m = train_study(study, a.out, seed=a.seed, permute_labels=a.permute_labels, channels=a.channels,
-                        epochs=a.epochs, quick=a.quick, device=a.device, resume=not a.no_resume)
+    given = dict(channels=a.channels, epochs=a.epochs, backbone=a.backbone, profile=a.profile, weights=a.weights)
+    kw = {k: v for k, v in given.items() if v is not None}          # a setting the modality does not have is refused by its trainer
+    if a.no_resume: kw["resume"] = False
+    m = pipeline(study.modality).train(study, a.out, seed=a.seed, permute_labels=a.permute_labels, quick=a.quick, device=a.device,
+                                       retrain=not a.no_retrain, skip_bad=a.skip_bad, **kw)
     auc = m.get("val_auc")
     shown = f"{auc:.3f}" if isinstance(auc, (int, float)) and auc == auc else "n/a (no validation cohort with both classes)"
-    print(f"val_auc={shown}  metrics: {Path(a.out) / 'metrics.json'}")
+    skipped = f"; {m['n_skipped']} patient(s) left out: {m.get('skipped_reasons')}" if m.get("n_skipped") else ""
+    print(f"val_auc={shown}  cutoff={m.get('cutoff'):.4f}  bundle: {Path(a.out)}{skipped}")
     return 0
 
 def _cmd_score(a):
-    from pdl1_dls.manifest import load_study
-    study = load_study(a.manifest)
-    if study.modality == "mri":
-        from pdl1_dls.mri_train import score_mri_study as score
-    else:
-        from pdl1_dls.train import score_study as score
-    df = score(study, a.run)
-    print(f"{len(df)} patients scored: {Path(a.run) / 'dls.csv'}")
+    from pdl1_dls.training import load_model
+    df = load_model(a.model).score(a.manifest, a.out, cohorts=a.cohorts, device=a.device, skip_bad=a.skip_bad)
+    print(f"{int(df['dls'].notna().sum())} patients scored ({int(df['dls_high'].sum())} DLS-high): {Path(a.out) / 'dls.csv'}")
+    return 0
+
+def _cmd_predict(a):
+    from pdl1_dls.training import load_model
+    files = {k: getattr(a, k) for k in ("pet", "ct", "roi", "t1", "t2", "ce_t1") if getattr(a, k) is not None}
+    r = load_model(a.model).predict(a.out, device=a.device, gradcam=not a.no_gradcam, **files)
+    print(f"dls={r['dls']:.4f} ({'high' if r['dls_high'] else 'low'}; cutoff {r['cutoff']:.4f}): {Path(a.out) / 'prediction.json'}")
     return 0
 
 def _cmd_reproduce(a):
     from pdl1_dls.report import run_reproduction
-    r = run_reproduction(a.manifest, a.out, seed=a.seed, n_boot=a.n_boot, quick=a.quick, only=a.only)
+    r = run_reproduction(a.manifest, a.out, seed=a.seed, n_boot=a.n_boot, quick=a.quick, only=a.only, model=a.model)
     failed = [s["notebook"] for s in r["notebooks"] if not s["ok"]]
     print(f"report: {r['index']}")
     if failed:
@@ -120,13 +121,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-generate", action="store_true", help="do not generate a declared synthetic study that is absent")
     s.set_defaults(func=_cmd_validate)
 
-    s = sub.add_parser("train", help="train the model of the manifest's modality",
-                       description="Train on the training cohort (model selection on an inner split of it) and report AUC on the validation cohort in OUT/metrics.json.")
+    s = sub.add_parser("train", help="train the model of the manifest's modality into a bundle folder",
+                       description="Train on the training cohort (model selection on an inner split of it), report AUC on the validation cohort, "
+                                   "and write OUT as a self-describing bundle (model.json, weights, train_log.csv, metrics.json, MODEL_CARD.md). "
+                                   "OUT holding a bundle of the same settings and data is reused; of other settings, it is trained again "
+                                   "(--no-retrain: refused, naming them). A patient that cannot be used stops it (exit 2) unless --skip-bad.")
     s.add_argument("--manifest", required=True)
-    s.add_argument("--out", required=True, help="run folder (model, config, metrics.json, logs)")
+    s.add_argument("--out", required=True, help="bundle folder (model.json, weights, metrics.json, MODEL_CARD.md)")
     s.add_argument("--seed", type=int, default=st.seed)
     s.add_argument("--permute-labels", action="store_true", help="train on permuted labels: the null control")
-    s.add_argument("--channels", choices=["hyper", "pet", "ct"], default="hyper", help="PET/CT input: hyper-image or one modality (ablation)")
+    s.add_argument("--channels", choices=["hyper", "pet", "ct"], default=None, help="PET/CT input: hyper-image (default) or one modality (ablation)")
     s.add_argument("--epochs", type=_positive_int, default=None, help="maximum training epochs (at least 1)")
     s.add_argument("--backbone", default=None, help="MRI backbone (resnet18, resnet50, resnet101); default: the manifest's, else resnet18")
     s.add_argument("--profile", default=None, choices=["paper", "cpu", "quick"],
@@ -135,13 +139,31 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--quick", action="store_true", help="short training for smoke tests")
     s.add_argument("--device", type=_device_arg, default=None, help="auto, cpu, cuda, cuda:N (default: settings)")
     s.add_argument("--no-resume", action="store_true", help="start afresh even if OUT holds an interrupted run")
+    s.add_argument("--no-retrain", action="store_true", help="refuse (exit 2, naming the changed settings) instead of retraining when OUT holds a model of other settings")
+    s.add_argument("--skip-bad", action="store_true", help="leave out patients whose data cannot be used (counted in metrics.json) instead of stopping")
     s.set_defaults(func=_cmd_train)
 
-    s = sub.add_parser("score", help="score every patient of a manifest with a trained run",
-                       description="Write RUN/dls.csv (patient_id, cohort, dls, n_slices) and the patient deep features.")
+    s = sub.add_parser("score", help="score every patient of a manifest with a trained bundle (frozen)",
+                       description="Apply the bundle MODEL to every patient of every cohort of MANIFEST: OUT/dls.csv (patient_id, cohort, dls, "
+                                   "dls_high at the bundle's cutoff, per-sequence scores for MRI, n_slices), OUT/features.npz (deep features), "
+                                   "OUT/skipped.csv and OUT/score.json. Nothing is written into the bundle.")
+    s.add_argument("--model", required=True, help="bundle folder written by `pdl1-dls train` (or a reproduction run's models/<name>)")
     s.add_argument("--manifest", required=True)
-    s.add_argument("--run", required=True, help="run folder written by `pdl1-dls train`")
+    s.add_argument("--out", required=True, help="folder for the scores (never the bundle)")
+    s.add_argument("--cohorts", nargs="*", default=None, help="score only these cohorts")
+    s.add_argument("--device", type=_device_arg, default=None, help="auto, cpu, cuda, cuda:N (default: settings)")
+    s.add_argument("--skip-bad", action="store_true", help="leave out (and list in skipped.csv) patients whose data cannot be used instead of stopping")
     s.set_defaults(func=_cmd_score)
+
+    s = sub.add_parser("predict", help="score one patient from image files with a trained bundle",
+                       description="One patient from files (NIfTI/NRRD/MHA or a DICOM series folder): OUT/prediction.json (dls, dls_high, cutoff, "
+                                   "per-sequence scores for MRI) and OUT/gradcam.png. PET/CT: --pet --ct --roi; MRI: --t1 --t2 --ce-t1 --roi.")
+    s.add_argument("--model", required=True, help="bundle folder written by `pdl1-dls train`")
+    s.add_argument("--out", required=True, help="folder for prediction.json and gradcam.png")
+    for k in ("pet", "ct", "t1", "t2", "ce-t1", "roi"): s.add_argument(f"--{k}", default=None, help=f"{k.upper()} image (file or DICOM folder)")
+    s.add_argument("--device", type=_device_arg, default=None, help="auto, cpu, cuda, cuda:N (default: settings)")
+    s.add_argument("--no-gradcam", action="store_true", help="skip the Grad-CAM figure")
+    s.set_defaults(func=_cmd_predict)
 
     s = sub.add_parser("reproduce", help="run the paper's reproduction notebooks with papermill",
                        description="Execute the reproduction notebooks for the manifest's paper and write OUT/ with notebooks, tables, figures, provenance.json and index.html.")
@@ -151,6 +173,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--n-boot", type=int, default=st.n_boot, help="bootstrap replicates")
     s.add_argument("--quick", action="store_true", help="small bootstrap and short training (smoke test)")
     s.add_argument("--only", nargs="*", default=None, help="run only notebooks whose name contains one of these")
+    s.add_argument("--model", default=None, help="external validation: apply this bundle (or a reproduction run folder's models/) frozen; "
+                                                  "nothing is trained or refitted")
     s.set_defaults(func=_cmd_reproduce)
 
     s = sub.add_parser("explore", help="serve the survival and Grad-CAM explorers of a finished run (Voila, localhost)",

@@ -23,12 +23,12 @@ from .core import PDL1Error, find_settings_file, get_settings
 from .manifest import Study, load_study
 
 # %% auto #0
-__all__ = ['RUN_ENV', 'ENDPOINTS', 'GROUPINGS', 'POOLED_ICI', 'TARGETS', 'EXPLORERS', 'OFFLINE_TEMPLATE', 'BUSY_PAGE',
-           'VOILA_DENY', 'LOCAL_HOSTS', 'MAX_KERNELS', 'CULL_IDLE_S', 'CULL_INTERVAL_S', 'TOKEN_ENV', 'default_run_dir',
-           'Run', 'open_run', 'SurvivalView', 'SurvivalExplorer', 'plot_survival', 'fig_png', 'GradcamExplorer',
-           'survival_app', 'gradcam_app', 'explorers_dir', 'offline_template', 'url_host', 'is_loopback',
-           'allowed_hosts', 'capped_kernel_manager', 'voila_app_class', 'voila_main', 'voila_command', 'stop_voila',
-           'ExplorerServer', 'serve']
+__all__ = ['RUN_ENV', 'ENDPOINTS', 'GROUPINGS', 'POOLED_ICI', 'PETCT_MODELS', 'TARGETS', 'EXPLORERS', 'OFFLINE_TEMPLATE',
+           'BUSY_PAGE', 'VOILA_DENY', 'LOCAL_HOSTS', 'MAX_KERNELS', 'CULL_IDLE_S', 'CULL_INTERVAL_S', 'TOKEN_ENV',
+           'default_run_dir', 'Run', 'open_run', 'SurvivalView', 'SurvivalExplorer', 'plot_survival', 'fig_png',
+           'GradcamExplorer', 'survival_app', 'gradcam_app', 'explorers_dir', 'offline_template', 'url_host',
+           'is_loopback', 'allowed_hosts', 'capped_kernel_manager', 'voila_app_class', 'voila_main', 'voila_command',
+           'stop_voila', 'ExplorerServer', 'serve']
 
 # %% ../nbs/71_explore.ipynb #53506da1
 RUN_ENV = "PDL1_DLS_RUN"  # environment variable the explorer notebooks read (set by `serve`)
@@ -61,7 +61,6 @@ def open_run(run_dir: str | os.PathLike | None = None,  # run folder; default `d
              manifest: str | os.PathLike | Study | None = None,  # study manifest; default the one in provenance.json
             ) -> Run:
     "Read a finished run (scores, cutoff, study) without writing to it."
-    from pdl1_dls.analysis import training_cutoff
     rd = Path(run_dir) if run_dir is not None else default_run_dir()
     if not rd.is_dir(): raise PDL1Error("run folder not found (run `make demo`, or pass the folder of a finished run)", file=rd)
     sc = rd / "scores.csv"
@@ -72,8 +71,9 @@ def open_run(run_dir: str | os.PathLike | None = None,  # run folder; default `d
     t["patient_id"] = t["patient_id"].astype(str)
     t = t.merge(s, on="patient_id", how="left")
     if "dls" not in t or t["dls"].notna().sum() == 0: raise PDL1Error("scores.csv has no DLS values", file=sc, column="dls")
-    cj = rd / "cutoff.json"
-    cut = float(json.loads(cj.read_text())["cutoff"]) if cj.is_file() else training_cutoff(t, study.label_column, "dls")
+    cj = rd / "scores.json"                                 # the cutoff of the bundle that scored the DLS
+    if not cj.is_file(): raise PDL1Error("no scores.json: the run is not finished (train and score first)", file=cj)
+    cut = float(json.loads(cj.read_text())["cutoff"])
     t["dls_high"] = np.where(t["dls"].isna(), np.nan, (t["dls"] >= cut).astype(float))
     return Run(rd, study, t, cut)
 
@@ -254,7 +254,8 @@ def fig_png(fig, dpi: int = 90) -> bytes:
     return buf.getvalue()
 
 # %% ../nbs/71_explore.ipynb #c206dab4
-from .analysis import PETCT_MODELS
+from .train import PETCTPipeline
+PETCT_MODELS = PETCTPipeline.scores
 
 TARGETS = {1: "PD-L1 positive filter", 0: "PD-L1 negative filter"}
 
@@ -275,7 +276,7 @@ class GradcamExplorer:
         mdir = self.run.run_dir / "models"
         if self.modality == "mri":
             self._init_mri(mdir); return
-        self.model_names = [m for m in PETCT_MODELS if (mdir / m / "model.pt").is_file() and (mdir / m / "config.json").is_file()]
+        self.model_names = [m for m in PETCT_MODELS if (mdir / m / "model.pt").is_file() and (mdir / m / "model.json").is_file()]
         if not self.model_names: raise PDL1Error("no trained PET/CT model in the run folder", file=mdir)
         self.cache_dir = self._find_cache("petct")   # where training cached them; else build in memory only
 
@@ -290,7 +291,7 @@ class GradcamExplorer:
     def _init_mri(self, mdir: Path):
         "MRI run: the per-sequence CNNs of models/mri; 'slices' are the three maximum-area planes."
         from pdl1_dls.mri_train import MRIRun
-        if not (mdir / "mri" / "config.json").is_file(): raise PDL1Error("no trained MRI model in the run folder", file=mdir / "mri")
+        if not (mdir / "mri" / "model.json").is_file(): raise PDL1Error("no trained MRI model in the run folder", file=mdir / "mri")
         self.mri = MRIRun.load(mdir / "mri")
         self.model_names = list(self.mri.cfg.sequences)
         self.cache_dir = self._find_cache("mri")
@@ -349,8 +350,8 @@ class GradcamExplorer:
         "(model, config) of one trained model of the run."
         if name not in self.model_names: raise ValueError(f"model must be one of {self.model_names}, not {name!r}")
         if name not in self._models:
-            from pdl1_dls.train import load_run
-            self._models[name] = load_run(self.run.run_dir / "models" / name, device=self.device)
+            from pdl1_dls.training import load_model
+            self._models[name] = load_model(self.run.run_dir / "models" / name).net(self.device)
         return self._models[name]
 
     def cams(self, pid: str, model: str = "hyper", target: int = 1) -> np.ndarray:
@@ -377,8 +378,8 @@ class GradcamExplorer:
         "Training (Youden) cutoff of the model's score (MRI: of the fused DLS)."
         if model == "hyper" or self.modality == "mri": return self.run.cutoff
         if model not in self._cuts:
-            from pdl1_dls.analysis import training_cutoff
-            self._cuts[model] = training_cutoff(self.table, self.study.label_column, PETCT_MODELS[model])
+            from pdl1_dls.training import load_model
+            self._cuts[model] = load_model(self.run.run_dir / "models" / model, verify=False).cutoff   # that bundle's own cutoff
         return self._cuts[model]
 
     def info(self, pid: str, model: str = "hyper") -> dict:

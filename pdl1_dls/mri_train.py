@@ -22,15 +22,14 @@ from torch import nn
 
 from .core import PDL1Error, atomic_write, get_device, get_settings, progress, seed_everything, write_json
 from .stats.roc import auc_ci
-from .training import (EarlyStopping, config_hash, fit_epochs, load_state, permute_patient_labels, read_bundle, refuse_skipped,
-                               reuse_or_clear, save_state, split_inner, write_bundle)
+from .training import (EarlyStopping, config_hash, fit_epochs, load_state, manifest_train_settings, permute_patient_labels,
+                               read_bundle, refuse_skipped, reuse_or_clear, save_state, split_inner, write_bundle)
 from .mri import PLANES, SEQUENCES, MRIParams, augment_batch, mri_augment, mri_cohort
 from .mri_models import FeatureReducer, FusionTransformer, SequenceNet, extract_features, focal_loss, mri_gradcam
 
 # %% auto #0
-__all__ = ['MRITRAIN_PROFILES', 'PIPELINE', 'toy_mri_table', 'MRITrainConfig', 'fit_sequence', 'fit_fusion',
-           'manifest_train_settings', 'MRIMember', 'MRIRun', 'n_members', 'crossfit_plan', 'train_mri_study',
-           'MRIPipeline']
+__all__ = ['MRITRAIN_PROFILES', 'PIPELINE', 'toy_mri_table', 'MRITrainConfig', 'fit_sequence', 'fit_fusion', 'MRIMember',
+           'MRIRun', 'n_members', 'crossfit_plan', 'train_mri_study', 'MRIPipeline']
 
 # %% ../nbs/22_mri_train.ipynb #18c77e5a
 def toy_mri_table(root,  # folder for the NIfTI files
@@ -221,24 +220,6 @@ def _fit_fusion(tok_fit, y_fit, tok_inner, y_inner, cfg, seed):
     return model, log
 
 # %% ../nbs/22_mri_train.ipynb #4bd91274
-def manifest_train_settings(study_or_path) -> dict:
-    "The `train:` mapping of a study's manifest (a copy; {} for a table or without one); a relative `weights` path is the manifest folder's."
-    if isinstance(study_or_path, pd.DataFrame): return {}
-    if isinstance(study_or_path, (str, Path)):
-        from pdl1_dls.manifest import ensure_study
-        study_or_path = ensure_study(study_or_path)
-    spec = getattr(study_or_path, "spec", None) or {}
-    t = spec.get("train") or {}
-    if not isinstance(t, dict):
-        raise PDL1Error("manifest key 'train' must be a mapping of MRITrainConfig settings", file=getattr(study_or_path, "path", None))
-    t = dict(t)
-    where = getattr(study_or_path, "path", None)
-    if t.get("weights") and where is not None:  # like every other path in a manifest: relative to its folder
-        from pdl1_dls.manifest import expand
-        w = Path(expand(str(t["weights"])))
-        t["weights"] = str(w if w.is_absolute() else (Path(where).resolve().parent / w))
-    return t
-
 def _as_table(study_or_path, label_column: str | None):
     "(table, label column, name) from a manifest path, a Study, or a DataFrame."
     if isinstance(study_or_path, pd.DataFrame):
@@ -513,6 +494,8 @@ class MRIPipeline:
     "The MRI pipeline (Ding 2025): 2.5D inputs, per-sequence ResNets, PCA, transformer fusion (looked up by `training.pipeline('mri')`)."
     modality = "mri"
     inputs = SEQUENCES + ("roi",)
+
+    paper_models = {"mri": {}}  # Ding 2025: one fused model (per-sequence scores come with it)
 
     def train(self, study, out_dir, **kw) -> dict: return train_mri_study(study, out_dir, **kw)
 

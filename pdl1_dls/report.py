@@ -572,6 +572,7 @@ def run_reproduction(manifest: str | os.PathLike,  # study manifest
                      n_boot: int | None = None,  # default: settings
                      quick: bool = False,  # smaller bootstrap and training, for tests
                      only: list[str] | None = None,  # run only notebooks whose name contains one of these
+                     model: str | os.PathLike | None = None,  # external validation: a bundle (or a run folder's models/) applied frozen
                      kernel_name: str = "python3",
                      log=print,
                     ) -> dict:
@@ -587,6 +588,16 @@ def run_reproduction(manifest: str | os.PathLike,  # study manifest
     (out / "notebooks").mkdir(exist_ok=True)
     nbs = list_notebooks(study.paper, only)
     if not nbs: raise PDL1Error(f"no reproduction notebooks for paper {study.paper!r}", file=manifest)
+    applied = None
+    if model is not None:                             # external validation: the frozen bundles score the study; nothing trains
+        from pdl1_dls.analysis import apply_models, external_bundles
+        bundles = external_bundles(model)
+        if (out / "models").exists(): raise PDL1Error("holds trained models: external validation needs its own --out", file=out / "models")
+        if any(out.resolve() == Path(b).resolve() or out.resolve() in Path(b).resolve().parents for b in bundles.values()):
+            raise PDL1Error("--out is inside the model bundle: choose another folder", file=out)
+        apply_models(study, bundles, out, trained_here=False)
+        applied = {k: str(Path(v).resolve()) for k, v in bundles.items()}
+        nbs = [nb for nb in nbs if not nb.stem.endswith("_train_score")]
     from pdl1_dls.core import data_dir
     dd = data_dir()
     if dd is not None: os.environ.setdefault(st.data_env, str(dd))   # kernels run in out_dir: pass the data location on
@@ -618,7 +629,7 @@ def run_reproduction(manifest: str | os.PathLike,  # study manifest
     except Exception as e:                              # the run's other outputs stay; the index says what failed
         cmp_error = f"{type(e).__name__}: {' '.join(str(e).split())[:300]}"
         log(f"comparison table not finalised: {cmp_error}")
-    prov = provenance(manifest, seed=int(seed), n_boot=int(n_boot), quick=bool(quick), study=study.name,
+    prov = provenance(manifest, seed=int(seed), n_boot=int(n_boot), quick=bool(quick), study=study.name, model=applied,
                       paper=study.paper, synthetic=_is_synthetic(study), notebooks=status,
                       seconds=round(time.time() - t0, 1), command=" ".join(sys.argv), comparisons_error=cmp_error)
     write_json(prov, out / "provenance.json")
@@ -711,6 +722,18 @@ def write_index(out_dir: str | os.PathLike,  # the run folder
          "td,th{border:1px solid #ccc;padding:2px 6px}img{max-width:100%}.fail{color:#b00}.note{background:#fff8e0;padding:.5em}</style></head><body>",
          f"<h1>Reproduction report: {esc(study_name)}</h1>",
          f"<p>Paper: {esc(paper or 'none')}. Provenance: <a href='provenance.json'>provenance.json</a>.</p>"]
+    if prov.get("model"):                             # external validation: say where the model came from and show its card
+        from pdl1_dls.training import read_bundle
+        prim = next(iter(prov["model"].values()))
+        for b in prov["model"].values():
+            try:
+                if read_bundle(b, verify=False).get("score") == "dls": prim = b
+            except Exception: pass
+        card = (Path(prim) / "MODEL_CARD.md").read_text() if (Path(prim) / "MODEL_CARD.md").is_file() else "(no model card)"
+        names = ", ".join(f"{k}: {v}" for k, v in prov["model"].items())
+        md += ["## External validation", "", f"Frozen model(s) applied, nothing trained or refitted: {names}.", "", card, ""]
+        h += ["<h2>External validation</h2>", f"<p class='note'>Frozen model(s) applied, nothing trained or refitted: {esc(names)}.</p>",
+              f"<details open><summary>Model card</summary><pre>{esc(card)}</pre></details>"]
     text = _cohort_text(cs, synthetic)
     if cs is not None and len(cs):
         show = cs.rename(columns={"paper_cohort": "paper cohort", "study_cohort": "study cohort", "n_study": "patients (study)",

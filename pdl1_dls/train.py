@@ -23,8 +23,8 @@ import torch.nn.functional as F
 from .core import PDL1Error, atomic_write, get_device, get_settings, progress, seed_everything, write_json
 from .srescnn import CHANNELS, make_model
 from .stats.roc import auc_ci
-from .training import (EarlyStopping, config_hash, fit_epochs, load_state, permute_patient_labels, refuse_skipped,
-                               reuse_or_clear, save_state, split_inner, write_bundle)
+from .training import (EarlyStopping, config_hash, fit_epochs, load_state, manifest_train_settings, permute_patient_labels,
+                               refuse_skipped, reuse_or_clear, save_state, split_inner, write_bundle)
 
 # %% auto #0
 __all__ = ['QUICK', 'DIHEDRAL', 'CHECKPOINT_FORMAT', 'PIPELINE', 'toy_patients', 'stack_slices', 'slice_weights', 'augment',
@@ -339,9 +339,12 @@ def train_study(study_or_path,  # manifest path or `pdl1_dls.manifest.Study`
     _check_petct(study)
     out_dir = Path(out_dir); out_dir.mkdir(parents=True, exist_ok=True)
     kw = dict(QUICK) if quick else {}
+    kw.update(manifest_train_settings(study))              # the manifest's `train:` block; arguments win over it
     kw.update(overrides)
     if epochs is not None: kw["epochs"] = int(epochs)
     if channels not in CHANNELS: raise PDL1Error(f"channels must be one of {', '.join(CHANNELS)}, not {channels!r}")
+    bad = sorted(set(kw) - {f.name for f in fields(TrainConfig)} | ({"seed", "channels", "permute_labels"} & set(kw)))
+    if bad: raise PDL1Error(f"unknown PET/CT training setting(s) {', '.join(map(repr, bad))} (see TrainConfig)", file=study.path)
     cfg = TrainConfig(seed=int(seed), channels=channels, permute_labels=bool(permute_labels), **kw)
     lab = study.label_column
     t = study.table()
@@ -398,7 +401,7 @@ def train_study(study_or_path,  # manifest path or `pdl1_dls.manifest.Study`
     m = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in m.items()}
     write_json(m, out_dir / "metrics.json")
     n_pos = int(sum(true_lab.values()))
-    score = {"hyper": "dls", "pet": "dls_pet", "ct": "dls_ct"}[channels]
+    score = PETCTPipeline.scores[channels]
     meta = dict(name=f"{study.paper or 'petct'} SResCNN ({channels}){' null control' if permute_labels else ''}", modality="petct",
                 paper=study.paper, score=score, outputs=["dls"], inputs=["pet", "ct", "roi"], identity=identity, config_hash=cfg.identity(),
                 request=request, config=asdict(cfg), preprocessing=prep, label_column=lab, label_rule=study.label_rule,
@@ -417,6 +420,9 @@ class PETCTPipeline:
     "The PET/CT pipeline (Mu 2021): hyper-images, SResCNN, DLS = mean slice probability (looked up by `training.pipeline('petct')`)."
     modality = "petct"
     inputs = ("pet", "ct", "roi")
+
+    paper_models = {"hyper": dict(channels="hyper"), "pet": dict(channels="pet"), "ct": dict(channels="ct")}  # Mu 2021 + ablation
+    scores = {"hyper": "dls", "pet": "dls_pet", "ct": "dls_ct"}  # score column of each model's channels
 
     def train(self, study, out_dir, **kw) -> dict: return train_study(study, out_dir, **kw)
 

@@ -28,8 +28,8 @@ from .core import PDL1Error, atomic_path, atomic_write, look_up_option, progress
 # %% auto #0
 __all__ = ['BUNDLE_FORMAT', 'MODEL_JSON', 'CITATIONS', 'PIPELINES', 'split_inner', 'permute_patient_labels', 'save_state',
            'load_state', 'EarlyStopping', 'fit_epochs', 'config_hash', 'config_diff', 'reuse_or_clear',
-           'refuse_skipped', 'write_bundle', 'read_bundle', 'model_card', 'pipeline', 'Model', 'load_model',
-           'write_scores']
+           'refuse_skipped', 'manifest_train_settings', 'write_bundle', 'read_bundle', 'model_card', 'pipeline',
+           'Model', 'load_model', 'write_scores']
 
 # %% ../nbs/30_training.ipynb #e4b6801d
 def split_inner(labels: dict,  # patient_id -> 0/1 (training patients)
@@ -185,6 +185,26 @@ def refuse_skipped(skipped: pd.DataFrame, skip_bad: bool):
     r = skipped.iloc[0]
     more = f" (and {len(skipped) - 1} more; `--skip-bad` leaves them out and lists them)" if len(skipped) > 1 else ""
     raise PDL1Error(f"{r['reason']}{more}", patient=r["patient_id"], cohort=r.get("cohort"), file=r.get("file") if isinstance(r.get("file"), str) else None)
+
+
+# %% ../nbs/30_training.ipynb #74dfb346
+def manifest_train_settings(study_or_path) -> dict:
+    "The `train:` mapping of a study's manifest (a copy; {} for a table or without one); a relative `weights` path is the manifest folder's."
+    if isinstance(study_or_path, pd.DataFrame): return {}
+    if isinstance(study_or_path, (str, Path)):
+        from pdl1_dls.manifest import ensure_study
+        study_or_path = ensure_study(study_or_path)
+    spec = getattr(study_or_path, "spec", None) or {}
+    t = spec.get("train") or {}
+    if not isinstance(t, dict):
+        raise PDL1Error("manifest key 'train' must be a mapping of training settings", file=getattr(study_or_path, "path", None))
+    t = dict(t)
+    where = getattr(study_or_path, "path", None)
+    if t.get("weights") and where is not None:  # like every other path in a manifest: relative to its folder
+        from pdl1_dls.manifest import expand
+        w = Path(expand(str(t["weights"])))
+        t["weights"] = str(w if w.is_absolute() else (Path(where).resolve().parent / w))
+    return t
 
 
 # %% ../nbs/30_training.ipynb #b3556fbf

@@ -8,7 +8,8 @@ import pytest
 import SimpleITK as sitk
 
 from pdl1_dls.core import PDL1Error
-from pdl1_dls.mri_train import score_mri_study, toy_mri_table, train_mri_study
+from pdl1_dls.mri_train import crossfit_plan, toy_mri_table, train_mri_study
+from pdl1_dls.training import load_model
 
 TINY = dict(quick=True, device="cpu", size=32, input_size=32, epochs=1, fusion_epochs=10, backbone="resnet18")
 
@@ -25,35 +26,62 @@ def _train(tab, out, cache, **kw):
         return train_mri_study(tab, out, cache_dir=cache, **{**TINY, **kw})
 
 
+def _score(run, tab, out, cache):
+    return load_model(run).score(tab, out, cache_dir=cache).merge(tab[["patient_id", "role", "pdl1"]], on="patient_id")
+
+
 def test_outputs_and_scoring(toy):
     d, tab = toy
     m = _train(tab, d / "run", d / "cache")
-    for f in ("metrics.json", "config.json", "dls.csv", "features.npz", "train_log.csv", "skipped.csv"):
-        assert (d / "run" / f).is_file(), f
+    assert sorted(p.name for p in (d / "run").iterdir()) == ["MODEL_CARD.md", "member0", "member1", "metrics.json", "model.json", "train_log.csv"]
     for k in (0, 1):    # two cross-fitting members
         for f in ("fusion.pt", "reducer.npz", "cnn_t1.pt", "cnn_t2.pt", "cnn_ce_t1.pt"):
             assert (d / "run" / f"member{k}" / f).is_file(), (k, f)
-    conf = json.loads((d / "run" / "config.json").read_text())
-    (a, b), trn = conf["members"], set(tab.patient_id[tab.role == "train"])
-    assert set(a["pca"]) | set(b["pca"]) == trn and not set(a["pca"]) & set(b["pca"])
+    meta = json.loads((d / "run" / "model.json").read_text())
+    assert meta["modality"] == "mri" and meta["inputs"] == ["t1", "t2", "ce_t1", "roi"] and len(meta["files"]) == 13
+    assert [mb["n_pca"] for mb in meta["training"]["members"]] == [8, 8]
+    ids = set(tab.patient_id)
+    assert not any(pid in (d / "run" / f).read_text() for f in ("model.json", "metrics.json", "MODEL_CARD.md", "train_log.csv") for pid in ids)
+    lab = dict(zip(tab.patient_id[tab.role == "train"], tab.pdl1[tab.role == "train"]))
+    (a, b) = crossfit_plan(lab, 2, 0.25, 0)
+    assert set(a["pca"]) | set(b["pca"]) == set(lab) and not set(a["pca"]) & set(b["pca"])
     assert set(a["cnn_fit"]) == set(b["pca"]) and set(a["fusion_fit"]) | set(a["fusion_stop"]) == set(a["pca"])
     met = json.loads((d / "run" / "metrics.json").read_text())
     assert met["val_auc"] == m["val_auc"] and 0 <= m["val_auc"] <= 1 and m["permuted"] is False and m["seed"] == 0
     assert set(met["sequences"]) == {"t1", "t2", "ce_t1"} and m["n_train"] == 16 and m["crossfit"] == 2
     assert m["pca_components"] == 7    # the PCA of a member is fitted on its held-out fold of 8 patients
-    dls = pd.read_csv(d / "run" / "dls.csv")
-    assert {"patient_id", "cohort", "dls", "dls_t1", "dls_t2", "dls_ce_t1", "n_slices"} <= set(dls.columns)
+    dls = _score(d / "run", tab, d / "score", d / "cache")
+    assert list(dls.columns[:8]) == ["patient_id", "cohort", "dls", "dls_high", "dls_t1", "dls_t2", "dls_ce_t1", "n_slices"]
     assert len(dls) == 24 and (dls.n_slices == 9).all() and dls.dls.between(0, 1).all()
+    assert ((dls.dls >= m["cutoff"]) == (dls.dls_high == 1)).all() and meta["cutoff"]["value"] == m["cutoff"]
     # the cutoff is the training Youden threshold of the fused DLS
-    from pdl1_dls.stats.roc import youden_cutoff
+    from pdl1_dls.stats.roc import auc_ci, youden_cutoff
     tr = dls[dls.role == "train"]
     assert m["cutoff"] == pytest.approx(youden_cutoff(tr.pdl1, tr.dls).threshold)
-    # scoring the saved run reproduces the training-time scores
-    again = score_mri_study(tab, d / "run", out_dir=d / "score", cache_dir=d / "cache")
-    assert np.allclose(again.dls, dls.dls, atol=1e-5) and (d / "score" / "features.npz").is_file()
+    va = dls[dls.role == "validation"]
+    assert auc_ci(va.pdl1, va.dls)["auc"] == pytest.approx(m["val_auc"], abs=1e-9)     # scoring reproduces the training-time AUC
     with np.load(d / "score" / "features.npz") as z:
         assert z["tokens"].shape == (24, 2, 3, 7) and z["features"].shape == (24, 2, 3, 512)    # patient, member, sequence
-        assert np.allclose(z["dls"], dls.dls, atol=1e-5)
+        assert list(z["patient_id"]) == dls.patient_id.tolist()
+    assert json.loads((d / "score" / "score.json").read_text())["cutoff"] == m["cutoff"]
+
+
+def test_retrain_or_refuse(toy, tmp_path):
+    "Same request: the bundle is reused; a changed setting retrains, or with retrain=False is refused naming it."
+    d, tab = toy
+    _train(tab, tmp_path / "r", d / "cache")
+    ident = json.loads((tmp_path / "r" / "model.json").read_text())["identity"]
+    t0 = (tmp_path / "r" / "model.json").stat().st_mtime_ns
+    _train(tab, tmp_path / "r", d / "cache")
+    assert (tmp_path / "r" / "model.json").stat().st_mtime_ns == t0                        # reused, not retrained
+    with pytest.raises(PDL1Error, match="config.backbone: 'resnet18' -> 'resnet34'"):
+        _train(tab, tmp_path / "r", d / "cache", backbone="resnet34", retrain=False)
+    with pytest.raises(PDL1Error, match="config.lr: 0.01 -> 0.02"):
+        _train(tab, tmp_path / "r", d / "cache", lr=0.02, retrain=False)
+    assert json.loads((tmp_path / "r" / "model.json").read_text())["identity"] == ident
+    _train(tab, tmp_path / "r", d / "cache", lr=0.02)
+    meta = json.loads((tmp_path / "r" / "model.json").read_text())
+    assert meta["identity"] != ident and meta["config"]["lr"] == 0.02
 
 
 def test_single_fit_without_crossfitting(toy, tmp_path):
@@ -61,11 +89,13 @@ def test_single_fit_without_crossfitting(toy, tmp_path):
     d, tab = toy
     m = _train(tab, tmp_path / "one", d / "cache", crossfit=1)
     assert (tmp_path / "one" / "member0" / "fusion.pt").is_file() and not (tmp_path / "one" / "member1").exists()
-    (pl,) = json.loads((tmp_path / "one" / "config.json").read_text())["members"]
-    assert set(pl["pca"]) == set(tab.patient_id[tab.role == "train"]) and pl["fusion_fit"] == pl["cnn_fit"]
+    (pl,) = json.loads((tmp_path / "one" / "model.json").read_text())["training"]["members"]
+    assert pl["n_pca"] == 16 and pl["n_fusion_fit"] == pl["n_cnn_fit"]
     assert m["crossfit"] == 1 and m["pca_components"] == 15
-    again = score_mri_study(tab, tmp_path / "one", out_dir=tmp_path / "s", cache_dir=d / "cache")
-    assert np.allclose(again.dls, pd.read_csv(tmp_path / "one" / "dls.csv").dls, atol=1e-5)
+    again = _score(tmp_path / "one", tab, tmp_path / "s", d / "cache")
+    from pdl1_dls.stats.roc import auc_ci
+    va = again[again.role == "validation"]
+    assert auc_ci(va.pdl1, va.dls)["auc"] == pytest.approx(m["val_auc"], abs=1e-9)
     with pytest.raises(PDL1Error, match="crossfit=9 needs at least 9 training patients of each class"):
         _train(tab, tmp_path / "nine", d / "cache", crossfit=9)    # 16 training patients: one class has fewer than 9
 
@@ -80,13 +110,13 @@ def test_fitted_on_training_only(toy, tmp_path):
     tab2.loc[va, cols] = tab2.loc[va, cols].to_numpy()[::-1]  # other patients' images (an affine change would be undone by min-max)
     tab2.loc[va, "pdl1"] = 1 - tab2.loc[va, "pdl1"]
     _train(tab2, tmp_path / "b", d / "cache")
-    ca, cb = (json.loads((tmp_path / r / "config.json").read_text()) for r in "ab")
+    ca, cb = (json.loads((tmp_path / r / "model.json").read_text()) for r in "ab")
     assert ca["zscore"] == cb["zscore"] and ca["cutoff"] == cb["cutoff"]
-    assert ca["members"] == cb["members"]
+    assert ca["training"]["members"] == cb["training"]["members"]
     for k in (0, 1):
         with np.load(tmp_path / "a" / f"member{k}" / "reducer.npz") as za, np.load(tmp_path / "b" / f"member{k}" / "reducer.npz") as zb:
             assert set(za.files) == set(zb.files) and all(np.array_equal(za[n], zb[n]) for n in za.files)
-    da, db = (pd.read_csv(tmp_path / r / "dls.csv") for r in "ab")
+    da, db = (_score(tmp_path / r, t, tmp_path / f"s{r}", d / "cache") for r, t in (("a", tab), ("b", tab2)))
     trn = da.role == "train"
     assert np.allclose(da.dls[trn], db.dls[trn], atol=1e-6)
     assert not np.allclose(da.dls[~trn], db.dls[~trn], atol=1e-6)  # the validation data did change
@@ -99,9 +129,12 @@ def test_permuted_and_bad_input(toy, tmp_path):
     with pytest.raises(PDL1Error, match="no cohort with role 'train'"):
         _train(tab[tab.role != "train"], tmp_path / "x", d / "cache")
     bad = tab.copy(); bad.loc[0, "t2"] = str(tmp_path / "missing_t2.nii.gz")
-    _train(bad, tmp_path / "s", d / "cache")
-    sk = pd.read_csv(tmp_path / "s" / "skipped.csv")
+    _train(bad, tmp_path / "s", d / "cache", skipped_out=tmp_path / "skipped.csv")
+    sk = pd.read_csv(tmp_path / "skipped.csv")
     assert sk.patient_id.tolist() == [tab.patient_id[0]] and "does not exist" in sk.reason[0]
+    assert json.loads((tmp_path / "s" / "metrics.json").read_text())["n_skipped"] == 1
+    with pytest.raises(PDL1Error, match=f"patient={tab.patient_id[0]} .*does not exist"):
+        _train(bad, tmp_path / "s2", d / "cache", skip_bad=False)
 
 
 def test_manifest_train_settings_and_profiles(tmp_path):
@@ -118,11 +151,11 @@ def test_manifest_train_settings_and_profiles(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         train_mri_study(write(small, "m1"), tmp_path / "r1", device="cpu", cache_dir=tmp_path / "c")
-        cfg = json.loads((tmp_path / "r1" / "config.json").read_text())["config"]
+        cfg = json.loads((tmp_path / "r1" / "model.json").read_text())["config"]
         met = json.loads((tmp_path / "r1" / "metrics.json").read_text())
         assert (cfg["profile"], cfg["epochs"], cfg["size"], cfg["patience"]) == ("cpu", 1, 32, 10) and met["profile"] == "cpu"
         train_mri_study(write(small, "m2"), tmp_path / "r2", device="cpu", cache_dir=tmp_path / "c", epochs=2, profile="quick")
-        cfg = json.loads((tmp_path / "r2" / "config.json").read_text())["config"]
+        cfg = json.loads((tmp_path / "r2" / "model.json").read_text())["config"]
         assert (cfg["profile"], cfg["epochs"], cfg["patience"]) == ("quick", 2, 6)   # arguments win over the manifest
         with pytest.raises(PDL1Error, match="unknown MRI training setting.*'epoch'"):
             train_mri_study(write({"epoch": 3}, "m3"), tmp_path / "r3", device="cpu", cache_dir=tmp_path / "c")

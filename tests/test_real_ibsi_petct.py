@@ -23,8 +23,14 @@ def _random_hyper_model(folder: Path) -> Path:
     seed_everything(0)
     cfg = TrainConfig(channels="hyper")
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "config.json").write_text(json.dumps(dict(dataclasses.asdict(cfg), study="random-init test model")))
     save_state(make_model("hyper", dropout=cfg.dropout).state_dict(), folder / "model.pt")
+    from pdl1_dls.petct import DEFAULTS
+    from pdl1_dls.training import write_bundle
+    write_bundle(folder, dict(name="random-init test model", modality="petct", paper="mu2021", score="dls", outputs=["dls"],
+                              inputs=["pet", "ct", "roi"], identity="random-init", config_hash=cfg.identity(), config=dataclasses.asdict(cfg),
+                              preprocessing={k: list(v) if isinstance(v, tuple) else v for k, v in DEFAULTS.items()},
+                              cutoff=dict(value=0.5, rule="none: untrained test model"), training=dict(study="random-init test model")),
+                 ["model.pt"])
     return folder
 
 

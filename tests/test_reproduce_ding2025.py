@@ -31,7 +31,7 @@ def ding_run(tmp_path_factory):
 def scored(ding_run):
     "Study table merged with the per-patient scores of the run's own dls.csv (independent of load_scores)."
     study, out, _ = ding_run
-    d = pd.read_csv(out / "models" / "mri" / "dls.csv", dtype={"patient_id": str})
+    d = pd.read_csv(out / "scores" / "mri" / "dls.csv", dtype={"patient_id": str})
     d = d[["patient_id"] + [c for c in d.columns if c.startswith("dls") and c != "dls_high"]]
     return study.table().merge(d, on="patient_id", how="left")
 
@@ -84,8 +84,8 @@ def test_null_control_is_permuted_with_the_models_profile(ding_run):
     null = pd.read_csv(out / "tables" / "ding2025_null_control.csv")
     assert len(null) == 1 and bool(null["permuted"].iloc[0]) and null["profile"].iloc[0] == "quick"
     m = json.loads((out / "models" / "mri_permuted_s0" / "metrics.json").read_text())
-    main = json.loads((out / "models" / "mri" / "config.json").read_text())["config"]
-    null_cfg = json.loads((out / "models" / "mri_permuted_s0" / "config.json").read_text())["config"]
+    main = json.loads((out / "models" / "mri" / "model.json").read_text())["config"]
+    null_cfg = json.loads((out / "models" / "mri_permuted_s0" / "model.json").read_text())["config"]
     assert m["permuted"] is True and m["seed"] == 0 and m["profile"] == "quick"
     assert null_cfg == main
     assert null["val_auc"].iloc[0] == pytest.approx(m["val_auc"], nan_ok=True)

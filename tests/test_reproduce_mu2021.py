@@ -22,7 +22,8 @@ def mu_run(tmp_path_factory):
     make_petct_study(root / "study", scale="tiny", seed=0)
     manifest = root / "study" / "study.yaml"
     out = root / "run"
-    train_and_score(manifest, out, seed=0, quick=True, epochs=2)     # notebook 00 reuses these (same seed, quick)
+    manifest.write_text(manifest.read_text() + "\ntrain: {epochs: 2}\n")   # the manifest's training settings: notebook 00 asks the same
+    train_and_score(manifest, out, seed=0, quick=True)               # notebook 00 reuses these bundles (same identity)
     res = run_reproduction(manifest, out, seed=0, n_boot=200, quick=True, only=MINE, log=lambda *a: None)
     return load_study(manifest), out, res
 
@@ -63,10 +64,13 @@ def test_models_table_matches_validation_scores(mu_run):
     _, out, _ = mu_run
     met = pd.read_csv(out / "tables" / "mu2021_models.csv").set_index("model")
     assert set(met.index) == {"hyper", "pet", "ct"}
+    from pdl1_dls.manifest import load_study
+    study = load_study(next(out.parent.glob("study/study.yaml")))
     for ch in met.index:
-        v = pd.read_csv(out / "models" / ch / "val_dls.csv")
-        if v["label"].nunique() == 2:
-            assert met.loc[ch, "val_auc"] == pytest.approx(roc_auc_score(v["label"], v["dls"]), abs=1e-9)
+        v = pd.read_csv(out / "scores" / ch / "dls.csv", dtype={"patient_id": str}).merge(study.table(), on=["patient_id", "cohort"])
+        v = v[(v["role"] == "validation") & v[study.label_column].notna()]
+        if v[study.label_column].nunique() == 2:
+            assert met.loc[ch, "val_auc"] == pytest.approx(roc_auc_score(v[study.label_column], v["dls"]), abs=1e-9)
 
 
 def test_null_control_trained_on_permuted_labels(mu_run):
@@ -75,7 +79,7 @@ def test_null_control_trained_on_permuted_labels(mu_run):
     assert len(null) == 1 and bool(null["permuted"].iloc[0]) and bool(null["quick_settings"].iloc[0])   # quick: one seed
     m = json.loads((out / "models" / "permuted_s0" / "metrics.json").read_text())
     assert m["permuted"] is True and m["seed"] == 0
-    cfg = json.loads((out / "models" / "permuted_s0" / "config.json").read_text())
+    cfg = json.loads((out / "models" / "permuted_s0" / "model.json").read_text())["config"]
     assert cfg["permute_labels"] is True
 
 

@@ -31,7 +31,8 @@ def mu_run(tmp_path_factory):
     try:
         manifest = make_petct_study(root / "study", scale="tiny", seed=0)
         run = root / "run"
-        train_and_score(manifest, run, seed=0, quick=True, models=("hyper",), epochs=3)   # notebooks 06-12 need only the hyper model
+        manifest.write_text(manifest.read_text() + "\ntrain: {epochs: 3}\n")
+        train_and_score(manifest, run, seed=0, quick=True, models=("hyper",))   # notebooks 06-12 need only the hyper model
         res = run_reproduction(manifest, run, seed=0, n_boot=200, quick=True, only=MINE, log=lambda *a: None)
     finally:
         for k, v in old.items():
@@ -331,7 +332,9 @@ def test_multivariable_cox_cindex_by_brute_force(mu_fixed):
 def test_fig2_clusters_and_rqs(mu_run):
     t, _ = _scored(mu_run)
     comp = _table(mu_run["run"], "mu2021_fig2e_clusters")
-    feats = pd.read_csv(mu_run["run"] / "models" / "hyper" / "features.csv", dtype={"patient_id": str})
+    with np.load(mu_run["run"] / "scores" / "hyper" / "features.npz") as z:
+        feats = pd.DataFrame(z["features"], columns=[f"f{i:03d}" for i in range(z["features"].shape[1])])
+        feats.insert(0, "patient_id", z["patient_id"].astype(str))
     pdl1_cohorts = t.loc[t["role"].isin(["train", "validation", "test"]), "patient_id"]
     assert comp["n"].sum() == feats["patient_id"].isin(pdl1_cohorts).sum()
     assert comp["cluster"].nunique() <= 4

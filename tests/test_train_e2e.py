@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from pdl1_dls.synth import make_petct_study
-from pdl1_dls.train import score_study, train_study
+from pdl1_dls.train import train_study
+from pdl1_dls.training import load_model
 
 
 @pytest.fixture(scope="module")
@@ -22,19 +23,25 @@ def test_tiny_study_files_and_columns(tiny, tmp_path):
     saved = json.loads((run / "metrics.json").read_text())
     assert "val_auc" in saved and saved == json.loads(json.dumps(m))
     assert saved["n_patients"]["validation"] > 0 and saved["epochs_run"] == 1
-    for f in ("model.pt", "config.json", "train_log.csv", "skipped.csv", "checkpoint.pt"):
-        assert (run / f).is_file(), f
-    assert set(pd.read_csv(run / "skipped.csv").columns) >= {"patient_id", "reason"}
-    assert json.loads((run / "config.json").read_text())["epochs"] == 1
-    df = score_study(tiny, run, cache_dir=cache)
-    dls = pd.read_csv(run / "dls.csv")
-    assert list(dls.columns) == ["patient_id", "cohort", "dls", "n_slices"]
+    assert sorted(p.name for p in run.iterdir()) == ["MODEL_CARD.md", "metrics.json", "model.json", "model.pt", "train_log.csv"]
+    meta = json.loads((run / "model.json").read_text())
+    assert meta["config"]["epochs"] == 1 and meta["preprocessing"]["size"] == 64 and meta["inputs"] == ["pet", "ct", "roi"]
+    df = load_model(run).score(tiny, tmp_path / "scored", cache_dir=cache, skip_bad=True)
+    dls = pd.read_csv(tmp_path / "scored" / "dls.csv")
+    assert list(dls.columns) == ["patient_id", "cohort", "dls", "dls_high", "n_slices"]
     assert {"mcc_ici_retro", "mcc_ici_pro"} <= set(dls.cohort)          # unlabeled ICI cohorts are scored too
     assert dls.dls.between(0, 1).all() and (dls.n_slices > 0).all()
-    feats = pd.read_csv(run / "features.csv")
-    assert list(feats.columns) == ["patient_id"] + [f"f{i:03d}" for i in range(256)]
-    assert feats.patient_id.tolist() == dls.patient_id.tolist() == df.patient_id.tolist()
-    assert np.isfinite(feats.iloc[:, 1:].to_numpy()).all()
+    assert set(pd.read_csv(tmp_path / "scored" / "skipped.csv").columns) >= {"patient_id", "reason"}
+    with np.load(tmp_path / "scored" / "features.npz") as z:
+        assert z["features"].shape == (len(dls), 256) and np.isfinite(z["features"]).all()
+        assert list(z["patient_id"]) == dls.patient_id.tolist() == df.patient_id.tolist()
+    # one patient from its files gives the number scoring gave it
+    from pdl1_dls.manifest import load_study
+    row = load_study(tiny).table().set_index("patient_id").loc[dls.patient_id[0]]
+    one = load_model(run).predict(tmp_path / "one", pet=row.pet, ct=row.ct, roi=row.roi)
+    assert abs(one["dls"] - dls.dls[0]) < 1e-6 and one["dls_high"] == bool(dls.dls_high[0])
+    assert json.loads((tmp_path / "one" / "prediction.json").read_text())["cutoff"] == meta["cutoff"]["value"]
+    assert (tmp_path / "one" / "gradcam.png").stat().st_size > 1000
 
 
 @pytest.fixture(scope="module")
