@@ -123,3 +123,47 @@ def test_run_folder_name_stays_under_out_dir(name):
     from pdl1_dls.core import get_settings
     out = default_out(name)
     assert out.parent == Path(get_settings().out_dir) and "/" not in out.name and out.name not in ("", ".", "..")
+
+
+def _tree(folder: Path) -> dict:
+    "Every file of a folder with its bytes' SHA-256 (to show a bundle is byte-identical)."
+    import hashlib
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_train_score_predict_frozen_bundle(tmp_path):
+    "train once; score a second synthetic study and predict one of its patients with the frozen bundle; the bundle never changes."
+    import pandas as pd
+    env = dict(__import__("os").environ, PDL1_DLS_PROGRESS="0")
+    assert run("synth", "--kind", "petct", "--scale", "tiny", "--seed", "0", "--out", str(tmp_path / "a"), env=env).returncode == 0
+    assert run("synth", "--kind", "petct", "--scale", "tiny", "--seed", "1", "--out", str(tmp_path / "b"), env=env).returncode == 0
+    bundle = tmp_path / "bundle"
+    r = run("train", "--manifest", str(tmp_path / "a" / "study.yaml"), "--out", str(bundle), "--quick", "--epochs", "1",
+            "--device", "cpu", "--skip-bad", env=env)
+    assert r.returncode == 0, r.stderr
+    meta = json.loads((bundle / "model.json").read_text())
+    before = _tree(bundle)
+    r = run("score", "--model", str(bundle), "--manifest", str(tmp_path / "b" / "study.yaml"), "--out", str(tmp_path / "s"),
+            "--device", "cpu", "--skip-bad", env=env)
+    assert r.returncode == 0, r.stderr
+    dls = pd.read_csv(tmp_path / "s" / "dls.csv", dtype={"patient_id": str})
+    assert list(dls.columns) == ["patient_id", "cohort", "dls", "dls_high", "n_slices"] and len(dls) > 20
+    assert ((dls.dls >= meta["cutoff"]["value"]) == (dls.dls_high == 1)).all()
+    from pdl1_dls.manifest import load_study
+    row = load_study(tmp_path / "b" / "study.yaml").table().set_index("patient_id").loc[dls.patient_id[0]]
+    r = run("predict", "--model", str(bundle), "--pet", row.pet, "--ct", row.ct, "--roi", row.roi, "--out", str(tmp_path / "p"), env=env)
+    assert r.returncode == 0, r.stderr
+    pred = json.loads((tmp_path / "p" / "prediction.json").read_text())
+    assert abs(pred["dls"] - dls.dls[0]) < 1e-6 and pred["cutoff"] == meta["cutoff"]["value"] and (tmp_path / "p" / "gradcam.png").is_file()
+    r = run("predict", "--model", str(bundle), "--pet", row.pet, "--out", str(tmp_path / "p2"), env=env)
+    assert r.returncode == 2 and r.stderr.strip() == "error: this petct model needs --ct, --roi"
+    # the same settings reuse the bundle; changed ones are refused with --no-retrain, naming the change
+    for args, msg in ((("--epochs", "2"), "config.epochs: 1 -> 2"), (("--channels", "pet"), "config.channels: 'hyper' -> 'pet'")):
+        r = run("train", "--manifest", str(tmp_path / "a" / "study.yaml"), "--out", str(bundle), "--quick", "--device", "cpu",
+                "--skip-bad", "--no-retrain", *args, env=env)
+        assert r.returncode == 2 and "Traceback" not in r.stderr and msg in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert _tree(bundle) == before                                                   # byte-identical after score, predict, refusals
+    # a damaged bundle is a one-line error
+    (bundle / "model.pt").write_bytes((bundle / "model.pt").read_bytes()[:-10])
+    r = run("score", "--model", str(bundle), "--manifest", str(tmp_path / "b" / "study.yaml"), "--out", str(tmp_path / "s2"), env=env)
+    assert r.returncode == 2 and "damaged bundle: file differs from its checksum" in r.stderr and "model.pt" in r.stderr
