@@ -171,7 +171,7 @@ def test_survival_hr_vs_lifelines_and_dcb_auc(ding_run, scored):
     from lifelines import CoxPHFitter
     from lifelines.statistics import logrank_test
     study, out, _ = ding_run
-    cut = json.loads((out / "cutoff.json").read_text())["cutoff"]
+    cut = json.loads((out / "scores.json").read_text())["cutoff"]
     km = pd.read_csv(out / "tables" / "ding2025_fig5de_pfs.csv")
     for r in km.itertuples():
         d = scored[(scored["cohort"] == r.cohort) & scored["pfs_months"].notna()].copy()

@@ -104,7 +104,7 @@ def test_fig3_auc_and_metrics_recomputed(mu_run, scored):
     study, out, _ = mu_run
     lab = study.label_column
     auc = pd.read_csv(out / "tables" / "mu2021_fig3_auc.csv")
-    cut = json.loads((out / "cutoff.json").read_text())["cutoff"]
+    cut = json.loads((out / "scores.json").read_text())["cutoff"]
     tr = scored[(scored["role"] == "train") & scored[lab].notna()]
     from pdl1_dls.stats.roc import youden_cutoff
     assert cut == pytest.approx(youden_cutoff(tr[lab].astype(int), tr["dls"]).threshold)

@@ -102,7 +102,7 @@ def _scored(mu_run):
     study = load_study(mu_run["manifest"])
     s = pd.read_csv(mu_run["run"] / "scores.csv", dtype={"patient_id": str}).drop(columns=["cohort", "role"])
     t = study.table().merge(s, on="patient_id", how="left")
-    cut = json.loads((mu_run["run"] / "cutoff.json").read_text())["cutoff"]
+    cut = json.loads((mu_run["run"] / "scores.json").read_text())["cutoff"]
     return t, cut
 
 
