@@ -20,11 +20,13 @@ import numpy as np
 import SimpleITK as sitk
 
 from .core import PDL1Error, data_dir
+from .core import sha256 as _sha256
 
 # %% auto #0
-__all__ = ['strip_metadata', 'read_image', 'suv_factors', 'read_pet_suv', 'list_rtstruct_rois', 'read_rtstruct', 'same_grid',
-           'check_same_grid', 'resample_to', 'resample_mask', 'physical_bounds', 'overlap_fraction', 'check_overlap',
-           'check_same_frame', 'resample_pet_to_ct', 'read_mask', 'dice']
+__all__ = ['GRID_TOL', 'strip_metadata', 'read_image', 'file_stamp', 'suv_factors', 'read_pet_suv', 'list_rtstruct_rois',
+           'read_rtstruct', 'same_grid', 'check_same_grid', 'resample_to', 'resample_mask', 'physical_bounds',
+           'overlap_fraction', 'check_overlap', 'same_axes', 'check_covers', 'check_same_frame', 'resample_pet_to_ct',
+           'read_mask', 'dice']
 
 # %% ../nbs/02_io.ipynb #ac00fa06
 _ITK_EXT = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd", ".hdr", ".img", ".tif", ".tiff", ".png", ".vtk")
@@ -181,6 +183,18 @@ def read_image(path: str | os.PathLike,  # image file, or a folder holding one D
             keep = _dicom_keep(h)
         return strip_metadata(img, keep)
     return img
+
+# %% ../nbs/02_io.ipynb #79c1a012
+def file_stamp(path: str | os.PathLike,  # an image file or a DICOM series folder
+               content: bool = True,  # SHA-256 of the bytes; False: names, sizes and modification times
+              ) -> str:
+    "A hex digest identifying the content of a file or of every file in a folder (cache keys)."
+    p = Path(path)
+    if p.is_file() and content: return _sha256(p)
+    files = sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else [p]
+    parts = [[str(f.relative_to(p)) if p.is_dir() else f.name,
+              _sha256(f) if content else [f.stat().st_size, f.stat().st_mtime_ns]] for f in files]
+    return hashlib.sha256(repr(parts).encode()).hexdigest()
 
 # %% ../nbs/02_io.ipynb #a8c8a471
 def _dicom_datetime(date, time) -> _dt.datetime | None:
@@ -383,11 +397,13 @@ def read_rtstruct(rtstruct_file: str | os.PathLike,  # RTSTRUCT DICOM file
     return strip_metadata(out, {"roi": name})
 
 # %% ../nbs/02_io.ipynb #466bced2
+GRID_TOL = 1e-3  # the one geometry tolerance: mm for spacing and origin, cosine for direction
+
 _INTERP = {"linear": sitk.sitkLinear, "nearest": sitk.sitkNearestNeighbor, "bspline": sitk.sitkBSpline,
            "bspline3": sitk.sitkBSpline}
 
 def same_grid(a: sitk.Image, b: sitk.Image,  # two images
-              tol: float = 1e-3,  # tolerance: mm for spacing and origin, cosine for direction
+              tol: float = GRID_TOL,  # tolerance: mm for spacing and origin, cosine for direction
              ) -> bool:
     "True when `a` and `b` share size, spacing, origin and direction within `tol`."
     return (a.GetSize() == b.GetSize() and np.allclose(a.GetSpacing(), b.GetSpacing(), atol=tol, rtol=0)
@@ -395,7 +411,7 @@ def same_grid(a: sitk.Image, b: sitk.Image,  # two images
             and np.allclose(a.GetDirection(), b.GetDirection(), atol=tol, rtol=0))
 
 def check_same_grid(a: sitk.Image, b: sitk.Image,  # two images that must share a voxel grid
-                    tol: float = 1e-3,  # tolerance: mm for spacing and origin, cosine for direction
+                    tol: float = GRID_TOL,  # tolerance: mm for spacing and origin, cosine for direction
                     patient: str | None = None,  # pseudonymous patient_id, for error messages
                     file: str | os.PathLike | None = None,  # file involved, for error messages
                    ):
@@ -461,6 +477,25 @@ def check_overlap(a: sitk.Image, b: sitk.Image,  # e.g. PET and CT
                         f"z extents {a0[2]:.0f}..{a1[2]:.0f} mm and {b0[2]:.0f}..{b1[2]:.0f} mm)", patient=patient, file=file)
     return f
 
+def same_axes(a: sitk.Image, b: sitk.Image,  # two images
+              tol: float = GRID_TOL,  # tolerance on the direction cosines
+             ) -> bool:
+    "True when `a` and `b` have the same axis directions (direction matrices within `tol`)."
+    return np.allclose(a.GetDirection(), b.GetDirection(), atol=tol, rtol=0)
+
+def check_covers(image: sitk.Image,  # e.g. a T2WI that must hold the tumour
+                 box: tuple[np.ndarray, np.ndarray],  # physical box (lo, hi) in mm it must contain
+                 what: str = "image",  # how to call it in the message
+                 patient: str | None = None,  # pseudonymous patient_id, for error messages
+                 file: str | os.PathLike | None = None,  # file involved, for error messages
+                ):
+    "Raise a `PDL1Error` unless `image`'s physical extent holds `box` (to within one voxel)."
+    lo, hi = physical_bounds(image)
+    tol = float(np.max(image.GetSpacing()))
+    if np.any(np.asarray(box[0]) < lo - tol) or np.any(np.asarray(box[1]) > hi + tol):
+        raise PDL1Error(f"{what} does not cover the tumour region (no shared physical frame; register it first)",
+                        patient=patient, file=file)
+
 def check_same_frame(a: sitk.Image, b: sitk.Image,  # e.g. two MRI sequences of one patient
                      min_fraction: float = 0.5,  # least bounding-box overlap of the smaller volume
                      max_angle: float | None = None,  # largest allowed angle (degrees) between slice normals; None: any
@@ -497,7 +532,7 @@ def read_mask(path: str | os.PathLike,  # label image (NIfTI, NRRD, MHA, DICOM)
               reference: sitk.Image | None = None,  # image the mask belongs to
               patient: str | None = None,  # pseudonymous patient_id, for error messages
               resample: bool = False,  # resample onto `reference` (nearest neighbour) when the grids differ
-              tol: float = 1e-3,  # grid tolerance (mm, cosine)
+              tol: float = GRID_TOL,  # grid tolerance (mm, cosine)
              ) -> sitk.Image:
     "Read a mask as UInt8 0/1 (label > 0), checked against (or resampled onto) `reference`'s grid."
     img = read_image(path, patient)
