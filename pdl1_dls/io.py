@@ -23,10 +23,10 @@ from .core import PDL1Error, data_dir
 from .core import sha256 as _sha256
 
 # %% auto #0
-__all__ = ['GRID_TOL', 'strip_metadata', 'read_image', 'file_stamp', 'suv_factors', 'read_pet_suv', 'list_rtstruct_rois',
-           'read_rtstruct', 'same_grid', 'check_same_grid', 'resample_to', 'resample_mask', 'physical_bounds',
-           'overlap_fraction', 'check_overlap', 'same_axes', 'check_covers', 'check_same_frame', 'resample_pet_to_ct',
-           'read_mask', 'dice']
+__all__ = ['GRID_TOL', 'strip_metadata', 'read_image', 'file_stamp', 'write_dicom_series', 'suv_factors', 'read_pet_suv',
+           'list_rtstruct_rois', 'read_rtstruct', 'same_grid', 'check_same_grid', 'resample_to', 'resample_mask',
+           'physical_bounds', 'overlap_fraction', 'check_overlap', 'same_axes', 'check_covers', 'check_same_frame',
+           'resample_pet_to_ct', 'read_mask', 'dice']
 
 # %% ../nbs/02_io.ipynb #ac00fa06
 _ITK_EXT = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd", ".hdr", ".img", ".tif", ".tiff", ".png", ".vtk")
@@ -195,6 +195,49 @@ def file_stamp(path: str | os.PathLike,  # an image file or a DICOM series folde
     parts = [[str(f.relative_to(p)) if p.is_dir() else f.name,
               _sha256(f) if content else [f.stat().st_size, f.stat().st_mtime_ns]] for f in files]
     return hashlib.sha256(repr(parts).encode()).hexdigest()
+
+# %% ../nbs/02_io.ipynb #210df684
+_SOP = {"MR": "1.2.840.10008.5.1.4.1.1.4", "CT": "1.2.840.10008.5.1.4.1.1.2", "PT": "1.2.840.10008.5.1.4.1.1.128"}
+
+def write_dicom_series(image: sitk.Image,  # 3-D scalar volume
+                       folder: str | os.PathLike,  # created; one `slice_NNNN.dcm` per axial slice
+                       modality: str = "MR",  # "MR", "CT" or "PT"
+                       tags: dict | None = None,  # extra DICOM keywords set on every slice (e.g. {"Units": "BQML"})
+                       frame_uid: str | None = None,  # FrameOfReferenceUID (share it between series of one patient)
+                      ) -> list[Path]:
+    "Write `image` as a single-frame DICOM series (16-bit, rescaled) with its geometry; return the files."
+    import pydicom
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+    arr = sitk.GetArrayFromImage(image).astype(np.float64)
+    lo, hi = float(arr.min()), float(arr.max())
+    slope = (hi - lo) / 65000 if hi > lo else 1.0
+    raw = np.round((arr - lo) / slope - 32500).astype(np.int16)
+    D = np.array(image.GetDirection()).reshape(3, 3)
+    folder = Path(folder); folder.mkdir(parents=True, exist_ok=True)
+    series, study, frame = generate_uid(), generate_uid(), frame_uid or generate_uid()
+    out = []
+    for k in range(raw.shape[0]):
+        meta = FileMetaDataset(); meta.MediaStorageSOPClassUID = _SOP[modality]
+        meta.MediaStorageSOPInstanceUID = generate_uid(); meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds = Dataset(); ds.file_meta = meta
+        ds.SOPClassUID, ds.SOPInstanceUID, ds.Modality = _SOP[modality], meta.MediaStorageSOPInstanceUID, modality
+        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study, series, frame
+        ds.InstanceNumber = k + 1
+        ds.ImagePositionPatient = [f"{v:.6f}" for v in image.TransformIndexToPhysicalPoint((0, 0, k))]
+        ds.ImageOrientationPatient = [f"{v:.8f}" for v in (*D[:, 0], *D[:, 1])]
+        ds.PixelSpacing = [f"{image.GetSpacing()[1]:.6f}", f"{image.GetSpacing()[0]:.6f}"]
+        ds.SliceThickness = f"{image.GetSpacing()[2]:.6f}"
+        ds.Rows, ds.Columns = raw.shape[1], raw.shape[2]
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+        ds.BitsAllocated = ds.BitsStored = 16; ds.HighBit = 15; ds.PixelRepresentation = 1
+        ds.RescaleSlope, ds.RescaleIntercept = f"{slope:.10g}", f"{lo + 32500 * slope:.10g}"
+        for kw, v in (tags or {}).items(): setattr(ds, kw, v)
+        ds.PixelData = raw[k].tobytes()
+        f = folder / f"slice_{k:04d}.dcm"
+        ds.save_as(str(f), enforce_file_format=True)
+        out.append(f)
+    return out
 
 # %% ../nbs/02_io.ipynb #a8c8a471
 def _dicom_datetime(date, time) -> _dt.datetime | None:
