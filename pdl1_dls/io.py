@@ -24,9 +24,9 @@ from .core import sha256 as _sha256
 
 # %% auto #0
 __all__ = ['GRID_TOL', 'strip_metadata', 'read_image', 'file_stamp', 'write_dicom_series', 'suv_factors', 'read_pet_suv',
-           'list_rtstruct_rois', 'read_rtstruct', 'same_grid', 'check_same_grid', 'resample_to', 'resample_mask',
-           'physical_bounds', 'overlap_fraction', 'check_overlap', 'same_axes', 'check_covers', 'check_same_frame',
-           'resample_pet_to_ct', 'read_mask', 'dice']
+           'list_rtstruct_rois', 'read_rtstruct', 'read_seg', 'dicom_modality', 'read_roi', 'same_grid',
+           'check_same_grid', 'resample_to', 'resample_mask', 'physical_bounds', 'overlap_fraction', 'check_overlap',
+           'same_axes', 'check_covers', 'check_same_frame', 'resample_pet_to_ct', 'read_mask', 'dice']
 
 # %% ../nbs/02_io.ipynb #ac00fa06
 _ITK_EXT = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd", ".hdr", ".img", ".tif", ".tiff", ".png", ".vtk")
@@ -438,6 +438,116 @@ def read_rtstruct(rtstruct_file: str | os.PathLike,  # RTSTRUCT DICOM file
     out = sitk.GetImageFromArray(arr.astype(np.uint8))
     out.CopyInformation(reference)
     return strip_metadata(out, {"roi": name})
+
+# %% ../nbs/02_io.ipynb #57ed19dc
+def _seg_segments(ds) -> list[tuple[int, str]]:
+    return [(int(s.SegmentNumber), str(s.get("SegmentLabel", "") or "")) for s in ds.get("SegmentSequence", [])]
+
+def _pick(names: list[str], roi_name, what: str, patient=None, file=None) -> str:
+    "The structure called `roi_name` (exact, else case-insensitive); without a name, the only one."
+    if roi_name is None or str(roi_name) == "":
+        if len(names) == 1: return names[0]
+        raise PDL1Error(f"{what} holds {len(names)} structures ({', '.join(names)}); set roi_name to one of them",
+                        patient=patient, file=file)
+    hits = [n for n in names if n == str(roi_name)] or [n for n in names if n.strip().lower() == str(roi_name).strip().lower()]
+    if not hits: raise PDL1Error(f"ROI '{roi_name}' not found; available: {', '.join(names)}", patient=patient, file=file)
+    return hits[0]
+
+# %% ../nbs/02_io.ipynb #7edd79bf
+def read_seg(seg_file: str | os.PathLike,  # DICOM SEG file
+             reference: sitk.Image,  # image whose grid the mask takes (3D)
+             roi_name: str | None = None,  # segment label; default: the only segment
+             patient: str | None = None,  # pseudonymous patient_id, for error messages
+            ) -> sitk.Image:
+    "One segment of a DICOM SEG on `reference`'s grid: a UInt8 mask (0/1) with the reference geometry."
+    import pydicom
+    p = Path(seg_file)
+    def bad(msg): return PDL1Error(msg, patient=patient, file=p)
+    try: ds = pydicom.dcmread(str(p))
+    except Exception as ex: raise bad(f"unreadable DICOM file ({type(ex).__name__})") from None
+    if ds.get("Modality") != "SEG": raise bad(f"not a DICOM SEG file (Modality {ds.get('Modality')})")
+    segs = _seg_segments(ds)
+    if not segs: raise bad("SEG holds no segment")
+    name = _pick([s[1] for s in segs], roi_name, "SEG", patient, p)
+    number = dict((s[1], s[0]) for s in segs)[name]
+    try: px = ds.pixel_array
+    except Exception as ex: raise bad(f"unreadable SEG pixel data ({type(ex).__name__})") from None
+    px = px.reshape(-1, int(ds.Rows), int(ds.Columns))
+    if str(ds.get("SegmentationType", "BINARY")).upper() == "FRACTIONAL":
+        px = px >= 0.5 * float(ds.get("MaximumFractionalValue", 255))
+    shared = ds.get("SharedFunctionalGroupsSequence", [None])[0]
+    def group(fr, kw):
+        for g in (fr, shared):
+            if g is not None and kw in g: return g.get(kw)[0]
+        raise bad(f"SEG frame lacks {kw}")
+    nx, ny, nz = reference.GetSize()
+    arr = np.zeros((nz, ny, nx), bool)
+    for f, fr in zip(px, ds.PerFrameFunctionalGroupsSequence):
+        if int(group(fr, "SegmentIdentificationSequence").ReferencedSegmentNumber) != number or not f.any(): continue
+        pos = np.array([float(v) for v in group(fr, "PlanePositionSequence").ImagePositionPatient])
+        iop = np.array([float(v) for v in group(fr, "PlaneOrientationSequence").ImageOrientationPatient])
+        dr, dc = (float(v) for v in group(fr, "PixelMeasuresSequence").PixelSpacing)
+        rc = np.argwhere(f)
+        ijk = _phys_to_index(reference, pos + rc[:, 1:2] * dc * iop[None, :3] + rc[:, 0:1] * dr * iop[None, 3:])
+        if np.abs(ijk[:, 2] - np.round(ijk[:, 2])).max() > 0.1:
+            raise bad(f"segment '{name}': frames fall between reference slices; read it on the image it was made on")
+        ijk = np.round(ijk).astype(int)
+        ok = ((ijk >= 0) & (ijk < [nx, ny, nz])).all(1)
+        arr[ijk[ok, 2], ijk[ok, 1], ijk[ok, 0]] = True
+    if not arr.any(): raise bad(f"segment '{name}' is empty on the reference grid")
+    out = sitk.GetImageFromArray(arr.astype(np.uint8))
+    out.CopyInformation(reference)
+    return strip_metadata(out, {"roi": name})
+
+# %% ../nbs/02_io.ipynb #ba3e841e
+def dicom_modality(path: str | os.PathLike) -> str | None:
+    "The DICOM Modality of a single file (e.g. RTSTRUCT, SEG, PT), or None when it is no DICOM file."
+    import pydicom
+    p = Path(path)
+    if p.is_dir() or p.name.lower().endswith(_ITK_EXT) or not _is_dicom_file(p): return None
+    try: return str(pydicom.dcmread(str(p), stop_before_pixels=True, specific_tags=["Modality"]).get("Modality", ""))
+    except Exception: return None
+
+def _label_mask(img: sitk.Image, roi_name=None, patient=None, file=None) -> sitk.Image:
+    "A label image as a UInt8 0/1 mask: its one structure (values 0/1), or the label `roi_name`."
+    if img.GetNumberOfComponentsPerPixel() != 1:
+        raise PDL1Error("ROI image has several components per voxel", patient=patient, file=file)
+    a = sitk.GetArrayViewFromImage(img)
+    nz = a[a != 0]
+    if roi_name is not None and str(roi_name) != "":
+        try: lab = float(roi_name)
+        except ValueError:
+            raise PDL1Error(f"roi_name {roi_name!r} must be a label value for a label image", patient=patient, file=file) from None
+        if not (nz == lab).any():
+            raise PDL1Error(f"ROI label {roi_name} not found; labels: {', '.join(f'{v:g}' for v in np.unique(nz)[:10])}",
+                            patient=patient, file=file)
+        m = a == lab
+    else:
+        if nz.size and not (nz == 1).all():
+            labs = np.unique(nz)
+            raise PDL1Error(f"ROI mask holds values other than 0 and 1 (labels {', '.join(f'{v:g}' for v in labs[:10])}"
+                            f"{' ...' if len(labs) > 10 else ''}); set roi_name to the label to use", patient=patient, file=file)
+        m = a == 1
+    out = sitk.GetImageFromArray(m.astype(np.uint8))
+    out.CopyInformation(img)
+    return out
+
+def read_roi(path: str | os.PathLike,  # label image (NIfTI/NRRD/MHA/DICOM series), RTSTRUCT or DICOM SEG
+             reference: sitk.Image | None = None,  # image the ROI was drawn on (needed for RTSTRUCT and SEG)
+             roi_name: str | None = None,  # structure name (RTSTRUCT/SEG) or label value (label image)
+             patient: str | None = None,  # pseudonymous patient_id, for error messages
+            ) -> sitk.Image:
+    "The tumour ROI as a UInt8 0/1 mask, whatever kind of file holds it."
+    p = Path(path)
+    if not p.exists(): raise PDL1Error("file not found", patient=patient, file=p)
+    if roi_name is not None and isinstance(roi_name, float) and math.isnan(roi_name): roi_name = None
+    mod = dicom_modality(p)
+    if mod in ("RTSTRUCT", "SEG"):
+        if reference is None: raise PDL1Error(f"an {mod} ROI needs the image it was drawn on", patient=patient, file=p)
+        if mod == "SEG": return read_seg(p, reference, roi_name, patient)
+        name = _pick(list_rtstruct_rois(p, patient), roi_name, "RTSTRUCT", patient, p)
+        return read_rtstruct(p, reference, name, patient)
+    return _label_mask(read_image(p, patient), roi_name, patient, p)
 
 # %% ../nbs/02_io.ipynb #466bced2
 GRID_TOL = 1e-3  # the one geometry tolerance: mm for spacing and origin, cosine for direction

@@ -30,9 +30,9 @@ ROLES = ("train", "validation", "test", "external", "ici")
 IMAGE_KEYS = {"petct": ("pet", "ct", "roi"), "mri": ("t1", "t2", "ce_t1", "roi"), "clinical": ()}
 OPTIONAL_IMAGE_KEYS = ("roi_reader2",)
 _TOP_KEYS = {"time_unit", "name", "modality", "paper", "root", "synthetic", "id_column", "label", "outcomes",
-             "covariates", "images", "checksums", "cohorts", "description", "notes", "train"}
+             "covariates", "images", "checksums", "cohorts", "description", "notes", "train", "roi_name"}
 _COHORT_KEYS = {"name", "role", "clinical", "where", "images", "label", "outcomes", "description",
-                "read_csv", "id_column", "id_prefix", "patients", "time_unit"}
+                "read_csv", "id_column", "id_prefix", "patients", "time_unit", "roi_name"}
 _MONTHS_PER = {"months": 1.0, "days": 12 / 365.25, "weeks": 12 * 7 / 365.25, "years": 12.0}
 
 # %% ../nbs/01_manifest.ipynb #6a75c6d1
@@ -326,6 +326,9 @@ def read_study(path: str | os.PathLike,  # the manifest YAML
                     elif not Path(p).exists():
                         if required or (images.get(k) in df.columns): P.append(Problem(f"{k} image not found", cohort=cname, patient=pid, file=p))
                         df.loc[df["patient_id"] == pid, k] = None if not required else p
+        rn = cs.get("roi_name", spec.get("roi_name"))   # which structure of the ROI file: a column or one value
+        if rn is not None and "roi_name" not in df.columns:
+            df["roi_name"] = df[rn].astype(str) if str(rn) in df.columns else str(rn)
         cohorts[cname] = Cohort(cname, role, df.reset_index(drop=True), labeled, cs)
     # checksums
     if spec.get("checksums") and check_checksums:
@@ -360,12 +363,13 @@ _TOP_TYPES = {"name": (_SCALAR, "a text"), "modality": ((str,), "a text"), "pape
               "root": ((str,), "a path"), "id_column": ((str,), "a column name"), "label": ((dict, type(None)), "a mapping"),
               "outcomes": ((dict, type(None)), "a mapping"), "covariates": ((list, type(None)), "a list of column names"),
               "images": ((dict, type(None)), "a mapping of image key to path"), "checksums": ((str, type(None)), "a path"),
-              "synthetic": ((dict, type(None)), "a mapping"), "time_unit": ((str,), "a text")}
+              "synthetic": ((dict, type(None)), "a mapping"), "time_unit": ((str,), "a text"),
+              "roi_name": (_SCALAR, "a structure name, a label value or a column name")}
 _COHORT_TYPES = {"role": ((str,), "a text"), "clinical": ((str, type(None)), "a path"), "where": ((dict, type(None)), "a mapping"),
                  "images": ((dict, type(None)), "a mapping of image key to path"), "label": ((dict, type(None)), "a mapping"),
                  "outcomes": ((dict, type(None)), "a mapping"), "read_csv": ((dict, type(None)), "a mapping"),
                  "id_column": ((str,), "a column name"), "id_prefix": (_SCALAR, "a text"), "patients": ((list, type(None)), "a list"),
-                 "time_unit": ((str,), "a text")}
+                 "time_unit": ((str,), "a text"), "roi_name": (_SCALAR, "a structure name, a label value or a column name")}
 
 def _kind(v) -> str: return {dict: "a mapping", list: "a list", bool: "yes/no", type(None): "empty"}.get(type(v), type(v).__name__)
 

@@ -18,7 +18,7 @@ import pandas as pd
 import SimpleITK as sitk
 
 from .core import PDL1Error, atomic_path, progress
-from .io import check_covers, check_same_frame, file_stamp, physical_bounds, read_image, same_axes, same_grid
+from .io import check_covers, check_same_frame, file_stamp, physical_bounds, read_image, read_roi, same_axes, same_grid
 
 SEQUENCES = ("t1", "t2", "ce_t1")  # sequence keys of the manifest, in model order
 PLANES = ("axial", "coronal", "sagittal")  # plane order within a sequence
@@ -116,17 +116,22 @@ def mri_slices(images: dict,  # sequence key -> image path (or sitk.Image); must
                roi,  # ROI mask path (or sitk.Image) drawn on the reference sequence (ce_t1, else the only sequence)
                params: MRIParams | None = None,  # preprocessing parameters
                patient: str | None = None,  # patient_id for error messages
+               roi_name: str | None = None,  # RTSTRUCT/SEG structure or label value; default: the only one
               ) -> tuple[np.ndarray, dict]:
     "2.5D input of one patient: float32 (sequence, plane, size, size) and metadata."
     p = params or MRIParams()
     seqs = tuple(p.sequences)
     ref_key = "ce_t1" if "ce_t1" in seqs else seqs[0]
     def get(v, key): return _image(v, key, patient)
+    def get_path(v, key):
+        if _missing(v): raise PDL1Error(f"no {key} file given", patient=patient)
+        if not Path(v).exists(): raise PDL1Error(f"{key} file does not exist", patient=patient, file=v)
+        return v
     files = {k: (None if isinstance(v, sitk.Image) else str(v)) for k, v in {**images, "roi": roi}.items()}
     missing = [k for k in seqs if k not in images]
     if missing: raise PDL1Error(f"no {missing[0]} image given", patient=patient)
     ref = get(images[ref_key], ref_key)
-    msk = get(roi, "roi")
+    msk = roi if isinstance(roi, sitk.Image) else read_roi(get_path(roi, "roi"), ref, roi_name, patient)
     if not same_grid(ref, msk):
         if not p.roi_resample:
             raise PDL1Error(f"ROI is not on the {ref_key} grid (size {msk.GetSize()} vs {ref.GetSize()}, spacing "
@@ -177,9 +182,10 @@ def mri_slices(images: dict,  # sequence key -> image path (or sitk.Image); must
     return x, meta
 
 # %% ../nbs/20_mri.ipynb #2633fe5f
-def cache_key(images: dict, roi, params: MRIParams) -> str:
-    "SHA-256 over the input files' contents and the parameters."
+def cache_key(images: dict, roi, params: MRIParams, roi_name: str | None = None) -> str:
+    "SHA-256 over the input files' contents and the parameters (and the ROI structure, when named)."
     parts = {k: file_stamp(v) for k, v in sorted({**images, "roi": roi}.items()) if k in (*params.sequences, "roi")}
+    if roi_name is not None: parts["roi_name"] = str(roi_name)
     return hashlib.sha256(json.dumps([parts, params.key()], sort_keys=True).encode()).hexdigest()
 
 def cached_mri_slices(images: dict,  # sequence key -> image path
@@ -187,6 +193,7 @@ def cached_mri_slices(images: dict,  # sequence key -> image path
                       cache_dir,  # folder of the per-patient .npz files
                       params: MRIParams | None = None,  # preprocessing parameters
                       patient: str = "patient",  # patient_id (file name and error messages)
+                      roi_name: str | None = None,  # RTSTRUCT/SEG structure or label value; default: the only one
                      ) -> tuple[np.ndarray, dict]:
     "`mri_slices` through a per-patient cache keyed by file hashes and parameters."
     p = params or MRIParams()
@@ -194,14 +201,15 @@ def cached_mri_slices(images: dict,  # sequence key -> image path
         f = roi if k == "roi" else images.get(k)
         if _missing(f): raise PDL1Error(f"no {k} file given", patient=patient)
         if not Path(f).exists(): raise PDL1Error(f"{k} file does not exist", patient=patient, file=f)
-    key = cache_key(images, roi, p)
+    if _missing(roi_name): roi_name = None
+    key = cache_key(images, roi, p, roi_name)
     safe = re.sub(r"[^A-Za-z0-9_.-]", "_", str(patient))
     path = Path(cache_dir) / f"{safe}_{key[:20]}.npz"
     if path.is_file():
         try:
             with np.load(path, allow_pickle=False) as z: return z["x"], json.loads(str(z["meta"]))
         except Exception: pass  # unreadable cache entry: recompute
-    x, meta = mri_slices(images, roi, p, patient)
+    x, meta = mri_slices(images, roi, p, patient, roi_name)
     meta["cache_key"] = key
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as f: np.savez(f, x=x, meta=np.array(json.dumps(meta)))
@@ -212,21 +220,24 @@ def mri_cohort(table: pd.DataFrame,  # rows with patient_id and the image column
                cache_dir,  # folder of the per-patient cache
                params: MRIParams | None = None,  # preprocessing parameters
                id_column: str = "patient_id",  # patient id column
-               strict: bool = False,  # raise on the first bad patient instead of skipping it
+               strict: bool = False,  # the same as skip_bad=False (kept for older callers)
+               skip_bad: bool = True,  # record a bad patient in `skipped` and go on; False: raise on the first
               ) -> tuple[np.ndarray, pd.DataFrame, pd.DataFrame]:
     "Inputs (n, sequence, plane, size, size) of a cohort, per-patient metadata, and the skipped patients with reasons."
     p = params or MRIParams()
+    skip_bad = skip_bad and not strict
     xs, metas, skipped = [], [], []
     for _, row in progress(table.iterrows(), total=len(table), desc="MRI slices"):
         pid = str(row[id_column])
         try:
-            x, meta = cached_mri_slices({k: row.get(k) for k in p.sequences}, row.get("roi"), cache_dir, p, pid)
+            x, meta = cached_mri_slices({k: row.get(k) for k in p.sequences}, row.get("roi"), cache_dir, p, pid,
+                                        row.get("roi_name"))
         except PDL1Error as e:
-            if strict: raise e.with_context(cohort=row.get("cohort"))
+            if not skip_bad: raise e.with_context(patient=pid, cohort=row.get("cohort")) from None
             skipped.append(dict(patient_id=pid, cohort=row.get("cohort"), file=e.file, reason=e.problem))
             continue
         xs.append(x)
-        metas.append({id_column: pid, **{c: row[c] for c in row.index if c not in (*SEQUENCES, "roi", id_column)},
+        metas.append({id_column: pid, **{c: row[c] for c in row.index if c not in (*SEQUENCES, "roi", "roi_name", id_column)},
                       **{f"slice_{q}": meta["slice_index"][q] for q in PLANES},
                       **{f"area_{q}_mm2": meta["tumour_area_mm2"][q] for q in PLANES},
                       "tumour_volume_ml": meta["tumour_volume_ml"], "n_slices": meta["n_slices"]})
