@@ -106,7 +106,23 @@ def _series_files(folder: Path, patient=None) -> list[Path]:
     groups = [g for g in groups if g]
     if not groups:
         raise PDL1Error("no DICOM image series found in folder", patient=patient, file=folder)
+    _check_left_out(folder, {str(Path(f)) for g in groups for f in g}, patient)
     return [Path(f) for f in max(groups, key=len)]
+
+def _check_left_out(folder: Path, grouped: set, patient=None):
+    "GDCM leaves unreadable files out of every series: a DICOM file it left out that pydicom cannot read is an error."
+    import pydicom
+    for f in sorted(folder.iterdir()):
+        if str(f) in grouped or not f.is_file() or not _is_dicom_file(f): continue
+        try:
+            ds = pydicom.dcmread(str(f))
+            if "PixelData" in ds and ds.file_meta.TransferSyntaxUID.is_uncompressed:
+                need = int(ds.Rows) * int(ds.Columns) * int(ds.get("SamplesPerPixel", 1)) * int(ds.BitsAllocated) // 8 \
+                       * int(ds.get("NumberOfFrames", 1) or 1)
+                if len(ds.PixelData) < need: raise EOFError("pixel data shorter than its size")
+        except Exception as ex:
+            raise PDL1Error(f"unreadable DICOM slice, truncated or damaged ({type(ex).__name__})",
+                            patient=patient, file=f) from None
 
 def _sort_and_check_series(files: list[Path], headers: list, patient=None, folder=None,
                            rel_tol: float = 0.1) -> tuple[list[Path], list]:
