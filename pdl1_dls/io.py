@@ -29,6 +29,8 @@ __all__ = ['GRID_TOL', 'strip_metadata', 'read_image', 'file_stamp', 'write_dico
            'same_axes', 'check_covers', 'check_same_frame', 'resample_pet_to_ct', 'read_mask', 'dice']
 
 # %% ../nbs/02_io.ipynb #ac00fa06
+GRID_TOL = 1e-3  # the one geometry tolerance: mm for spacing and origin, cosine for direction
+
 _ITK_EXT = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd", ".hdr", ".img", ".tif", ".tiff", ".png", ".vtk")
 _KEEP_PREFIX = "pdl1_dls|"
 
@@ -133,7 +135,7 @@ def _sort_and_check_series(files: list[Path], headers: list, patient=None, folde
             if h.get(tag) is None:
                 raise bad(f"DICOM series slice lacks {tag}")
     iop = np.array([[float(v) for v in h.ImageOrientationPatient] for h in headers])
-    if np.abs(iop - iop[0]).max() > 1e-3: raise bad("inconsistent series: slices with different orientations")
+    if np.abs(iop - iop[0]).max() > GRID_TOL: raise bad("inconsistent series: slices with different orientations")
     sizes = {(int(h.Rows), int(h.Columns)) for h in headers}
     if len(sizes) > 1: raise bad(f"inconsistent series: slices of different sizes {sorted(sizes)}")
     normal = np.cross(iop[0][:3], iop[0][3:])
@@ -142,8 +144,8 @@ def _sort_and_check_series(files: list[Path], headers: list, patient=None, folde
     files, headers, pos = [files[i] for i in order], [headers[i] for i in order], pos[order]
     if len(pos) >= 2:
         d = np.diff(pos)
-        if (d < 1e-3).any():
-            raise bad(f"inconsistent series: {(d < 1e-3).sum()} duplicate slice position(s)")
+        if (d < GRID_TOL).any():
+            raise bad(f"inconsistent series: {(d < GRID_TOL).sum()} duplicate slice position(s)")
         step = float(np.median(d))
         dev = np.abs(d - step)
         if (dev > rel_tol * step).any():
@@ -566,8 +568,6 @@ def read_roi(path: str | os.PathLike,  # label image (NIfTI/NRRD/MHA/DICOM serie
     return _label_mask(read_image(p, patient), roi_name, patient, p)
 
 # %% ../nbs/02_io.ipynb #466bced2
-GRID_TOL = 1e-3  # the one geometry tolerance: mm for spacing and origin, cosine for direction
-
 _INTERP = {"linear": sitk.sitkLinear, "nearest": sitk.sitkNearestNeighbor, "bspline": sitk.sitkBSpline,
            "bspline3": sitk.sitkBSpline}
 
@@ -675,7 +675,7 @@ def check_same_frame(a: sitk.Image, b: sitk.Image,  # e.g. two MRI sequences of 
     "Check that `a` and `b` share a physical frame (same frame-of-reference UID when known, overlap); return the overlap."
     for im in (a, b):
         D = np.array(im.GetDirection()).reshape(im.GetDimension(), im.GetDimension())
-        if not np.allclose(D.T @ D, np.eye(len(D)), atol=1e-3):
+        if not np.allclose(D.T @ D, np.eye(len(D)), atol=GRID_TOL):
             raise PDL1Error(f"{what}: direction matrix is not orthonormal", patient=patient, file=file)
     key = _KEEP_PREFIX + "frame"
     if a.HasMetaDataKey(key) and b.HasMetaDataKey(key) and a.GetMetaData(key) != b.GetMetaData(key):
