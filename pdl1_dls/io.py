@@ -20,13 +20,17 @@ import numpy as np
 import SimpleITK as sitk
 
 from .core import PDL1Error, data_dir
+from .core import sha256 as _sha256
 
 # %% auto #0
-__all__ = ['strip_metadata', 'read_image', 'suv_factors', 'read_pet_suv', 'list_rtstruct_rois', 'read_rtstruct', 'same_grid',
+__all__ = ['GRID_TOL', 'strip_metadata', 'read_image', 'file_stamp', 'write_dicom_series', 'suv_factors', 'read_pet_suv',
+           'list_rtstruct_rois', 'read_rtstruct', 'read_seg', 'dicom_modality', 'read_roi', 'same_grid',
            'check_same_grid', 'resample_to', 'resample_mask', 'physical_bounds', 'overlap_fraction', 'check_overlap',
-           'check_same_frame', 'resample_pet_to_ct', 'read_mask', 'dice']
+           'same_axes', 'check_covers', 'check_same_frame', 'resample_pet_to_ct', 'read_mask', 'dice']
 
 # %% ../nbs/02_io.ipynb #ac00fa06
+GRID_TOL = 1e-3  # the one geometry tolerance: mm for spacing and origin, cosine for direction
+
 _ITK_EXT = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd", ".hdr", ".img", ".tif", ".tiff", ".png", ".vtk")
 _KEEP_PREFIX = "pdl1_dls|"
 
@@ -104,7 +108,23 @@ def _series_files(folder: Path, patient=None) -> list[Path]:
     groups = [g for g in groups if g]
     if not groups:
         raise PDL1Error("no DICOM image series found in folder", patient=patient, file=folder)
+    _check_left_out(folder, {str(Path(f)) for g in groups for f in g}, patient)
     return [Path(f) for f in max(groups, key=len)]
+
+def _check_left_out(folder: Path, grouped: set, patient=None):
+    "GDCM leaves unreadable files out of every series: a DICOM file it left out that pydicom cannot read is an error."
+    import pydicom
+    for f in sorted(folder.iterdir()):
+        if str(f) in grouped or not f.is_file() or not _is_dicom_file(f): continue
+        try:
+            ds = pydicom.dcmread(str(f))
+            if "PixelData" in ds and ds.file_meta.TransferSyntaxUID.is_uncompressed:
+                need = int(ds.Rows) * int(ds.Columns) * int(ds.get("SamplesPerPixel", 1)) * int(ds.BitsAllocated) // 8 \
+                       * int(ds.get("NumberOfFrames", 1) or 1)
+                if len(ds.PixelData) < need: raise EOFError("pixel data shorter than its size")
+        except Exception as ex:
+            raise PDL1Error(f"unreadable DICOM slice, truncated or damaged ({type(ex).__name__})",
+                            patient=patient, file=f) from None
 
 def _sort_and_check_series(files: list[Path], headers: list, patient=None, folder=None,
                            rel_tol: float = 0.1) -> tuple[list[Path], list]:
@@ -115,7 +135,7 @@ def _sort_and_check_series(files: list[Path], headers: list, patient=None, folde
             if h.get(tag) is None:
                 raise bad(f"DICOM series slice lacks {tag}")
     iop = np.array([[float(v) for v in h.ImageOrientationPatient] for h in headers])
-    if np.abs(iop - iop[0]).max() > 1e-3: raise bad("inconsistent series: slices with different orientations")
+    if np.abs(iop - iop[0]).max() > GRID_TOL: raise bad("inconsistent series: slices with different orientations")
     sizes = {(int(h.Rows), int(h.Columns)) for h in headers}
     if len(sizes) > 1: raise bad(f"inconsistent series: slices of different sizes {sorted(sizes)}")
     normal = np.cross(iop[0][:3], iop[0][3:])
@@ -124,8 +144,8 @@ def _sort_and_check_series(files: list[Path], headers: list, patient=None, folde
     files, headers, pos = [files[i] for i in order], [headers[i] for i in order], pos[order]
     if len(pos) >= 2:
         d = np.diff(pos)
-        if (d < 1e-3).any():
-            raise bad(f"inconsistent series: {(d < 1e-3).sum()} duplicate slice position(s)")
+        if (d < GRID_TOL).any():
+            raise bad(f"inconsistent series: {(d < GRID_TOL).sum()} duplicate slice position(s)")
         step = float(np.median(d))
         dev = np.abs(d - step)
         if (dev > rel_tol * step).any():
@@ -181,6 +201,61 @@ def read_image(path: str | os.PathLike,  # image file, or a folder holding one D
             keep = _dicom_keep(h)
         return strip_metadata(img, keep)
     return img
+
+# %% ../nbs/02_io.ipynb #79c1a012
+def file_stamp(path: str | os.PathLike,  # an image file or a DICOM series folder
+               content: bool = True,  # SHA-256 of the bytes; False: names, sizes and modification times
+              ) -> str:
+    "A hex digest identifying the content of a file or of every file in a folder (cache keys)."
+    p = Path(path)
+    if p.is_file() and content: return _sha256(p)
+    files = sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else [p]
+    parts = [[str(f.relative_to(p)) if p.is_dir() else f.name,
+              _sha256(f) if content else [f.stat().st_size, f.stat().st_mtime_ns]] for f in files]
+    return hashlib.sha256(repr(parts).encode()).hexdigest()
+
+# %% ../nbs/02_io.ipynb #210df684
+_SOP = {"MR": "1.2.840.10008.5.1.4.1.1.4", "CT": "1.2.840.10008.5.1.4.1.1.2", "PT": "1.2.840.10008.5.1.4.1.1.128"}
+
+def write_dicom_series(image: sitk.Image,  # 3-D scalar volume
+                       folder: str | os.PathLike,  # created; one `slice_NNNN.dcm` per axial slice
+                       modality: str = "MR",  # "MR", "CT" or "PT"
+                       tags: dict | None = None,  # extra DICOM keywords set on every slice (e.g. {"Units": "BQML"})
+                       frame_uid: str | None = None,  # FrameOfReferenceUID (share it between series of one patient)
+                      ) -> list[Path]:
+    "Write `image` as a single-frame DICOM series (16-bit, rescaled) with its geometry; return the files."
+    import pydicom
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+    arr = sitk.GetArrayFromImage(image).astype(np.float64)
+    lo, hi = float(arr.min()), float(arr.max())
+    slope = (hi - lo) / 65000 if hi > lo else 1.0
+    raw = np.round((arr - lo) / slope - 32500).astype(np.int16)
+    D = np.array(image.GetDirection()).reshape(3, 3)
+    folder = Path(folder); folder.mkdir(parents=True, exist_ok=True)
+    series, study, frame = generate_uid(), generate_uid(), frame_uid or generate_uid()
+    out = []
+    for k in range(raw.shape[0]):
+        meta = FileMetaDataset(); meta.MediaStorageSOPClassUID = _SOP[modality]
+        meta.MediaStorageSOPInstanceUID = generate_uid(); meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds = Dataset(); ds.file_meta = meta
+        ds.SOPClassUID, ds.SOPInstanceUID, ds.Modality = _SOP[modality], meta.MediaStorageSOPInstanceUID, modality
+        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study, series, frame
+        ds.InstanceNumber = k + 1
+        ds.ImagePositionPatient = [f"{v:.6f}" for v in image.TransformIndexToPhysicalPoint((0, 0, k))]
+        ds.ImageOrientationPatient = [f"{v:.8f}" for v in (*D[:, 0], *D[:, 1])]
+        ds.PixelSpacing = [f"{image.GetSpacing()[1]:.6f}", f"{image.GetSpacing()[0]:.6f}"]
+        ds.SliceThickness = f"{image.GetSpacing()[2]:.6f}"
+        ds.Rows, ds.Columns = raw.shape[1], raw.shape[2]
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+        ds.BitsAllocated = ds.BitsStored = 16; ds.HighBit = 15; ds.PixelRepresentation = 1
+        ds.RescaleSlope, ds.RescaleIntercept = f"{slope:.10g}", f"{lo + 32500 * slope:.10g}"
+        for kw, v in (tags or {}).items(): setattr(ds, kw, v)
+        ds.PixelData = raw[k].tobytes()
+        f = folder / f"slice_{k:04d}.dcm"
+        ds.save_as(str(f), enforce_file_format=True)
+        out.append(f)
+    return out
 
 # %% ../nbs/02_io.ipynb #a8c8a471
 def _dicom_datetime(date, time) -> _dt.datetime | None:
@@ -382,12 +457,122 @@ def read_rtstruct(rtstruct_file: str | os.PathLike,  # RTSTRUCT DICOM file
     out.CopyInformation(reference)
     return strip_metadata(out, {"roi": name})
 
+# %% ../nbs/02_io.ipynb #57ed19dc
+def _seg_segments(ds) -> list[tuple[int, str]]:
+    return [(int(s.SegmentNumber), str(s.get("SegmentLabel", "") or "")) for s in ds.get("SegmentSequence", [])]
+
+def _pick(names: list[str], roi_name, what: str, patient=None, file=None) -> str:
+    "The structure called `roi_name` (exact, else case-insensitive); without a name, the only one."
+    if roi_name is None or str(roi_name) == "":
+        if len(names) == 1: return names[0]
+        raise PDL1Error(f"{what} holds {len(names)} structures ({', '.join(names)}); set roi_name to one of them",
+                        patient=patient, file=file)
+    hits = [n for n in names if n == str(roi_name)] or [n for n in names if n.strip().lower() == str(roi_name).strip().lower()]
+    if not hits: raise PDL1Error(f"ROI '{roi_name}' not found; available: {', '.join(names)}", patient=patient, file=file)
+    return hits[0]
+
+# %% ../nbs/02_io.ipynb #7edd79bf
+def read_seg(seg_file: str | os.PathLike,  # DICOM SEG file
+             reference: sitk.Image,  # image whose grid the mask takes (3D)
+             roi_name: str | None = None,  # segment label; default: the only segment
+             patient: str | None = None,  # pseudonymous patient_id, for error messages
+            ) -> sitk.Image:
+    "One segment of a DICOM SEG on `reference`'s grid: a UInt8 mask (0/1) with the reference geometry."
+    import pydicom
+    p = Path(seg_file)
+    def bad(msg): return PDL1Error(msg, patient=patient, file=p)
+    try: ds = pydicom.dcmread(str(p))
+    except Exception as ex: raise bad(f"unreadable DICOM file ({type(ex).__name__})") from None
+    if ds.get("Modality") != "SEG": raise bad(f"not a DICOM SEG file (Modality {ds.get('Modality')})")
+    segs = _seg_segments(ds)
+    if not segs: raise bad("SEG holds no segment")
+    name = _pick([s[1] for s in segs], roi_name, "SEG", patient, p)
+    number = dict((s[1], s[0]) for s in segs)[name]
+    try: px = ds.pixel_array
+    except Exception as ex: raise bad(f"unreadable SEG pixel data ({type(ex).__name__})") from None
+    px = px.reshape(-1, int(ds.Rows), int(ds.Columns))
+    if str(ds.get("SegmentationType", "BINARY")).upper() == "FRACTIONAL":
+        px = px >= 0.5 * float(ds.get("MaximumFractionalValue", 255))
+    shared = ds.get("SharedFunctionalGroupsSequence", [None])[0]
+    def group(fr, kw):
+        for g in (fr, shared):
+            if g is not None and kw in g: return g.get(kw)[0]
+        raise bad(f"SEG frame lacks {kw}")
+    nx, ny, nz = reference.GetSize()
+    arr = np.zeros((nz, ny, nx), bool)
+    for f, fr in zip(px, ds.PerFrameFunctionalGroupsSequence):
+        if int(group(fr, "SegmentIdentificationSequence").ReferencedSegmentNumber) != number or not f.any(): continue
+        pos = np.array([float(v) for v in group(fr, "PlanePositionSequence").ImagePositionPatient])
+        iop = np.array([float(v) for v in group(fr, "PlaneOrientationSequence").ImageOrientationPatient])
+        dr, dc = (float(v) for v in group(fr, "PixelMeasuresSequence").PixelSpacing)
+        rc = np.argwhere(f)
+        ijk = _phys_to_index(reference, pos + rc[:, 1:2] * dc * iop[None, :3] + rc[:, 0:1] * dr * iop[None, 3:])
+        if np.abs(ijk[:, 2] - np.round(ijk[:, 2])).max() > 0.1:
+            raise bad(f"segment '{name}': frames fall between reference slices; read it on the image it was made on")
+        ijk = np.round(ijk).astype(int)
+        ok = ((ijk >= 0) & (ijk < [nx, ny, nz])).all(1)
+        arr[ijk[ok, 2], ijk[ok, 1], ijk[ok, 0]] = True
+    if not arr.any(): raise bad(f"segment '{name}' is empty on the reference grid")
+    out = sitk.GetImageFromArray(arr.astype(np.uint8))
+    out.CopyInformation(reference)
+    return strip_metadata(out, {"roi": name})
+
+# %% ../nbs/02_io.ipynb #ba3e841e
+def dicom_modality(path: str | os.PathLike) -> str | None:
+    "The DICOM Modality of a single file (e.g. RTSTRUCT, SEG, PT), or None when it is no DICOM file."
+    import pydicom
+    p = Path(path)
+    if p.is_dir() or p.name.lower().endswith(_ITK_EXT) or not _is_dicom_file(p): return None
+    try: return str(pydicom.dcmread(str(p), stop_before_pixels=True, specific_tags=["Modality"]).get("Modality", ""))
+    except Exception: return None
+
+def _label_mask(img: sitk.Image, roi_name=None, patient=None, file=None) -> sitk.Image:
+    "A label image as a UInt8 0/1 mask: its one structure (values 0/1), or the label `roi_name`."
+    if img.GetNumberOfComponentsPerPixel() != 1:
+        raise PDL1Error("ROI image has several components per voxel", patient=patient, file=file)
+    a = sitk.GetArrayViewFromImage(img)
+    nz = a[a != 0]
+    if roi_name is not None and str(roi_name) != "":
+        try: lab = float(roi_name)
+        except ValueError:
+            raise PDL1Error(f"roi_name {roi_name!r} must be a label value for a label image", patient=patient, file=file) from None
+        if not (nz == lab).any():
+            raise PDL1Error(f"ROI label {roi_name} not found; labels: {', '.join(f'{v:g}' for v in np.unique(nz)[:10])}",
+                            patient=patient, file=file)
+        m = a == lab
+    else:
+        if nz.size and not (nz == 1).all():
+            labs = np.unique(nz)
+            raise PDL1Error(f"ROI mask holds values other than 0 and 1 (labels {', '.join(f'{v:g}' for v in labs[:10])}"
+                            f"{' ...' if len(labs) > 10 else ''}); set roi_name to the label to use", patient=patient, file=file)
+        m = a == 1
+    out = sitk.GetImageFromArray(m.astype(np.uint8))
+    out.CopyInformation(img)
+    return out
+
+def read_roi(path: str | os.PathLike,  # label image (NIfTI/NRRD/MHA/DICOM series), RTSTRUCT or DICOM SEG
+             reference: sitk.Image | None = None,  # image the ROI was drawn on (needed for RTSTRUCT and SEG)
+             roi_name: str | None = None,  # structure name (RTSTRUCT/SEG) or label value (label image)
+             patient: str | None = None,  # pseudonymous patient_id, for error messages
+            ) -> sitk.Image:
+    "The tumour ROI as a UInt8 0/1 mask, whatever kind of file holds it."
+    p = Path(path)
+    if not p.exists(): raise PDL1Error("file not found", patient=patient, file=p)
+    if roi_name is not None and isinstance(roi_name, float) and math.isnan(roi_name): roi_name = None
+    mod = dicom_modality(p)
+    if mod in ("RTSTRUCT", "SEG"):
+        if reference is None: raise PDL1Error(f"an {mod} ROI needs the image it was drawn on", patient=patient, file=p)
+        if mod == "SEG": return read_seg(p, reference, roi_name, patient)
+        name = _pick(list_rtstruct_rois(p, patient), roi_name, "RTSTRUCT", patient, p)
+        return read_rtstruct(p, reference, name, patient)
+    return _label_mask(read_image(p, patient), roi_name, patient, p)
+
 # %% ../nbs/02_io.ipynb #466bced2
 _INTERP = {"linear": sitk.sitkLinear, "nearest": sitk.sitkNearestNeighbor, "bspline": sitk.sitkBSpline,
            "bspline3": sitk.sitkBSpline}
 
 def same_grid(a: sitk.Image, b: sitk.Image,  # two images
-              tol: float = 1e-3,  # tolerance: mm for spacing and origin, cosine for direction
+              tol: float = GRID_TOL,  # tolerance: mm for spacing and origin, cosine for direction
              ) -> bool:
     "True when `a` and `b` share size, spacing, origin and direction within `tol`."
     return (a.GetSize() == b.GetSize() and np.allclose(a.GetSpacing(), b.GetSpacing(), atol=tol, rtol=0)
@@ -395,7 +580,7 @@ def same_grid(a: sitk.Image, b: sitk.Image,  # two images
             and np.allclose(a.GetDirection(), b.GetDirection(), atol=tol, rtol=0))
 
 def check_same_grid(a: sitk.Image, b: sitk.Image,  # two images that must share a voxel grid
-                    tol: float = 1e-3,  # tolerance: mm for spacing and origin, cosine for direction
+                    tol: float = GRID_TOL,  # tolerance: mm for spacing and origin, cosine for direction
                     patient: str | None = None,  # pseudonymous patient_id, for error messages
                     file: str | os.PathLike | None = None,  # file involved, for error messages
                    ):
@@ -461,6 +646,25 @@ def check_overlap(a: sitk.Image, b: sitk.Image,  # e.g. PET and CT
                         f"z extents {a0[2]:.0f}..{a1[2]:.0f} mm and {b0[2]:.0f}..{b1[2]:.0f} mm)", patient=patient, file=file)
     return f
 
+def same_axes(a: sitk.Image, b: sitk.Image,  # two images
+              tol: float = GRID_TOL,  # tolerance on the direction cosines
+             ) -> bool:
+    "True when `a` and `b` have the same axis directions (direction matrices within `tol`)."
+    return np.allclose(a.GetDirection(), b.GetDirection(), atol=tol, rtol=0)
+
+def check_covers(image: sitk.Image,  # e.g. a T2WI that must hold the tumour
+                 box: tuple[np.ndarray, np.ndarray],  # physical box (lo, hi) in mm it must contain
+                 what: str = "image",  # how to call it in the message
+                 patient: str | None = None,  # pseudonymous patient_id, for error messages
+                 file: str | os.PathLike | None = None,  # file involved, for error messages
+                ):
+    "Raise a `PDL1Error` unless `image`'s physical extent holds `box` (to within one voxel)."
+    lo, hi = physical_bounds(image)
+    tol = float(np.max(image.GetSpacing()))
+    if np.any(np.asarray(box[0]) < lo - tol) or np.any(np.asarray(box[1]) > hi + tol):
+        raise PDL1Error(f"{what} does not cover the tumour region (no shared physical frame; register it first)",
+                        patient=patient, file=file)
+
 def check_same_frame(a: sitk.Image, b: sitk.Image,  # e.g. two MRI sequences of one patient
                      min_fraction: float = 0.5,  # least bounding-box overlap of the smaller volume
                      max_angle: float | None = None,  # largest allowed angle (degrees) between slice normals; None: any
@@ -471,7 +675,7 @@ def check_same_frame(a: sitk.Image, b: sitk.Image,  # e.g. two MRI sequences of 
     "Check that `a` and `b` share a physical frame (same frame-of-reference UID when known, overlap); return the overlap."
     for im in (a, b):
         D = np.array(im.GetDirection()).reshape(im.GetDimension(), im.GetDimension())
-        if not np.allclose(D.T @ D, np.eye(len(D)), atol=1e-3):
+        if not np.allclose(D.T @ D, np.eye(len(D)), atol=GRID_TOL):
             raise PDL1Error(f"{what}: direction matrix is not orthonormal", patient=patient, file=file)
     key = _KEEP_PREFIX + "frame"
     if a.HasMetaDataKey(key) and b.HasMetaDataKey(key) and a.GetMetaData(key) != b.GetMetaData(key):
@@ -497,7 +701,7 @@ def read_mask(path: str | os.PathLike,  # label image (NIfTI, NRRD, MHA, DICOM)
               reference: sitk.Image | None = None,  # image the mask belongs to
               patient: str | None = None,  # pseudonymous patient_id, for error messages
               resample: bool = False,  # resample onto `reference` (nearest neighbour) when the grids differ
-              tol: float = 1e-3,  # grid tolerance (mm, cosine)
+              tol: float = GRID_TOL,  # grid tolerance (mm, cosine)
              ) -> sitk.Image:
     "Read a mask as UInt8 0/1 (label > 0), checked against (or resampled onto) `reference`'s grid."
     img = read_image(path, patient)

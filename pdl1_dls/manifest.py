@@ -22,17 +22,17 @@ from .core import PDL1Error, sha256
 
 # %% auto #0
 __all__ = ['ROLES', 'IMAGE_KEYS', 'OPTIONAL_IMAGE_KEYS', 'ensure_study', 'parse_rule', 'apply_rule', 'expand', 'Cohort', 'Study',
-           'Problem', 'ManifestErrors', 'read_study', 'needs_generation', 'generate_if_needed', 'validate_study',
-           'load_study']
+           'Problem', 'ManifestErrors', 'read_study', 'check_images', 'needs_generation', 'generate_if_needed',
+           'validate_study', 'load_study']
 
 # %% ../nbs/01_manifest.ipynb #8aaec5f5
 ROLES = ("train", "validation", "test", "external", "ici")
 IMAGE_KEYS = {"petct": ("pet", "ct", "roi"), "mri": ("t1", "t2", "ce_t1", "roi"), "clinical": ()}
 OPTIONAL_IMAGE_KEYS = ("roi_reader2",)
 _TOP_KEYS = {"time_unit", "name", "modality", "paper", "root", "synthetic", "id_column", "label", "outcomes",
-             "covariates", "images", "checksums", "cohorts", "description", "notes", "train"}
+             "covariates", "images", "checksums", "cohorts", "description", "notes", "train", "roi_name"}
 _COHORT_KEYS = {"name", "role", "clinical", "where", "images", "label", "outcomes", "description",
-                "read_csv", "id_column", "id_prefix", "patients", "time_unit"}
+                "read_csv", "id_column", "id_prefix", "patients", "time_unit", "roi_name"}
 _MONTHS_PER = {"months": 1.0, "days": 12 / 365.25, "weeks": 12 * 7 / 365.25, "years": 12.0}
 
 # %% ../nbs/01_manifest.ipynb #6a75c6d1
@@ -326,6 +326,9 @@ def read_study(path: str | os.PathLike,  # the manifest YAML
                     elif not Path(p).exists():
                         if required or (images.get(k) in df.columns): P.append(Problem(f"{k} image not found", cohort=cname, patient=pid, file=p))
                         df.loc[df["patient_id"] == pid, k] = None if not required else p
+        rn = cs.get("roi_name", spec.get("roi_name"))   # which structure of the ROI file: a column or one value
+        if rn is not None and "roi_name" not in df.columns:
+            df["roi_name"] = df[rn].astype(str) if str(rn) in df.columns else str(rn)
         cohorts[cname] = Cohort(cname, role, df.reset_index(drop=True), labeled, cs)
     # checksums
     if spec.get("checksums") and check_checksums:
@@ -360,12 +363,13 @@ _TOP_TYPES = {"name": (_SCALAR, "a text"), "modality": ((str,), "a text"), "pape
               "root": ((str,), "a path"), "id_column": ((str,), "a column name"), "label": ((dict, type(None)), "a mapping"),
               "outcomes": ((dict, type(None)), "a mapping"), "covariates": ((list, type(None)), "a list of column names"),
               "images": ((dict, type(None)), "a mapping of image key to path"), "checksums": ((str, type(None)), "a path"),
-              "synthetic": ((dict, type(None)), "a mapping"), "time_unit": ((str,), "a text")}
+              "synthetic": ((dict, type(None)), "a mapping"), "time_unit": ((str,), "a text"),
+              "roi_name": (_SCALAR, "a structure name, a label value or a column name")}
 _COHORT_TYPES = {"role": ((str,), "a text"), "clinical": ((str, type(None)), "a path"), "where": ((dict, type(None)), "a mapping"),
                  "images": ((dict, type(None)), "a mapping of image key to path"), "label": ((dict, type(None)), "a mapping"),
                  "outcomes": ((dict, type(None)), "a mapping"), "read_csv": ((dict, type(None)), "a mapping"),
                  "id_column": ((str,), "a column name"), "id_prefix": (_SCALAR, "a text"), "patients": ((list, type(None)), "a list"),
-                 "time_unit": ((str,), "a text")}
+                 "time_unit": ((str,), "a text"), "roi_name": (_SCALAR, "a structure name, a label value or a column name")}
 
 def _kind(v) -> str: return {dict: "a mapping", list: "a list", bool: "yes/no", type(None): "empty"}.get(type(v), type(v).__name__)
 
@@ -386,6 +390,124 @@ def _typed(spec: dict, types: dict, f: str, cohort: str | None = None) -> tuple[
                                             for x in v.values()):
             bad(k, "a mapping of column to a value or a list of values")
     return out, P
+
+# %% ../nbs/01_manifest.ipynb #448237cd
+_SUV_MAX, _HU_RANGE = 1e6, (-2000.0, 5000.0)
+
+def _nifti_nonfinite(path) -> int:
+    "Non-finite voxels stored in a float NIfTI file (ITK's reader turns them into 0 without a word)."
+    p = str(path)
+    if not p.lower().endswith((".nii", ".nii.gz")): return 0
+    import nibabel as nib
+    img = nib.load(p)
+    if img.header.get_data_dtype().kind != "f": return 0
+    return int((~np.isfinite(np.asarray(img.dataobj))).sum())
+
+def _image_problems(img, kind: str) -> list[str]:
+    "What is wrong with one image that was read: dimension, non-finite voxels, implausible values."
+    if img.GetDimension() != 3:
+        return [f"{kind} image is {img.GetDimension()}-D ({'x'.join(map(str, img.GetSize()))}); a 3-D volume is needed"]
+    import SimpleITK as sitk
+    a = sitk.GetArrayViewFromImage(img)
+    out = []
+    if a.dtype.kind == "f" and not np.isfinite(a).all():
+        out.append(f"{kind} image has {int((~np.isfinite(a)).sum())} non-finite voxels (NaN or infinity)")
+        a = a[np.isfinite(a)]
+    if a.size == 0: return out
+    if kind == "pet" and float(a.max()) > _SUV_MAX:
+        out.append(f"PET values up to {float(a.max()):.3g} are not SUV (above {_SUV_MAX:.0e}); wrong units or scaling?")
+    if kind == "ct":
+        lo0 = float(a.min()); v = a[a > lo0] if (a == lo0).mean() > 0.01 else a      # set aside the padding value
+        lo, hi = (np.percentile(v[:: max(1, v.size // 1_000_000)], [0.1, 99.9]) if v.size else (lo0, lo0))
+        if lo < _HU_RANGE[0] or hi > _HU_RANGE[1]:
+            out.append(f"CT values {lo:.4g}..{hi:.4g} lie outside {_HU_RANGE[0]:.0f}..{_HU_RANGE[1]:.0f} HU; wrong units or scaling?")
+    return out
+
+# %% ../nbs/01_manifest.ipynb #0c22f93b
+def _check_patient(modality: str, files: dict, roi_name=None, cohort=None, patient=None) -> list[Problem]:
+    "Open one patient's images and report every problem found (no exception escapes for bad data)."
+    from pdl1_dls import io
+    P, imgs = [], {}
+    def add(msg, key): P.append(Problem(msg, cohort=cohort, patient=patient, file=files.get(key)))
+    seqs = ("pet", "ct") if modality == "petct" else tuple(k for k in ("t1", "t2", "ce_t1") if files.get(k))
+    for k in seqs:
+        if not files.get(k): continue
+        try: img = io.read_pet_suv(files[k], patient) if k == "pet" else io.read_image(files[k], patient)
+        except PDL1Error as e: P.append(Problem(e.problem, cohort, patient, None, e.file or files[k])); continue
+        bad = _image_problems(img, k)
+        n_bad = _nifti_nonfinite(files[k]) if not any("non-finite" in m for m in bad) else 0
+        if n_bad: bad.append(f"{k} image has {n_bad} non-finite voxels (NaN or infinity; ITK reads them as 0)")
+        for m in bad: add(m, k)
+        if not bad: imgs[k] = img
+    ref_key = "ct" if modality == "petct" else "ce_t1"
+    ref = imgs.get(ref_key)
+    if modality == "petct" and "pet" in imgs and ref is not None:
+        try: io.check_overlap(imgs["pet"], ref, what="PET and CT", patient=patient)
+        except PDL1Error as e: add(e.problem, "pet")
+    if modality == "mri" and ref is not None:
+        for k in seqs:
+            if k == ref_key or k not in imgs: continue
+            if not io.same_axes(imgs[k], ref): add("sequence is not in the CE-T1WI frame (axis directions differ)", k); continue
+            try: io.check_same_frame(ref, imgs[k], 0.0, what="sequence and CE-T1WI", patient=patient)
+            except PDL1Error as e: add(e.problem, k)
+    if files.get("roi") and ref is not None:
+        P += _roi_problems(files["roi"], ref, imgs.get("pet"), ref_key, roi_name, cohort, patient)
+    return P
+
+# %% ../nbs/01_manifest.ipynb #f0b0cd66
+def _roi_problems(path, ref, pet, ref_key: str, roi_name=None, cohort=None, patient=None) -> list[Problem]:
+    "Read the ROI the way the pipelines do and check it lies, not empty, on the grid it belongs to."
+    from pdl1_dls import io
+    import SimpleITK as sitk
+    def prob(msg): return [Problem(msg, cohort=cohort, patient=patient, file=str(path))]
+    try: roi = io.read_roi(path, ref, roi_name, patient)
+    except PDL1Error as e: return prob(e.problem)
+    if roi.GetDimension() != 3: return prob(f"ROI image is {roi.GetDimension()}-D; a 3-D mask is needed")
+    if not sitk.GetArrayViewFromImage(roi).any(): return prob("ROI mask is empty")
+    grids = [ref] + ([pet] if pet is not None else [])
+    if any(io.same_grid(roi, g) for g in grids): return []
+    if io.overlap_fraction(roi, ref) <= 0:
+        (r0, r1), (i0, i1) = io.physical_bounds(roi), io.physical_bounds(ref)
+        gap = float(np.max(np.maximum(r0 - i1, i0 - r1)))
+        return prob(f"ROI lies outside the {ref_key.upper() if ref_key == 'ct' else 'CE-T1WI'} image ({gap:.0f} mm beyond it)")
+    on = "the CT or the PET" if pet is not None else ("the CE-T1WI" if ref_key == "ce_t1" else f"the {ref_key}")
+    return prob(f"ROI is not on {on} grid (size {roi.GetSize()} vs {ref.GetSize()}, spacing "
+                f"{tuple(round(s, 3) for s in roi.GetSpacing())} vs {tuple(round(s, 3) for s in ref.GetSpacing())})")
+
+# %% ../nbs/01_manifest.ipynb #e5f29b4c
+_CHECKED: dict = {}  # patient check results in memory: key -> list of Problem fields
+
+def check_images(study: Study,  # a study read by `read_study`
+                 cache_dir: str | os.PathLike | None = None,  # also keep results here (JSON), across sessions
+                 progress: bool = True,  # show a progress bar
+                ) -> list[Problem]:
+    "Open every image of every patient and report the problems, cached by file path, size and mtime."
+    import json
+    from pdl1_dls.core import progress as _bar
+    from pdl1_dls.io import file_stamp
+    keys = [k for k in IMAGE_KEYS.get(study.modality, ())]
+    t = study.table()
+    out = []
+    for _, row in _bar(t.iterrows(), total=len(t), desc="validate images", unit="patient", disable=not progress):
+        files = {k: row.get(k) for k in keys if isinstance(row.get(k), str) and Path(row.get(k)).exists()}
+        if not files: continue
+        rn = row.get("roi_name"); rn = None if rn is None or (isinstance(rn, float) and np.isnan(rn)) else str(rn)
+        stamp = [[k, str(Path(v).resolve()), file_stamp(v, content=False)] for k, v in sorted(files.items())]
+        key = hashlib.sha256(json.dumps([study.modality, stamp, rn, row["cohort"], row["patient_id"]]).encode()).hexdigest()
+        hit = _CHECKED.get(key)
+        cf = Path(cache_dir) / "validate" / f"{key}.json" if cache_dir is not None else None
+        if hit is None and cf is not None and cf.is_file():
+            try: hit = json.loads(cf.read_text())
+            except (OSError, ValueError): hit = None
+        if hit is None:
+            hit = [[p.problem, p.cohort, p.patient, p.column, p.file]
+                   for p in _check_patient(study.modality, files, rn, row["cohort"], row["patient_id"])]
+            if cf is not None:
+                from pdl1_dls.core import atomic_write
+                with atomic_write(cf) as fh: fh.write(json.dumps(hit))
+        _CHECKED[key] = hit
+        out += [Problem(*h) for h in hit]
+    return out
 
 # %% ../nbs/01_manifest.ipynb #0059ee7b
 def needs_generation(path: str | os.PathLike) -> bool:
@@ -439,13 +561,17 @@ def generate_if_needed(path: str | os.PathLike) -> bool:
 
 def validate_study(path: str | os.PathLike,  # manifest YAML
                    generate: bool = True,  # generate a declared synthetic study first when absent
+                   open_images: bool = True,  # open every image (`check_images`); False: the manifest and paths only
+                   cache_dir: str | os.PathLike | None = None,  # keep the image checks here too (see `check_images`)
+                   progress: bool = False,  # progress bar over the patients while opening images
                   ) -> list[Problem]:
-    "Every problem in a manifest and the files it names (empty list: valid)."
+    "Every problem in a manifest and the files it names, each image opened (empty list: valid)."
     try:
         if generate: generate_if_needed(path)
-        _, P = read_study(path)
+        study, P = read_study(path)
     except PDL1Error as e:
         return [Problem(e.problem, e.cohort, e.patient, e.column, e.file)]
+    if open_images and study is not None: P = P + check_images(study, cache_dir, progress)
     return P
 
 def load_study(path: str | os.PathLike,  # manifest YAML

@@ -18,60 +18,33 @@ import pandas as pd
 import SimpleITK as sitk
 
 from .core import PDL1Error, atomic_path, progress
+from .io import check_covers, check_same_frame, file_stamp, physical_bounds, read_image, read_roi, same_axes, same_grid
 
 SEQUENCES = ("t1", "t2", "ce_t1")  # sequence keys of the manifest, in model order
 PLANES = ("axial", "coronal", "sagittal")  # plane order within a sequence
 CACHE_VERSION = 3  # bump when the preprocessing changes what it writes (3: tumour mask of other grids read from a copy)
 
 # %% auto #0
-__all__ = ['SEQUENCES', 'PLANES', 'CACHE_VERSION', 'physical_box', 'same_grid', 'check_shared_frame', 'max_area_indices',
-           'MRIParams', 'mri_slices', 'cache_key', 'cached_mri_slices', 'mri_cohort', 'mri_augment', 'augment_batch']
+__all__ = ['SEQUENCES', 'PLANES', 'CACHE_VERSION', 'max_area_indices', 'MRIParams', 'mri_slices', 'cache_key',
+           'cached_mri_slices', 'mri_cohort', 'mri_augment', 'augment_batch']
 
 # %% ../nbs/20_mri.ipynb #eb321228
-def _read(path, patient=None, key=None) -> sitk.Image:
-    "Read one image with SimpleITK, or raise a PDL1Error naming the patient and file."
-    if path is None or (isinstance(path, float) and np.isnan(path)) or str(path) == "":
-        raise PDL1Error(f"no {key} file given", patient=patient)
-    p = Path(path)
-    if not p.is_file(): raise PDL1Error(f"{key} file does not exist", patient=patient, file=p)
-    try: return sitk.ReadImage(str(p))
-    except RuntimeError as ex:
-        raise PDL1Error(f"cannot read {key} image ({str(ex).splitlines()[0][:120]})", patient=patient, file=p) from None
+def _missing(v) -> bool: return v is None or (isinstance(v, float) and np.isnan(v)) or str(v) == ""
 
-def physical_box(img: sitk.Image) -> tuple[np.ndarray, np.ndarray]:
-    "Axis-aligned (LPS) physical bounding box (lo, hi) in mm of an image's voxel centres, half a voxel wider."
-    size = np.array(img.GetSize())
-    corners = np.array(np.meshgrid(*[[-0.5, s - 0.5] for s in size], indexing="ij")).reshape(3, -1).T
-    pts = np.array([img.TransformContinuousIndexToPhysicalPoint(c.tolist()) for c in corners])
-    return pts.min(0), pts.max(0)
+def _image(v, key: str, patient=None) -> sitk.Image:
+    "An input as a SimpleITK image: passed through, or read by `pdl1_dls.io.read_image` (file or DICOM series folder)."
+    if isinstance(v, sitk.Image): return v
+    if _missing(v): raise PDL1Error(f"no {key} file given", patient=patient)
+    if not Path(v).exists(): raise PDL1Error(f"{key} file does not exist", patient=patient, file=v)
+    return read_image(v, patient)
 
-def same_grid(a: sitk.Image, b: sitk.Image, tol: float = 1e-3) -> bool:
-    "True when two images have the same size, spacing, origin and direction (within `tol`)."
-    return (a.GetSize() == b.GetSize()
-            and np.allclose(a.GetSpacing(), b.GetSpacing(), atol=tol, rtol=tol)
-            and np.allclose(a.GetOrigin(), b.GetOrigin(), atol=tol * 10)
-            and np.allclose(a.GetDirection(), b.GetDirection(), atol=tol))
-
-def check_shared_frame(ref: sitk.Image,  # the reference sequence (CE-T1WI)
-                       img: sitk.Image,  # the sequence that must share its frame
-                       roi_box: tuple[np.ndarray, np.ndarray] | None = None,  # physical box (lo, hi) the image must contain
-                       dir_tol: float = 1e-2,  # tolerance on direction cosines
-                       patient: str | None = None, file=None):
-    "Raise a PDL1Error unless `img` has `ref`'s axis directions and covers the tumour box (or overlaps `ref`)."
-    if not np.allclose(ref.GetDirection(), img.GetDirection(), atol=dir_tol):
+def _check_sequence(ref: sitk.Image, img: sitk.Image, box=None, patient=None, file=None):
+    "A sequence must have CE-T1WI's axis directions and hold the tumour box (or, with no box, overlap CE-T1WI)."
+    if not same_axes(ref, img):
         raise PDL1Error("sequence is not in the CE-T1WI frame (axis directions differ; register it first)",
                         patient=patient, file=file)
-    lo, hi = physical_box(img)
-    if roi_box is not None:
-        rlo, rhi = roi_box
-        tol = np.array(img.GetSpacing()).max()
-        if np.any(rlo < lo - tol) or np.any(rhi > hi + tol):
-            raise PDL1Error("sequence does not cover the CE-T1WI tumour region (no shared physical frame; register it first)",
-                            patient=patient, file=file)
-    else:
-        rlo, rhi = physical_box(ref)
-        if np.any(np.minimum(hi, rhi) <= np.maximum(lo, rlo)):
-            raise PDL1Error("sequence does not overlap CE-T1WI in physical space (no shared frame)", patient=patient, file=file)
+    if box is not None: check_covers(img, box, "sequence", patient, file)
+    check_same_frame(ref, img, 0.0, what="sequence and CE-T1WI", patient=patient, file=file)
 
 # %% ../nbs/20_mri.ipynb #20dbdce5
 def _robust_range(arr: np.ndarray, pct=(0.5, 99.5), max_n: int = 2_000_000, exclude: np.ndarray | None = None) -> tuple[float, float]:
@@ -93,7 +66,7 @@ def _tumour_box(roi: sitk.Image, mask_arr: np.ndarray) -> tuple[np.ndarray, np.n
 
 def _cube_grid(roi: sitk.Image, mask_arr: np.ndarray, margin_mm: float | None, ref: sitk.Image) -> sitk.Image:
     "A 1 mm identity-direction cube around the tumour (or the whole field of view when margin_mm is None)."
-    lo, hi = physical_box(ref) if margin_mm is None else _tumour_box(roi, mask_arr)
+    lo, hi = physical_bounds(ref) if margin_mm is None else _tumour_box(roi, mask_arr)
     centre = (lo + hi) / 2
     side = int(np.ceil((hi - lo).max() + (0 if margin_mm is None else 2 * margin_mm)))
     side = max(side, 8)
@@ -132,7 +105,6 @@ class MRIParams:
     range_region: str = "union"  # min-max percentiles: "union" (background, top raised to the tumour's), "background" or "volume"
     zscore: str = "none"  # "none" (stored 0–1; the trainer z-scores per sequence) or "image"
     roi_resample: bool = False  # carry a ROI that is not on the CE-T1WI grid (same frame) by nearest neighbour
-    dir_tol: float = 1e-2  # tolerance on direction cosines in the frame check
     sequences: tuple = SEQUENCES  # which sequences to use (the ROI is always on the last, CE-T1WI, or the only one)
 
     def key(self) -> dict:
@@ -144,24 +116,28 @@ def mri_slices(images: dict,  # sequence key -> image path (or sitk.Image); must
                roi,  # ROI mask path (or sitk.Image) drawn on the reference sequence (ce_t1, else the only sequence)
                params: MRIParams | None = None,  # preprocessing parameters
                patient: str | None = None,  # patient_id for error messages
+               roi_name: str | None = None,  # RTSTRUCT/SEG structure or label value; default: the only one
               ) -> tuple[np.ndarray, dict]:
     "2.5D input of one patient: float32 (sequence, plane, size, size) and metadata."
     p = params or MRIParams()
     seqs = tuple(p.sequences)
     ref_key = "ce_t1" if "ce_t1" in seqs else seqs[0]
-    def get(v, key):
-        return v if isinstance(v, sitk.Image) else _read(v, patient, key)
+    def get(v, key): return _image(v, key, patient)
+    def get_path(v, key):
+        if _missing(v): raise PDL1Error(f"no {key} file given", patient=patient)
+        if not Path(v).exists(): raise PDL1Error(f"{key} file does not exist", patient=patient, file=v)
+        return v
     files = {k: (None if isinstance(v, sitk.Image) else str(v)) for k, v in {**images, "roi": roi}.items()}
     missing = [k for k in seqs if k not in images]
     if missing: raise PDL1Error(f"no {missing[0]} image given", patient=patient)
     ref = get(images[ref_key], ref_key)
-    msk = get(roi, "roi")
+    msk = roi if isinstance(roi, sitk.Image) else read_roi(get_path(roi, "roi"), ref, roi_name, patient)
     if not same_grid(ref, msk):
         if not p.roi_resample:
             raise PDL1Error(f"ROI is not on the {ref_key} grid (size {msk.GetSize()} vs {ref.GetSize()}, spacing "
                             f"{tuple(round(s, 3) for s in msk.GetSpacing())} vs {tuple(round(s, 3) for s in ref.GetSpacing())}); "
                             "draw it on CE-T1WI or pass roi_resample=True", patient=patient, file=files["roi"])
-        check_shared_frame(ref, msk, None, p.dir_tol, patient, files["roi"])
+        _check_sequence(ref, msk, None, patient, files["roi"])
         msk = sitk.Resample(msk, ref, sitk.Transform(), sitk.sitkNearestNeighbor, 0, msk.GetPixelID())
     m = sitk.GetArrayViewFromImage(msk) > 0
     if not m.any(): raise PDL1Error("ROI mask is empty", patient=patient, file=files["roi"])
@@ -176,7 +152,7 @@ def mri_slices(images: dict,  # sequence key -> image path (or sitk.Image); must
     for k in seqs:
         img = ref if k == ref_key else get(images[k], k)
         if k != ref_key:
-            check_shared_frame(ref, img, tb, p.dir_tol, patient, files.get(k))
+            _check_sequence(ref, img, tb, patient, files.get(k))
         arr = sitk.GetArrayViewFromImage(img)
         if p.range_region in ("union", "background"):
             # a copy, not a view: the resampled mask is a temporary that Python frees at once
@@ -206,15 +182,10 @@ def mri_slices(images: dict,  # sequence key -> image path (or sitk.Image); must
     return x, meta
 
 # %% ../nbs/20_mri.ipynb #2633fe5f
-def _file_hash(path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for b in iter(lambda: f.read(1 << 20), b""): h.update(b)
-    return h.hexdigest()
-
-def cache_key(images: dict, roi, params: MRIParams) -> str:
-    "SHA-256 over the input files' contents and the parameters."
-    parts = {k: _file_hash(v) for k, v in sorted({**images, "roi": roi}.items()) if k in (*params.sequences, "roi")}
+def cache_key(images: dict, roi, params: MRIParams, roi_name: str | None = None) -> str:
+    "SHA-256 over the input files' contents and the parameters (and the ROI structure, when named)."
+    parts = {k: file_stamp(v) for k, v in sorted({**images, "roi": roi}.items()) if k in (*params.sequences, "roi")}
+    if roi_name is not None: parts["roi_name"] = str(roi_name)
     return hashlib.sha256(json.dumps([parts, params.key()], sort_keys=True).encode()).hexdigest()
 
 def cached_mri_slices(images: dict,  # sequence key -> image path
@@ -222,21 +193,23 @@ def cached_mri_slices(images: dict,  # sequence key -> image path
                       cache_dir,  # folder of the per-patient .npz files
                       params: MRIParams | None = None,  # preprocessing parameters
                       patient: str = "patient",  # patient_id (file name and error messages)
+                      roi_name: str | None = None,  # RTSTRUCT/SEG structure or label value; default: the only one
                      ) -> tuple[np.ndarray, dict]:
     "`mri_slices` through a per-patient cache keyed by file hashes and parameters."
     p = params or MRIParams()
     for k in (*p.sequences, "roi"):
         f = roi if k == "roi" else images.get(k)
-        if f is None or (isinstance(f, float) and np.isnan(f)): raise PDL1Error(f"no {k} file given", patient=patient)
-        if not Path(f).is_file(): raise PDL1Error(f"{k} file does not exist", patient=patient, file=f)
-    key = cache_key(images, roi, p)
+        if _missing(f): raise PDL1Error(f"no {k} file given", patient=patient)
+        if not Path(f).exists(): raise PDL1Error(f"{k} file does not exist", patient=patient, file=f)
+    if _missing(roi_name): roi_name = None
+    key = cache_key(images, roi, p, roi_name)
     safe = re.sub(r"[^A-Za-z0-9_.-]", "_", str(patient))
     path = Path(cache_dir) / f"{safe}_{key[:20]}.npz"
     if path.is_file():
         try:
             with np.load(path, allow_pickle=False) as z: return z["x"], json.loads(str(z["meta"]))
         except Exception: pass  # unreadable cache entry: recompute
-    x, meta = mri_slices(images, roi, p, patient)
+    x, meta = mri_slices(images, roi, p, patient, roi_name)
     meta["cache_key"] = key
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as f: np.savez(f, x=x, meta=np.array(json.dumps(meta)))
@@ -247,21 +220,24 @@ def mri_cohort(table: pd.DataFrame,  # rows with patient_id and the image column
                cache_dir,  # folder of the per-patient cache
                params: MRIParams | None = None,  # preprocessing parameters
                id_column: str = "patient_id",  # patient id column
-               strict: bool = False,  # raise on the first bad patient instead of skipping it
+               strict: bool = False,  # the same as skip_bad=False (kept for older callers)
+               skip_bad: bool = True,  # record a bad patient in `skipped` and go on; False: raise on the first
               ) -> tuple[np.ndarray, pd.DataFrame, pd.DataFrame]:
     "Inputs (n, sequence, plane, size, size) of a cohort, per-patient metadata, and the skipped patients with reasons."
     p = params or MRIParams()
+    skip_bad = skip_bad and not strict
     xs, metas, skipped = [], [], []
     for _, row in progress(table.iterrows(), total=len(table), desc="MRI slices"):
         pid = str(row[id_column])
         try:
-            x, meta = cached_mri_slices({k: row.get(k) for k in p.sequences}, row.get("roi"), cache_dir, p, pid)
+            x, meta = cached_mri_slices({k: row.get(k) for k in p.sequences}, row.get("roi"), cache_dir, p, pid,
+                                        row.get("roi_name"))
         except PDL1Error as e:
-            if strict: raise e.with_context(cohort=row.get("cohort"))
+            if not skip_bad: raise e.with_context(patient=pid, cohort=row.get("cohort")) from None
             skipped.append(dict(patient_id=pid, cohort=row.get("cohort"), file=e.file, reason=e.problem))
             continue
         xs.append(x)
-        metas.append({id_column: pid, **{c: row[c] for c in row.index if c not in (*SEQUENCES, "roi", id_column)},
+        metas.append({id_column: pid, **{c: row[c] for c in row.index if c not in (*SEQUENCES, "roi", "roi_name", id_column)},
                       **{f"slice_{q}": meta["slice_index"][q] for q in PLANES},
                       **{f"area_{q}_mm2": meta["tumour_area_mm2"][q] for q in PLANES},
                       "tumour_volume_ml": meta["tumour_volume_ml"], "n_slices": meta["n_slices"]})

@@ -23,7 +23,7 @@ from scipy import ndimage
 
 import pdl1_dls
 from .core import PDL1Error, atomic_path, progress, sha256
-from .io import check_overlap, read_image, read_pet_suv, resample_to, same_grid
+from .io import check_overlap, read_image, read_pet_suv, read_roi, resample_to, same_grid
 
 # %% auto #0
 __all__ = ['CHANNELS', 'DEFAULTS', 'CACHE_FORMAT', 'pet_coverage', 'square_masks', 'crop_resize', 'window', 'fuse', 'HyperImages',
@@ -319,8 +319,9 @@ def necrosis_ratio(pet: sitk.Image,  # PET in SUV
 # %% ../nbs/10_petct.ipynb #0abc559c
 CACHE_FORMAT = 1
 
-def _read(path, kind: str, patient: str | None = None) -> sitk.Image:
-    "Read one input image (`kind` pet, ct or roi) with the package's readers."
+def _read(path, kind: str, patient: str | None = None, reference: sitk.Image | None = None, roi_name=None) -> sitk.Image:
+    "Read one input (`kind` pet, ct or roi) with the package's readers: PET in SUV, CT, ROI by `io.read_roi` on `reference`."
+    if kind == "roi": return read_roi(path, reference, roi_name, patient)
     return read_pet_suv(path, patient) if kind == "pet" else read_image(path, patient)
 
 def _stamp(path, hash_files: bool) -> list:
@@ -340,10 +341,12 @@ def _params(params: dict) -> dict:
 def cache_key(paths: dict,  # {"pet": path, "ct": path, "roi": path}
               params: dict,  # preprocessing parameters (defaults filled in when missing)
               hash_files: bool = False,  # hash file contents (SHA-256) instead of size + mtime
+              roi_name: str | None = None,  # the structure read from the ROI file (part of the key when given)
              ) -> str:
     "Hex key of a patient's cache entry: files, parameters, package version, cache format."
     d = dict(files={k: _stamp(v, hash_files) for k, v in sorted(paths.items())}, params=_params(params),
              version=pdl1_dls.__version__, format=CACHE_FORMAT)
+    if roi_name is not None: d["roi_name"] = str(roi_name)
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()
 
 def _safe(pid: str) -> str: return re.sub(r"[^A-Za-z0-9._-]", "_", str(pid))
@@ -355,6 +358,7 @@ def patient_hyperimages(patient_id: str,  # pseudonymous patient_id
                         cache_dir: str | os.PathLike | None = None,  # cache folder; None: no cache
                         hash_files: bool = False,  # key files by SHA-256 instead of size + mtime
                         refresh: bool = False,  # rebuild even when a cache entry exists
+                        roi_name: str | None = None,  # RTSTRUCT/SEG structure or label value; default: the only one
                         **params,  # `hyperimages` parameters (dilation_mm, keep_fraction, size, windows, ...)
                        ) -> HyperImages:
     "Hyper-images of one patient from files, through the per-patient cache."
@@ -362,18 +366,22 @@ def patient_hyperimages(patient_id: str,  # pseudonymous patient_id
     for k, v in paths.items():
         if not Path(v).exists(): raise PDL1Error(f"{k} file not found", patient=patient_id, file=v)
     p = _params(params)
+    if roi_name is not None and isinstance(roi_name, float) and np.isnan(roi_name): roi_name = None
     f = None
     if cache_dir is not None:
-        f = Path(cache_dir) / f"{_safe(patient_id)}-{cache_key(paths, p, hash_files)[:24]}.npz"
+        f = Path(cache_dir) / f"{_safe(patient_id)}-{cache_key(paths, p, hash_files, roi_name)[:24]}.npz"
         if f.is_file() and not refresh:
             try:
                 hi = HyperImages.load(f); hi.patient = patient_id
                 return hi
             except Exception:  # unreadable entry (e.g. disk trouble): rebuild it
                 pass
-    imgs = {k: _read(v, k, patient_id) for k, v in paths.items()}
-    hi = hyperimages(imgs["pet"], imgs["ct"], imgs["roi"], **p, patient=str(patient_id),
+    imgs = {k: _read(paths[k], k, patient_id) for k in ("pet", "ct")}
+    label = p["label"]                          # a label value picks that label of a label image
+    roi = _read(roi_path, "roi", patient_id, imgs["ct"], roi_name if roi_name is not None else label)
+    hi = hyperimages(imgs["pet"], imgs["ct"], roi, **{**p, "label": None}, patient=str(patient_id),
                      files={k: str(v) for k, v in paths.items()})
+    hi.params["label"] = label
     if f is not None: hi.save(f)
     return hi
 
@@ -384,6 +392,7 @@ def build_hyperimages(table: pd.DataFrame,  # one row per patient: id, cohort, i
                       id_col: str = "patient_id",  # pseudonymous patient id column
                       progress: bool = True,  # show a progress bar
                       hash_files: bool = False,  # key the cache by SHA-256 of the files
+                      skip_bad: bool = True,  # record a bad patient in `skipped` and go on; False: raise on the first
                       **params,  # `hyperimages` parameters
                      ) -> tuple[dict, pd.DataFrame]:
     "Hyper-images of every patient in `table`: ({patient_id: HyperImages}, skipped[patient_id, cohort, file, reason])."
@@ -401,9 +410,12 @@ def build_hyperimages(table: pd.DataFrame,  # one row per patient: id, cohort, i
         paths = [row[c] for c in image_cols]
         bad = [c for c, v in zip(image_cols, paths) if v is None or (isinstance(v, float) and np.isnan(v)) or str(v) == ""]
         if bad:
+            if not skip_bad: raise PDL1Error(f"no {bad[0]} path", patient=pid, cohort=cohort, column=bad[0])
             skipped.append(dict(patient_id=pid, cohort=cohort, file=None, reason=f"no {bad[0]} path")); continue
         try:
-            out[pid] = patient_hyperimages(pid, *paths, cache_dir=cache_dir, hash_files=hash_files, **params)
+            out[pid] = patient_hyperimages(pid, *paths, cache_dir=cache_dir, hash_files=hash_files,
+                                           roi_name=row.get("roi_name"), **params)
         except PDL1Error as e:
+            if not skip_bad: raise e.with_context(patient=pid, cohort=cohort) from None
             skipped.append(dict(patient_id=pid, cohort=cohort, file=e.file, reason=e.problem))
     return out, pd.DataFrame(skipped, columns=["patient_id", "cohort", "file", "reason"])

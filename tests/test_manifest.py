@@ -19,7 +19,7 @@ def _toy(tmp_path, rows=None, manifest_extra="", images=True):
     if images:
         for pid in rows["pid"]:
             d = tmp_path / "img" / str(pid); d.mkdir(parents=True, exist_ok=True)
-            for k in ("pet", "ct", "roi"): (d / f"{k}.nii.gz").write_bytes(b"x")
+            for k in ("pet", "ct", "roi"): (d / f"{k}.nii.gz").write_bytes(b"x")  # one-byte placeholders: opening images is tested in test_validate_images.py
     m = tmp_path / "m.yaml"
     m.write_text(textwrap.dedent("""
         name: toy
@@ -56,7 +56,7 @@ def test_every_problem_listed_with_location(tmp_path):
                 pfs=[3.0, -1.0, 5.0, 7.5], pfs_event=[1, 0, 2, 0])
     m = _toy(tmp_path, rows)
     (tmp_path / "img" / "A1" / "ct.nii.gz").unlink()
-    probs = validate_study(m)
+    probs = validate_study(m, open_images=False)
     lines = [p.line() for p in probs]
     assert any("patient=A2" in l and "column=tps" in l and "not a number" in l for l in lines)
     assert any("patient=A2" in l and "negative follow-up" in l for l in lines)
@@ -72,7 +72,7 @@ def test_every_problem_listed_with_location(tmp_path):
 def test_wrong_column_named(tmp_path):
     m = _toy(tmp_path)
     m.write_text(m.read_text().replace("source: tps", "source: pdl1_tps_typo"))
-    probs = validate_study(m)
+    probs = validate_study(m, open_images=False)
     assert any(p.column == "pdl1_tps_typo" and p.cohort == "train" and "label source column missing" in p.problem for p in probs)
 
 
@@ -82,7 +82,7 @@ def test_bad_yaml_and_unknown_keys(tmp_path):
     with pytest.raises(PDL1Error, match="not valid YAML"):
         load_study(m)
     m2 = _toy(tmp_path, manifest_extra="colour: blue\n")
-    assert any("unknown manifest key 'colour'" in p.problem for p in validate_study(m2))
+    assert any("unknown manifest key 'colour'" in p.problem for p in validate_study(m2, open_images=False))
 
 
 def test_checksums(tmp_path):
@@ -91,7 +91,7 @@ def test_checksums(tmp_path):
     f = tmp_path / "img" / "A1" / "pet.nii.gz"
     (tmp_path / "sums.sha256").write_text(f"{sha256(f)}  img/A1/pet.nii.gz\n{'0' * 64}  img/A2/pet.nii.gz\n")
     m.write_text(m.read_text() + "checksums: sums.sha256\n")
-    probs = validate_study(m)
+    probs = validate_study(m, open_images=False)
     assert len(probs) == 1 and probs[0].patient == "A2" and "checksum mismatch" in probs[0].problem
 
 
@@ -166,7 +166,7 @@ def test_wrong_yaml_types_listed_not_raised(tmp_path):
     m = tmp_path / "m.yaml"
     m.write_text("name: x\nmodality: petct\nlabel: yes\nimages: [1]\noutcomes: [pfs]\ncovariates: {a: 1}\n"
                  "cohorts:\n  - {name: a, role: train, clinical: c.csv, where: [1], images: {pet: 3}}\n  - {name: b, role: nope, clinical: c.csv}\n")
-    lines = [p.line() for p in validate_study(m)]
+    lines = [p.line() for p in validate_study(m, open_images=False)]
     for frag in ("label must be a mapping", "images must be a mapping", "outcomes must be a mapping",
                  "covariates must be a list of column names", "cohort=a file=", "where must be a mapping",
                  "role must be one of"):

@@ -1,0 +1,74 @@
+"Writers of small synthetic RTSTRUCT and DICOM SEG files (pydicom), for the ROI tests."
+import numpy as np
+import SimpleITK as sitk
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.pixels import pack_bits
+from pydicom.sequence import Sequence
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+SEG_SOP = "1.2.840.10008.5.1.4.1.1.66.4"
+RTSTRUCT_SOP = "1.2.840.10008.5.1.4.1.1.481.3"
+
+
+def _base(sop, modality):
+    meta = FileMetaDataset(); meta.MediaStorageSOPClassUID = sop
+    meta.MediaStorageSOPInstanceUID = generate_uid(); meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset(); ds.file_meta = meta; ds.Modality = modality
+    ds.SOPClassUID, ds.SOPInstanceUID = sop, meta.MediaStorageSOPInstanceUID
+    ds.PatientName = "Doe^Jane"; ds.PatientID = "SECRET123"; ds.PatientBirthDate = "19700101"
+    return ds
+
+
+def write_seg(path, reference: sitk.Image, masks: dict, fractional: bool = False):
+    "A DICOM SEG of `masks` ({label: bool array (z, y, x) on `reference`}), one frame per non-empty slice."
+    ds = _base(SEG_SOP, "SEG")
+    ds.SegmentationType = "FRACTIONAL" if fractional else "BINARY"
+    ds.Rows, ds.Columns = reference.GetSize()[1], reference.GetSize()[0]
+    ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.PixelRepresentation = 1, "MONOCHROME2", 0
+    ds.BitsAllocated = ds.BitsStored = 8 if fractional else 1; ds.HighBit = ds.BitsStored - 1
+    if fractional: ds.MaximumFractionalValue = 255; ds.SegmentationFractionalType = "PROBABILITY"
+    D = np.array(reference.GetDirection()).reshape(3, 3)
+    sh = Dataset()
+    po = Dataset(); po.ImageOrientationPatient = [f"{v:.8f}" for v in (*D[:, 0], *D[:, 1])]
+    pm = Dataset(); pm.PixelSpacing = [reference.GetSpacing()[1], reference.GetSpacing()[0]]
+    pm.SliceThickness = reference.GetSpacing()[2]
+    sh.PlaneOrientationSequence = Sequence([po]); sh.PixelMeasuresSequence = Sequence([pm])
+    ds.SharedFunctionalGroupsSequence = Sequence([sh])
+    ds.SegmentSequence = Sequence(); frames, per = [], Sequence()
+    for n, (label, m) in enumerate(masks.items(), start=1):
+        s = Dataset(); s.SegmentNumber = n; s.SegmentLabel = label; s.SegmentAlgorithmType = "MANUAL"
+        ds.SegmentSequence.append(s)
+        for k in np.flatnonzero(m.any((1, 2))):
+            fr = Dataset()
+            si = Dataset(); si.ReferencedSegmentNumber = n; fr.SegmentIdentificationSequence = Sequence([si])
+            pp = Dataset(); pp.ImagePositionPatient = [f"{v:.6f}" for v in reference.TransformIndexToPhysicalPoint((0, 0, int(k)))]
+            fr.PlanePositionSequence = Sequence([pp]); per.append(fr)
+            frames.append(m[k].astype(np.uint8) * (200 if fractional else 1))
+    ds.PerFrameFunctionalGroupsSequence = per; ds.NumberOfFrames = len(frames)
+    arr = np.stack(frames)
+    ds.PixelData = arr.tobytes() if fractional else pack_bits(arr)
+    ds.save_as(str(path), enforce_file_format=True)
+
+
+def write_rtstruct(path, rois):
+    "An RTSTRUCT of closed planar contours ({name: [flat x,y,z list per contour]})."
+    ds = _base(RTSTRUCT_SOP, "RTSTRUCT")
+    ds.StructureSetROISequence = Sequence(); ds.ROIContourSequence = Sequence()
+    for n, (name, cs) in enumerate(rois.items(), start=1):
+        r = Dataset(); r.ROINumber = n; r.ROIName = name; ds.StructureSetROISequence.append(r)
+        rc = Dataset(); rc.ReferencedROINumber = n; rc.ContourSequence = Sequence()
+        for pts in cs:
+            c = Dataset(); c.ContourGeometricType = "CLOSED_PLANAR"; c.NumberOfContourPoints = len(pts) // 3
+            c.ContourData = [f"{v:g}" for v in pts]; rc.ContourSequence.append(c)
+        ds.ROIContourSequence.append(rc)
+    ds.save_as(str(path), enforce_file_format=True)
+
+
+def box_contours(image: sitk.Image, mask: np.ndarray):
+    "Contours (one rectangle per slice, through voxel edges) of the bounding box of `mask` on each of its slices."
+    out = []
+    for k in np.flatnonzero(mask.any((1, 2))):
+        ys, xs = np.nonzero(mask[k])
+        corners = [(xs.min() - 0.5, ys.min() - 0.5), (xs.max() + 0.5, ys.min() - 0.5), (xs.max() + 0.5, ys.max() + 0.5), (xs.min() - 0.5, ys.max() + 0.5)]
+        out.append([v for c in corners for v in image.TransformContinuousIndexToPhysicalPoint((float(c[0]), float(c[1]), float(k)))])
+    return out
