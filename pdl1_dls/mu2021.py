@@ -1,4 +1,4 @@
-"""Paper-specific helpers for the Mu 2021 reproduction notebooks: PD-L1 TPS groups, the standard ROC plot with the DeLong CI, the Kaplan-Meier plot with its at-risk table, and the radiomics quality score (RQS) checklist.
+"""Paper-specific helpers for the Mu 2021 reproduction notebooks: PD-L1 TPS groups, the AUC with its DeLong CI and its p against 0.5, the standard ROC plot with the DeLong CI, the numbers of Table 2, the Kaplan-Meier plot with its at-risk table, and the radiomics quality score (RQS) checklist.
 
 Docs: https://pdl1-dls.github.io/pdl1_dls/mu2021.html.md"""
 
@@ -7,19 +7,23 @@ Docs: https://pdl1-dls.github.io/pdl1_dls/mu2021.html.md"""
 # %% ../nbs/62_mu2021.ipynb #bff4478d
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import yaml
+from scipy import stats as _st
 
 import pdl1_dls
 from .stats.roc import auc_ci, delong_ci, roc_curve
+from .stats.association import fisher_exact, mann_whitney
 from .stats.survival import at_risk, kaplan_meier
 
 # %% auto #0
-__all__ = ['TPS_GROUPS', 'tps_group', 'plot_roc', 'KMPlot', 'plot_km', 'rqs_checklist', 'rqs_table']
+__all__ = ['TPS_GROUPS', 'TABLE2_LEVELS', 'tps_group', 'auc_test', 'plot_roc', 'fisher_rxc', 'table2_numbers', 'KMPlot',
+           'plot_km', 'rqs_checklist', 'rqs_table']
 
 # %% ../nbs/62_mu2021.ipynb #6b339f3e
 TPS_GROUPS = ("<1%", "1-49%", ">=50%")
@@ -34,6 +38,23 @@ def tps_group(tps,  # PD-L1 tumour proportion score in % (0-100); NaN = not avai
                           categories=list(TPS_GROUPS), ordered=True)
 
 # %% ../nbs/62_mu2021.ipynb #313e0eaa
+def auc_test(y,  # 0/1 labels (NaN = unlabelled, dropped)
+             score,  # scores; higher = more likely positive (NaN dropped)
+             level: float = 0.95,  # CI level
+            ) -> dict:
+    "`auc_ci` (n, n_pos, n_neg, auc, lo, hi, note) with `z` and the two-sided `p` of AUC = 0.5 from the DeLong variance."
+    a = dict(auc_ci(y, score, level), z=np.nan, p=np.nan)
+    if not np.isfinite(a["lo"]): return a
+    yy, s = np.asarray(y, dtype=float), np.asarray(score, dtype=float)
+    ok = ~(np.isnan(yy) | np.isnan(s))
+    se = math.sqrt(delong_ci(yy[ok].astype(int), s[ok], level).var)
+    if se > 0:
+        a["z"] = (a["auc"] - 0.5) / se
+        a["p"] = float(2 * _st.norm.sf(abs(a["z"])))
+    else:
+        a["note"] = (a["note"] + "; " if a["note"] else "") + "DeLong variance 0 (perfect separation): no p against 0.5"
+    return a
+
 def plot_roc(ax,  # matplotlib Axes
              y,  # 0/1 labels
              score,  # scores; higher = more likely positive
@@ -41,25 +62,94 @@ def plot_roc(ax,  # matplotlib Axes
              level: float = 0.95,  # CI level
              diagonal: bool = True,  # draw the chance line
              **kw,  # passed to `ax.plot` (color, lw, ls, ...)
-            ):
-    "Draw an ROC curve with 'label AUC (CI)' in the legend; return the `DelongCI` (None when it is undefined)."
-    y, s = np.asarray(y), np.asarray(score, dtype=float)
-    ok = ~(pd.isna(y) | np.isnan(s))
-    y, s = y[ok].astype(int), s[ok]
-    c = roc_curve(y, s)
-    try:
-        ci = delong_ci(y, s, level)
-        txt = f"{label} AUC {ci.auc:.2f} ({ci.lo:.2f}-{ci.hi:.2f})".strip()
-    except ValueError:
-        from pdl1_dls.stats.roc import auc
-        ci, txt = None, f"{label} AUC {auc(y, s):.2f}".strip()
-    ax.plot(1 - c["specificity"], c["sensitivity"], label=txt, **kw)
+            ) -> dict:
+    "Draw an ROC curve with 'label AUC (CI)' in the legend; return its `auc_test` (CI and p NaN when undefined)."
+    a = auc_test(y, score, level)
+    yy, s = np.asarray(y, dtype=float), np.asarray(score, dtype=float)
+    ok = ~(np.isnan(yy) | np.isnan(s))
+    c = roc_curve(yy[ok].astype(int), s[ok])
+    ci = f" ({a['lo']:.2f}-{a['hi']:.2f})" if np.isfinite(a["lo"]) else ""
+    ax.plot(1 - c["specificity"], c["sensitivity"], label=f"{label} AUC {a['auc']:.2f}{ci}".strip(), **kw)
     if diagonal and not getattr(ax, "_pdl1_diag", False):
         ax.plot([0, 1], [0, 1], color="0.7", lw=0.8, ls="--"); ax._pdl1_diag = True
     ax.set_xlabel("1 - specificity"); ax.set_ylabel("sensitivity")
     ax.set_xlim(-0.01, 1.01); ax.set_ylim(-0.01, 1.01); ax.set_aspect("equal")
     ax.legend(loc="lower right", fontsize=8)
-    return ci
+    return a
+
+
+# %% ../nbs/62_mu2021.ipynb #7ffbe4fd
+_YES, _NO = ("1", "1.0", "true", "yes"), ("0", "0.0", "false", "no")
+_MUT = {"mutant": ("mutant", "mutated", "mut", "positive") + _YES, "wild": ("wild", "wild-type", "wildtype", "wt", "negative") + _NO}
+TABLE2_LEVELS = {   # Table 2 variable -> {the paper's level: values of the study column (lower case) that count as it}
+    "sex": {"male": ("male", "m"), "female": ("female", "f")},
+    "stage": {"iii": ("iii", "iiia", "iiib", "iiic", "3", "3.0"), "iv": ("iv", "iva", "ivb", "4", "4.0")},
+    "histology": {"adc": ("adc", "adenocarcinoma"), "scc": ("scc", "squamous", "squamous cell carcinoma")},
+    "egfr": _MUT, "alk": _MUT, "ros1": _MUT,
+    "smoking": {"never": ("never",) + _NO, "former": ("former", "ever") + _YES},
+    "ecog": {"0": ("0", "0.0"), "1": ("1", "1.0"), "2plus": ("2", "2.0", "3", "3.0", "4", "4.0")},
+}
+
+def fisher_rxc(a, b,  # two categorical variables (missing pairs dropped)
+               n_sim: int = 10000,  # Monte-Carlo tables when the exact p is not enumerable
+               seed: int = 0,
+              ) -> tuple:
+    "(p, test name) of Fisher's exact test of a vs b (R `fisher.test`); (NaN, 'single level') for a one-row or one-column table."
+    a, b = pd.Series(np.asarray(a, dtype=object)), pd.Series(np.asarray(b, dtype=object))
+    ok = a.notna() & b.notna()
+    tab = pd.crosstab(a[ok], b[ok])
+    if tab.shape[0] < 2 or tab.shape[1] < 2: return np.nan, "single level"
+    r = fisher_exact(None, None, table=tab.to_numpy(), n_sim=n_sim, seed=seed)
+    return r.p, r.test
+
+def table2_numbers(d: pd.DataFrame,  # one cohort's scored patients
+                   high: str = "dls_high",  # 1 = high DLS, 0 = low
+                   score: str = "dls",
+                   n_sim: int = 10000,  # Fisher Monte-Carlo tables
+                   seed: int = 0,
+                  ) -> pd.DataFrame:
+    "The cohort's Table 2 numbers: key (the published key without the cohort), value (NaN: the note says why), lo, hi (IQR of the DLS medians), note."
+    g_hi, g_lo = d[d[high] == 1], d[d[high] == 0]
+    groups = (("", d), ("_high", g_hi), ("_low", g_lo))
+    rows = []
+    def add(k, v, lo=np.nan, hi=np.nan, note="", why=""):
+        ok = v is not None and np.isfinite(v)
+        rows.append(dict(key=k, value=float(v) if ok else np.nan, lo=lo, hi=hi, note=note if ok else (why or "not estimable")))
+    empty = lambda g, sfx: f"no patient in the {sfx[1:] or 'cohort'} DLS group"
+    for v in ("age", "bmi", "suvmax"):
+        if v not in d or d[v].notna().sum() == 0: continue
+        for sfx, g in groups:
+            x = pd.to_numeric(g[v], errors="coerce").dropna()
+            add(f"table2_{v}_mean{sfx}", x.mean() if len(x) else None, why=f"no {v} value in the group")
+            add(f"table2_{v}_sd{sfx}", x.std(ddof=1) if len(x) > 1 else None, why=f"{len(x)} {v} value(s) in the group: no SD")
+        a, b = g_hi[v].dropna().astype(float), g_lo[v].dropna().astype(float)
+        add(f"table2_{v}_p", mann_whitney(a, b).p if len(a) and len(b) else None, note="Wilcoxon rank-sum, high vs low DLS",
+            why=f"a DLS group without {v} values: no test")
+    for v, levels in TABLE2_LEVELS.items():
+        if v not in d or d[v].notna().sum() == 0: continue
+        lev = d[v].map(lambda x: None if pd.isna(x) else next((k for k, vs in levels.items() if str(x).strip().lower() in vs), None))
+        for name in levels:
+            for sfx, g in groups:
+                k = int((lev.loc[g.index] == name).sum())
+                add(f"table2_{v}_{name}_n{sfx}", k)
+                add(f"table2_{v}_{name}_prop{sfx}", k / len(g) if len(g) else None, note=f"{k}/{len(g)}, of the group's N (unknown values included)",
+                    why=empty(g, sfx))
+        ok = d[v].notna()
+        p, test = fisher_rxc(d.loc[ok, v].astype(str), d.loc[ok, high], n_sim=n_sim, seed=seed)
+        lv = sorted(d.loc[ok, v].astype(str).unique())
+        add(f"table2_{v}_p", p, note=f"{test}, the study's levels {lv} vs DLS group", why=f"no Fisher test ({test}): the study's levels {lv} vs the DLS groups present")
+    if "dcb" in d and d["dcb"].notna().any():
+        for sfx, g in groups:
+            add(f"table2_benefit_dcb_n{sfx}", int((g["dcb"] == 1).sum()))
+            add(f"table2_benefit_ndb_n{sfx}", int((g["dcb"] == 0).sum()))
+    for sfx, g in groups[1:]:
+        x = g[score].dropna().to_numpy(float)
+        if len(x): add(f"dls_median{sfx}", float(np.median(x)), float(np.percentile(x, 25)), float(np.percentile(x, 75)), note="lo-hi: IQR")
+        else: add(f"dls_median{sfx}", None, why=empty(g, sfx))
+    a, b = g_hi[score].dropna(), g_lo[score].dropna()
+    add("table2_dls_p", mann_whitney(a, b).p if len(a) and len(b) else None, note="Wilcoxon rank-sum, high vs low DLS", why="one DLS group empty: no test")
+    return pd.DataFrame(rows, columns=["key", "value", "lo", "hi", "note"])
+
 
 # %% ../nbs/62_mu2021.ipynb #f33fd742
 @dataclass

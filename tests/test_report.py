@@ -102,7 +102,7 @@ def test_finaliser_for_ding_without_a_study(tmp_path):
     assert df.loc["auc_t1.ici", "rule"] == "not a published number" and df.loc["auc_t1.ici", "agrees"] is None
     assert df.loc["table1_n.train", "agrees"] is True
     assert df.loc["auc_dls.internal", "note"] == "not recorded by ding2025_02_table2"
-    assert df.loc["n_text.external", "note"].startswith("not reproduced by any notebook yet")
+    assert df.loc["n_text.external", "note"] == "not recorded by ding2025_01_table1"
 
 
 # ---- agreement ----
@@ -183,9 +183,49 @@ def test_reasons_for_missing_numbers(mu_run):
     assert note["accuracy.sph_val"].startswith("not estimable on this study: mu2021_02_fig3_performance")
     assert note["hr_pfs_ihc.mcc_pdl1"] == "not estimated: notebook mu2021_07_dls_vs_ihc failed (ValueError: boom in cell 3)"
     assert note["dls_pet_auc.sph_train"] == "not estimated: notebook mu2021_04_ablation did not run in this run"
-    assert note["dls_auc_p.sph_train"] == "not reproduced by any notebook yet (it belongs with mu2021_02_fig3_performance)"
-    assert note["table2_age_mean.mcc_ici_pro"].startswith("not reproduced by any notebook yet")
+    assert note["dls_auc_p.sph_train"].startswith("not estimable on this study: mu2021_02_fig3_performance")
+    assert note["table2_age_mean.mcc_ici_pro"] == "not estimated: notebook mu2021_09_fig4_prognosis did not run in this run"
     assert note["spearman_dls_tps.sph"].startswith("not estimated: notebook mu2021_03_association did not run")
+
+
+def test_planned_and_unruled_keys(tmp_path, monkeypatch):
+    "A rule marked planned gives the 'not yet' reason; an unruled `<quantity>_p` takes its number's rule as planned."
+    from pdl1_dls import report
+    study = fake_study(tmp_path)
+    planned = report.KeyRule(r"dls_auc_p\.", "S", "mu2021_02_fig3_performance", ("label",), True)
+    monkeypatch.setitem(report.KEY_RULES, "mu2021", [planned] + report.KEY_RULES["mu2021"])
+    assert (report._missing_reason("mu2021", "dls_auc_p.sph_train", study, STATUS)
+            == "not reproduced by any notebook yet (it belongs with mu2021_02_fig3_performance)")
+    r, _ = key_rule("mu2021", "dls_auc_egfr_mut_p.sph_train")      # no rule of its own: its AUC's rule, planned
+    assert r.notebook == "mu2021_05_subgroups" and r.planned
+
+
+def test_no_published_key_is_planned():
+    "Every published number has a notebook that records it (a key the data cannot give keeps its reason, not `planned`)."
+    for paper in PAPERS:
+        planned = [k for k in published(paper) if key_rule(paper, k)[0].planned]
+        assert not planned, (paper, planned[:10])
+
+
+def assert_keys_recorded(out, study, status):
+    """On a reproduction run: every published key that is not planned, whose notebook ran and whose needs (cohort,
+    columns, outcomes) the study meets, is recorded with a finite value, or recorded by its notebook with a note that
+    says why not. The finaliser's fallback ('ran and recorded no value') counts as a silent regression."""
+    from pdl1_dls.report import _missing_reason, _read_cmp
+    paper = study.paper
+    df = _read_cmp(Path(out) / "comparisons.csv").set_index("key")
+    ran = {s["notebook"] for s in status if s["ok"]}
+    bad, checked = [], 0
+    for key in published(paper):
+        rule, _ = key_rule(paper, key)
+        if rule.planned or rule.notebook not in ran: continue
+        if _missing_reason(paper, key, study, status).startswith(("cohort absent", "column absent", "outcome absent")): continue
+        checked += 1
+        r = df.loc[key]
+        if r["status"] == "recorded" and (np.isfinite(r["reproduced"]) or r["note"]): continue
+        bad.append(f"{key}: {r['status']} ({r['note'][:120]})")
+    assert checked > 0 and not bad, f"{len(bad)} of {checked} computable keys not recorded:\n" + "\n".join(bad)
+    return checked
 
 
 def test_label_and_pooled_sph_reasons(tmp_path):

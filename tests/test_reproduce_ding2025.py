@@ -237,3 +237,10 @@ def test_full_demo_mri_reproduction(tmp_path):
     m = json.loads((tmp_path / "run" / "models" / "mri" / "metrics.json").read_text())
     assert m["val_auc"] >= 0.8 and all(m["val_auc"] > v["val_auc"] for v in m["sequences"].values()), m["sequences"]
     assert json.loads((tmp_path / "run" / "models" / "mri_permuted_s0" / "metrics.json").read_text())["val_auc"] <= 0.6
+
+
+def test_computable_keys_are_recorded(ding_run):
+    "Every published Ding 2025 key that the tiny study can give is recorded (finite, or with the notebook's reason)."
+    from test_report import assert_keys_recorded
+    study, out, res = ding_run
+    assert assert_keys_recorded(out, study, res["notebooks"]) >= 50

@@ -169,3 +169,10 @@ def test_full_demo_reproduction(tmp_path):
     prov = json.loads((tmp_path / "run" / "provenance.json").read_text())
     assert prov["seconds"] > 0 and len(prov["notebooks"]) == len(res["notebooks"])
     print(f"full demo reproduction: {prov['seconds']} s")
+
+
+def test_computable_keys_are_recorded(mu_run):
+    "Every published key of notebooks 01-05 that the tiny study can give is recorded (finite, or with the notebook's reason)."
+    from test_report import assert_keys_recorded
+    study, out, res = mu_run
+    assert assert_keys_recorded(out, study, res["notebooks"]) >= 50

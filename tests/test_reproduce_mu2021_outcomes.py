@@ -344,3 +344,10 @@ def test_fig2_clusters_and_rqs(mu_run):
 
 # The full (non-quick) demo reproduction of every notebook, with its timing, is the slow test in
 # tests/test_reproduce_mu2021.py (test_full_demo_reproduction).
+
+
+def test_computable_keys_are_recorded(mu_run):
+    "Every published key of notebooks 06-12 that the tiny study can give is recorded (finite, or with the notebook's reason)."
+    from test_report import assert_keys_recorded
+    from pdl1_dls.manifest import load_study
+    assert assert_keys_recorded(mu_run["run"], load_study(mu_run["manifest"]), mu_run["result"]["notebooks"]) >= 50
