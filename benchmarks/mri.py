@@ -51,7 +51,7 @@ def naive_slices(files, size):
 def preprocess_rows(n_patients: int = 6, repeats: int = 3, size: int = 224) -> list[dict]:
     "Rows: patients/s of `mri.mri_slices` and of a plain scipy whole-volume reference on a tiny synthetic study."
     from pdl1_dls.manifest import load_study
-    from pdl1_dls.mri import MRIParams, mri_slices
+    from pdl1_dls.mri.preprocess import MRIParams, mri_slices
     from pdl1_dls.synth import make_mri_study
     rows = []
     with tempfile.TemporaryDirectory() as d, warnings.catch_warnings():
@@ -89,7 +89,7 @@ def _cpu_times():
 def feature_rows(images: int = 64, batches=(1, 4, 8, 16, 32, 64), repeats: int = 3, size: int = 224,
                  backbone: str = "resnet18", device=None, seed: int = 0) -> list[dict]:
     "Rows: images/s of `extract_features` at each batch size, of the one-image-per-forward loop and of bare `net(x)`."
-    from pdl1_dls.mri_models import SequenceNet, extract_features
+    from pdl1_dls.mri.models import SequenceNet, extract_features
     dev = torch.device(device) if device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(seed)
     with warnings.catch_warnings():

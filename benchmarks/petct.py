@@ -4,7 +4,7 @@ Run: `.venv/bin/python benchmarks/petct.py [--repeats 5] [--synthetic]`. Uses th
 from the shared data when present, else numpy phantoms. Prints one table; every row is a median over repeats
 and every ratio compares with the plain reference measured in the same run.
 
-Training throughput (`training_rows`): `pdl1_dls.train.fit` on toy hyper-image tensors in images/s next to a
+Training throughput (`training_rows`): `pdl1_dls.petct.pipeline.fit` on toy hyper-image tensors in images/s next to a
 bare training loop over the same tensors, and the augmentation alone, so the data pipeline is shown not to be the
 bottleneck. On CUDA when one is present (`--device cuda`), else CPU. The `× reference` column is always speed
 relative to the plain reference of the same part (above 1: faster).
@@ -29,7 +29,7 @@ try:
     import pdl1_dls  # noqa: F401  (installed with `make install`)
 except ImportError:  # run from a checkout without installing
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from pdl1_dls import petct
+from pdl1_dls.petct import preprocess as petct
 from pdl1_dls.core import data_dir
 
 IBSI = ["STS_002", "STS_003", "STS_008", "STS_012", "STS_015", "STS_018", "STS_019", "STS_024",
@@ -147,12 +147,12 @@ def preprocessing_rows(patients: list[dict], repeats: int = 5) -> list[dict]:
 
 
 def training_rows(n_patients: int = 60, epochs: int = 3, repeats: int = 3, device=None) -> list[dict]:
-    "Rows: training images/s of `pdl1_dls.train.fit` next to a bare loop over the same tensors, and the augmentation alone."
+    "Rows: training images/s of `pdl1_dls.petct.pipeline.fit` next to a bare loop over the same tensors, and the augmentation alone."
     import torch
     import torch.nn.functional as F
-    from pdl1_dls import train
+    from pdl1_dls.petct import pipeline as train
     from pdl1_dls.core import get_device, seed_everything
-    from pdl1_dls.srescnn import make_model
+    from pdl1_dls.petct.srescnn import make_model
     dev = torch.device(device) if device else get_device()
     data, labels = train.toy_patients(n_patients, slices=(6, 12), seed=0)
     cfg = train.TrainConfig(epochs=epochs, patience=epochs + 1, batch_size=64)

@@ -222,7 +222,7 @@ def plot_survival(view: SurvivalView,  # from `SurvivalExplorer.compute`
                  ):
     "Kaplan-Meier curves with CI bands and the at-risk table of a survival view; returns the figure."
     import matplotlib.pyplot as plt
-    from pdl1_dls.mu2021 import plot_km
+    from pdl1_dls.papers.mu2021 import plot_km
     if ax is None:
         fig, ax = plt.subplots(figsize=(7, 4.6))
         fig.subplots_adjust(bottom=0.32, left=0.12, right=0.97, top=0.9)
@@ -254,7 +254,7 @@ def fig_png(fig, dpi: int = 90) -> bytes:
     return buf.getvalue()
 
 # %% ../nbs/71_explore.ipynb #c206dab4
-from .train import PETCTPipeline
+from .petct.pipeline import PETCTPipeline
 PETCT_MODELS = PETCTPipeline.scores
 
 TARGETS = {1: "PD-L1 positive filter", 0: "PD-L1 negative filter"}
@@ -290,7 +290,7 @@ class GradcamExplorer:
 
     def _init_mri(self, mdir: Path):
         "MRI run: the per-sequence CNNs of models/mri; 'slices' are the three maximum-area planes."
-        from pdl1_dls.mri_train import MRIRun
+        from pdl1_dls.mri.pipeline import MRIRun
         if not (mdir / "mri" / "model.json").is_file(): raise PDL1Error("no trained MRI model in the run folder", file=mdir / "mri")
         self.mri = MRIRun.load(mdir / "mri")
         self.model_names = list(self.mri.cfg.sequences)
@@ -299,7 +299,7 @@ class GradcamExplorer:
     def mri_input(self, pid: str) -> tuple[np.ndarray, dict]:
         "The patient's 2.5D MRI input (sequence, plane, size, size) in 0–1 and its metadata (through the run's cache)."
         if pid not in self._hyper:
-            from pdl1_dls.mri import MRIParams, cached_mri_slices, mri_slices
+            from pdl1_dls.mri.preprocess import MRIParams, cached_mri_slices, mri_slices
             r = self._row(pid)
             cfg = self.mri.cfg
             prm = MRIParams(size=cfg.size, margin_mm=cfg.margin_mm, sequences=tuple(cfg.sequences))
@@ -327,7 +327,7 @@ class GradcamExplorer:
     def hyperimages(self, pid: str):
         "The patient's `HyperImages` (from the run's cache when present)."
         if pid not in self._hyper:
-            from pdl1_dls.petct import patient_hyperimages
+            from pdl1_dls.petct.preprocess import patient_hyperimages
             r = self._row(pid)
             self._hyper[pid] = patient_hyperimages(pid, r["pet"], r["ct"], r["roi"], cache_dir=self.cache_dir)
         return self._hyper[pid]
@@ -335,14 +335,14 @@ class GradcamExplorer:
     def slices(self, pid: str) -> list[int]:
         "Axial CT slice index of each hyper-image of the patient (MRI: the slice index of each maximum-area plane)."
         if self.modality == "mri":
-            from pdl1_dls.mri import PLANES
+            from pdl1_dls.mri.preprocess import PLANES
             return [int(self.mri_input(pid)[1]["slice_index"][q]) for q in PLANES]
         return [int(s) for s in self.hyperimages(pid).slices]
 
     def slice_label(self, pid: str, pos: int) -> str:
         "How the slider position reads: 'CT slice 17' or 'axial plane, slice 35'."
         if self.modality == "mri":
-            from pdl1_dls.mri import PLANES
+            from pdl1_dls.mri.preprocess import PLANES
             return f"{PLANES[pos]} plane, slice {self.slices(pid)[pos]}"
         return f"CT slice {self.slices(pid)[pos]}"
 
@@ -368,7 +368,7 @@ class GradcamExplorer:
             self._cams[key] = np.repeat(cam, len(x), 0)   # one map for the three planes the CNN sees together
         if key not in self._cams:
             from pdl1_dls.explain import gradcam
-            from pdl1_dls.srescnn import CHANNELS
+            from pdl1_dls.petct.srescnn import CHANNELS
             net, cfg = self.model(model)
             x = self.hyperimages(pid).images[:, list(CHANNELS[cfg.channels])]
             self._cams[key] = gradcam(net, np.ascontiguousarray(x, dtype=np.float32), target=int(target), device=self.device)
@@ -428,7 +428,7 @@ class GradcamExplorer:
 
     def _mri_figure(self, pid, slice_pos, model, target, alpha):
         import matplotlib.pyplot as plt
-        from pdl1_dls.mri import PLANES
+        from pdl1_dls.mri.preprocess import PLANES
         x, _ = self.mri_input(pid)
         if not 0 <= slice_pos < x.shape[1]: raise ValueError(f"slice_pos must be in 0..{x.shape[1] - 1}, not {slice_pos}")
         cam = self.cams(pid, model, target)[slice_pos]   # checks `model`

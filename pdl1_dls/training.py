@@ -317,7 +317,7 @@ and the pdl1_dls package (version {pdl1_dls.__version__}).
 """
 
 # %% ../nbs/30_training.ipynb #3b15d9de
-PIPELINES = {"petct": "pdl1_dls.train:PIPELINE", "mri": "pdl1_dls.mri_train:PIPELINE"}  # modality -> "module:object"
+PIPELINES = {"petct": "pdl1_dls.petct.pipeline:PIPELINE", "mri": "pdl1_dls.mri.pipeline:PIPELINE"}  # modality -> "module:object"
 
 def pipeline(modality: str):
     "The pipeline object of a modality ('petct' or 'mri')."

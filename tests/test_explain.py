@@ -15,7 +15,7 @@ from pdl1_dls.core import PDL1Error, seed_everything
 from pdl1_dls.explain import (BinaryLogitTarget, activation_maps, cam_layer, cluster_deep_features,
                               gradcam, plot_activations, plot_feature_heatmap, plot_hyperimage_gradcam,
                               plot_mri_gradcam, top_filters)
-from pdl1_dls.srescnn import SResCNN, make_model
+from pdl1_dls.petct.srescnn import SResCNN, make_model
 from pdl1_dls.stats.association import chi_square
 
 
@@ -27,7 +27,7 @@ def net():
 
 @pytest.fixture(scope="module")
 def seqnet():
-    from pdl1_dls.mri_models import SequenceNet
+    from pdl1_dls.mri.models import SequenceNet
     seed_everything(0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -106,7 +106,7 @@ def test_gradcam_matches_hand_computed_reference(net):
 
 def test_target_wrapper_matches_library_binary_target(seqnet):
     "Our target gives the same maps as pytorch-grad-cam's BinaryClassifierOutputTarget (via mri_gradcam)."
-    from pdl1_dls.mri_models import mri_gradcam
+    from pdl1_dls.mri.models import mri_gradcam
     x = torch.randn(2, 3, 64, 64)
     for t in (1, 0):
         assert np.allclose(gradcam(seqnet, x, t), mri_gradcam(seqnet, x, t), atol=1e-5)
@@ -356,7 +356,7 @@ def test_feature_heatmap_order():
 # ---------------------------------------------------------------- real data
 def test_gradcam_on_real_hyperimages(shared_data):
     import SimpleITK as sitk
-    from pdl1_dls.petct import hyperimages
+    from pdl1_dls.petct.preprocess import hyperimages
     p = shared_data / "ibsi_sts_petct_mr" / "nifti" / "STS_003"
     if not (p / "CT_image.nii.gz").is_file(): pytest.skip("IBSI STS_003 PET/CT not in the shared data")
     hy = hyperimages(*(sitk.ReadImage(str(p / f)) for f in ("PET_image.nii.gz", "CT_image.nii.gz", "CT_mask.nii.gz")))

@@ -16,9 +16,9 @@ def make_run(root: Path) -> Path:
     from dataclasses import asdict
     from pdl1_dls.analysis import train_and_score
     from pdl1_dls.core import seed_everything, write_json
-    from pdl1_dls.srescnn import make_model
+    from pdl1_dls.petct.srescnn import make_model
     from pdl1_dls.synth import make_petct_study
-    from pdl1_dls.train import TrainConfig, save_state
+    from pdl1_dls.petct.pipeline import TrainConfig, save_state
     m = make_petct_study(root / "study", scale="tiny", seed=0)
     run = root / "run"
     train_and_score(m, run, quick=True, models=("hyper",), epochs=1)   # one quick epoch: a real bundle, scores of every patient
@@ -132,7 +132,7 @@ def test_survival_figure_changes_with_cutoff(run_dir):
 def test_gradcam_explorer(run_dir):
     from pdl1_dls.explain import gradcam
     from pdl1_dls.explore import GradcamExplorer
-    from pdl1_dls.petct import patient_hyperimages
+    from pdl1_dls.petct.preprocess import patient_hyperimages
     gx = GradcamExplorer(run_dir)
     assert gx.model_names == ["hyper"]
     assert gx.cohorts() == list(gx.study.cohorts)
@@ -217,7 +217,7 @@ def test_gradcam_explorer_mri(mri_run_dir):
     import matplotlib.pyplot as plt
     import pandas as pd
     from pdl1_dls.explore import GradcamExplorer, gradcam_app
-    from pdl1_dls.mri_train import MRIRun
+    from pdl1_dls.mri.pipeline import MRIRun
     gx = GradcamExplorer(mri_run_dir)
     assert gx.modality == "mri" and gx.model_names == ["t1", "t2", "ce_t1"]
     pid = gx.patients(gx.cohorts()[0])[0]
@@ -230,8 +230,8 @@ def test_gradcam_explorer_mri(mri_run_dir):
     assert inf["dls"] == pytest.approx(sc.loc[pid, "dls"]) and inf["sequence_score"] == pytest.approx(sc.loc[pid, "dls_ce_t1"])
     assert inf["cutoff"] == pytest.approx(gx.run.cutoff)
     # the map is the mean Grad-CAM of the sequence's CNNs over the run's members (mri_gradcam on the normalised input), resized
-    from pdl1_dls.mri_models import mri_gradcam
-    from pdl1_dls.mri_train import _prep
+    from pdl1_dls.mri.models import mri_gradcam
+    from pdl1_dls.mri.pipeline import _prep
     run = MRIRun.load(mri_run_dir / "models" / "mri")
     import torch
     import torch.nn.functional as F

@@ -8,7 +8,7 @@ import SimpleITK as sitk
 import torch
 
 from pdl1_dls.core import PDL1Error
-from pdl1_dls.mri import (MRIParams, SEQUENCES, augment_batch, cached_mri_slices, max_area_indices, mri_augment,
+from pdl1_dls.mri.preprocess import (MRIParams, SEQUENCES, augment_batch, cached_mri_slices, max_area_indices, mri_augment,
                           mri_cohort, mri_slices)
 
 
@@ -176,7 +176,7 @@ def test_augment_flip_and_crop():
 def test_preprocessing_repeats_exactly_when_t2_is_on_its_own_grid(tmp_path):
     "The tumour mask moved onto T2's grid is read from a copy: a view of the freed temporary gave random ranges."
     from pdl1_dls.manifest import load_study
-    from pdl1_dls.mri import MRIParams, mri_slices
+    from pdl1_dls.mri.preprocess import MRIParams, mri_slices
     from pdl1_dls.synth import make_mri_study
     t = load_study(make_mri_study(tmp_path / "s", scale="tiny", seed=0)).table()
     differ = []

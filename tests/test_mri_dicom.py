@@ -5,7 +5,7 @@ import pytest
 import SimpleITK as sitk
 
 from pdl1_dls.io import write_dicom_series
-from pdl1_dls.mri import SEQUENCES, MRIParams, cached_mri_slices, mri_cohort, mri_slices
+from pdl1_dls.mri.preprocess import SEQUENCES, MRIParams, cached_mri_slices, mri_cohort, mri_slices
 from test_mri import phantom
 
 

@@ -7,7 +7,7 @@ import torch
 import torchvision
 
 from pdl1_dls.core import PDL1Error
-from pdl1_dls.mri_models import (FeatureReducer, FusionTransformer, SequenceNet, extract_features, focal_loss,
+from pdl1_dls.mri.models import (FeatureReducer, FusionTransformer, SequenceNet, extract_features, focal_loss,
                                  mri_gradcam, resnet_backbone)
 
 
@@ -166,7 +166,7 @@ def _close(a, b, rel=1e-5):
 @pytest.mark.parametrize("size", [40, 128])  # 40 px: the plain NCHW path; 128 px: BatchNorm folded, channels-last (from 80 px)
 def test_extract_features_batched_equals_per_image(size):
     "The batched path gives the per-image features (one plain NCHW forward per image) at every batch size."
-    from pdl1_dls.mri_models import _cpu_plan
+    from pdl1_dls.mri.models import _cpu_plan
     net = _trained_like_net()
     x = torch.randn(7, 3, size, size, generator=torch.Generator().manual_seed(1))
     assert _cpu_plan(size, size, 64)[1] is (size >= 80)
@@ -209,7 +209,7 @@ def test_extract_features_leaves_the_model_alone():
 
 @pytest.mark.parametrize("backbone", ["resnet18", "resnet50"])  # basic and bottleneck blocks
 def test_folded_body(backbone):
-    from pdl1_dls.mri_models import _folded_body
+    from pdl1_dls.mri.models import _folded_body
     torch.manual_seed(0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore"); net = SequenceNet(backbone).eval()
@@ -230,7 +230,7 @@ def test_folded_body(backbone):
 
 
 def test_extract_features_cpu_plan_and_edges():
-    from pdl1_dls.mri_models import _cpu_plan
+    from pdl1_dls.mri.models import _cpu_plan
     net = _trained_like_net()
     assert _cpu_plan(224, 224, 64) == (32, True)     # at most 32 images of 224 px per CPU forward
     assert _cpu_plan(224, 224, 4) == (4, True)       # batch_size is an upper bound

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from pdl1_dls.mri import MRIParams, mri_slices
+from pdl1_dls.mri.preprocess import MRIParams, mri_slices
 
 PATIENTS = ["STS_002", "STS_012", "STS_041"]
 

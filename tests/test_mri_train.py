@@ -8,7 +8,7 @@ import pytest
 import SimpleITK as sitk
 
 from pdl1_dls.core import PDL1Error
-from pdl1_dls.mri_train import crossfit_plan, toy_mri_table, train_mri_study
+from pdl1_dls.mri.pipeline import crossfit_plan, toy_mri_table, train_mri_study
 from pdl1_dls.training import load_model
 
 TINY = dict(quick=True, device="cpu", size=32, input_size=32, epochs=1, fusion_epochs=10, backbone="resnet18")
@@ -161,7 +161,7 @@ def test_manifest_train_settings_and_profiles(tmp_path):
             train_mri_study(write({"epoch": 3}, "m3"), tmp_path / "r3", device="cpu", cache_dir=tmp_path / "c")
         with pytest.raises(PDL1Error, match="unknown MRI training profile 'gpu'"):
             train_mri_study(write({"profile": "gpu"}, "m4"), tmp_path / "r4", device="cpu", cache_dir=tmp_path / "c")
-    from pdl1_dls.mri_train import manifest_train_settings
+    from pdl1_dls.mri.pipeline import manifest_train_settings
     got = manifest_train_settings(write({"weights": "w/r18.pth", "epochs": 2}, "m7"))
     assert got == {"weights": str(man.parent.resolve() / "w" / "r18.pth"), "epochs": 2}   # relative to the manifest, not the cwd
     probs = validate_study(write("cpu", "m5"))
@@ -173,7 +173,7 @@ def test_demo_mri_manifest_trains_with_the_cpu_profile():
     "The demo MRI manifest asks for the CPU profile, so `reproduce` fits a 2-core CPU budget."
     from pathlib import Path
     import yaml
-    from pdl1_dls.mri_train import MRITrainConfig
+    from pdl1_dls.mri.pipeline import MRITrainConfig
     spec = yaml.safe_load((Path(__file__).resolve().parents[1] / "data_manifests" / "demo_mri.yaml").read_text())
     cfg = MRITrainConfig.make(**spec["train"])
     assert cfg.profile == "cpu" and cfg.input_size <= 64 and cfg.backbone == "resnet18"

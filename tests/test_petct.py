@@ -9,9 +9,9 @@ import pytest
 import SimpleITK as sitk
 from scipy import ndimage
 
-from pdl1_dls import petct
+from pdl1_dls.petct import preprocess as petct
 from pdl1_dls.core import PDL1Error
-from pdl1_dls.petct import (HyperImages, build_hyperimages, crop_resize, hyperimages, necrosis_ratio,
+from pdl1_dls.petct.preprocess import (HyperImages, build_hyperimages, crop_resize, hyperimages, necrosis_ratio,
                             patient_hyperimages, square_masks, suvmax, tumour_volume)
 
 

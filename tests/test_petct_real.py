@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 import SimpleITK as sitk
 
-from pdl1_dls.petct import build_hyperimages, hyperimages, necrosis_ratio, suvmax, tumour_volume
+from pdl1_dls.petct.preprocess import build_hyperimages, hyperimages, necrosis_ratio, suvmax, tumour_volume
 
 pytestmark = pytest.mark.realdata
 

@@ -18,13 +18,13 @@ PATIENTS = ["STS_002", "STS_003", "STS_008", "STS_012", "STS_015", "STS_018", "S
 def _random_hyper_model(folder: Path) -> Path:
     "An untrained hyper-image SResCNN saved as a training run would be (the pipeline, not the weights, is under test)."
     from pdl1_dls.core import seed_everything
-    from pdl1_dls.srescnn import make_model
-    from pdl1_dls.train import TrainConfig, save_state
+    from pdl1_dls.petct.srescnn import make_model
+    from pdl1_dls.petct.pipeline import TrainConfig, save_state
     seed_everything(0)
     cfg = TrainConfig(channels="hyper")
     folder.mkdir(parents=True, exist_ok=True)
     save_state(make_model("hyper", dropout=cfg.dropout).state_dict(), folder / "model.pt")
-    from pdl1_dls.petct import DEFAULTS
+    from pdl1_dls.petct.preprocess import DEFAULTS
     from pdl1_dls.training import write_bundle
     write_bundle(folder, dict(name="random-init test model", modality="petct", paper="mu2021", score="dls", outputs=["dls"],
                               inputs=["pet", "ct", "roi"], identity="random-init", config_hash=cfg.identity(), config=dataclasses.asdict(cfg),

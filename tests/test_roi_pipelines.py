@@ -7,8 +7,8 @@ import yaml
 
 from pdl1_dls.core import PDL1Error
 from pdl1_dls.manifest import load_study
-from pdl1_dls.mri import SEQUENCES, MRIParams, mri_cohort, mri_slices
-from pdl1_dls.petct import build_hyperimages
+from pdl1_dls.mri.preprocess import SEQUENCES, MRIParams, mri_cohort, mri_slices
+from pdl1_dls.petct.preprocess import build_hyperimages
 from dicom_rois import box_contours, write_rtstruct, write_seg
 from test_mri import files  # noqa: F401  (fixture)
 from test_petct import phantom

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from pdl1_dls.srescnn import CHANNELS, SResCNN, make_model
+from pdl1_dls.petct.srescnn import CHANNELS, SResCNN, make_model
 
 
 @pytest.mark.parametrize("channels,c", [("hyper", 3), ("pet", 1), ("ct", 1)])

@@ -7,9 +7,9 @@ import pandas as pd
 import pytest
 import torch
 
-from pdl1_dls import train as T
+from pdl1_dls.petct import pipeline as T
 from pdl1_dls.core import PDL1Error
-from pdl1_dls.train import TrainConfig, augment, fit, patient_mean, slice_weights, stack_slices, toy_patients
+from pdl1_dls.petct.pipeline import TrainConfig, augment, fit, patient_mean, slice_weights, stack_slices, toy_patients
 from pdl1_dls.training import load_model, load_state, permute_patient_labels, split_inner
 
 FAST = dict(epochs=3, batch_size=16, patience=5)
@@ -272,7 +272,7 @@ def test_train_study_permuted_and_channels(fake, tmp_path):
 
 
 def test_mri_not_here(tmp_path):
-    with pytest.raises(NotImplementedError, match="mri_train"):
+    with pytest.raises(NotImplementedError, match=r"mri\.pipeline"):
         T.train_study(FakeStudy("mri"), tmp_path)
     with pytest.raises(PDL1Error, match="must be one of"):
         from pdl1_dls.training import pipeline

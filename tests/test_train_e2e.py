@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from pdl1_dls.synth import make_petct_study
-from pdl1_dls.train import train_study
+from pdl1_dls.petct.pipeline import train_study
 from pdl1_dls.training import load_model
 
 

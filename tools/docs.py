@@ -48,7 +48,8 @@ body{margin:0;font-family:system-ui,-apple-system,'Segoe UI',sans-serif}
 def page_list(run_dir: Path | None) -> list[dict]:
     "Every page of the site: section, source notebook (or README), output name, how to render it."
     pages = [dict(section="Start", title="Quick start", src=REPO / "README.md", out="index.html", kind="readme")]
-    for nb in sorted(NBS.glob("[0-9]*.ipynb")):
+    lib = list(NBS.glob("[0-9]*.ipynb")) + [p for sub in ("petct", "mri", "papers") for p in (NBS / sub).glob("[0-9]*.ipynb")]
+    for nb in sorted(lib, key=lambda p: p.name):                      # data-flow order across the subfolders
         m = re.search(r'"#\s+([^"\\]+?)\s*(?:\\n)?"', nb.read_text())    # the page title: the first '# heading'
         pages.append(dict(section="Library", title=m.group(1) if m else nb.stem, src=nb, out=f"{nb.stem}.html", kind="library"))
     for sub, section, kind in (("reproduce", "Reproduction", "reproduce"), ("real", "Real data", "real"),
