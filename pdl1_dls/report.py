@@ -577,7 +577,12 @@ def run_reproduction(manifest: str | os.PathLike,  # study manifest
     n_boot = st.n_boot if n_boot is None else n_boot
     manifest = Path(manifest).resolve()
     study = load_study(manifest)                      # generates a declared synthetic study, validates
-    out = Path(out_dir).resolve(); out.mkdir(parents=True, exist_ok=True)
+    out = Path(out_dir).resolve()
+    if model is not None:                             # never write into (or under) a bundle that is applied
+        from pdl1_dls.analysis import external_bundles
+        if any(out == Path(b).resolve() or Path(b).resolve() in out.parents for b in external_bundles(model).values()):
+            raise PDL1Error("--out is inside the model bundle: choose another folder", file=out)
+    out.mkdir(parents=True, exist_ok=True)
     (out / "notebooks").mkdir(exist_ok=True)
     nbs = list_notebooks(study.paper, only)
     if not nbs: raise PDL1Error(f"no reproduction notebooks for paper {study.paper!r}", file=manifest)
@@ -586,8 +591,6 @@ def run_reproduction(manifest: str | os.PathLike,  # study manifest
         from pdl1_dls.analysis import apply_models, external_bundles
         bundles = external_bundles(model)
         if (out / "models").exists(): raise PDL1Error("holds trained models: external validation needs its own --out", file=out / "models")
-        if any(out.resolve() == Path(b).resolve() or out.resolve() in Path(b).resolve().parents for b in bundles.values()):
-            raise PDL1Error("--out is inside the model bundle: choose another folder", file=out)
         apply_models(study, bundles, out, trained_here=False)
         applied = {k: str(Path(v).resolve()) for k, v in bundles.items()}
         nbs = [nb for nb in nbs if not nb.stem.endswith("_train_score")]

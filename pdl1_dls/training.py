@@ -349,6 +349,7 @@ class Model:
         "Score every patient of `study` with the frozen model; `dls_high = dls >= cutoff` of the bundle."
         from pdl1_dls.manifest import ensure_study
         s = ensure_study(study) if isinstance(study, (str, os.PathLike)) else study
+        if out is not None: _not_into_bundle(out, self)                 # before any work
         if getattr(s, "modality", self.modality) != self.modality:       # (a plain table, e.g. a toy study, has none)
             raise PDL1Error(f"a {self.modality} model cannot score a {s.modality} study", file=getattr(s, "path", None))
         res = self.pipeline.score(self, s, cohorts=cohorts, device=device, skip_bad=skip_bad, cache_dir=cache_dir)
@@ -368,6 +369,12 @@ def load_model(run_dir, verify: bool = True) -> Model:
     return Model(Path(run_dir).resolve(), read_bundle(run_dir, verify))
 
 # %% ../nbs/30_training.ipynb #ebc3bd2d
+def _not_into_bundle(out, model):
+    "Refuse an output folder that is a bundle, the applied bundle or inside it."
+    out = Path(out)
+    if (out / MODEL_JSON).exists() or out.resolve() == model.path or model.path in out.resolve().parents:
+        raise PDL1Error("refusing to write scores into a model bundle", file=out)
+
 def write_scores(out,  # folder (created); never a bundle
                  model: Model,  # the bundle that scored
                  dls: pd.DataFrame,  # patient_id, cohort, dls, dls_high, ...
@@ -377,7 +384,7 @@ def write_scores(out,  # folder (created); never a bundle
                 ):
     "Write dls.csv, features.npz, skipped.csv and score.json (which bundle, its hash and cutoff) into `out`."
     out = Path(out)
-    if (out / MODEL_JSON).exists() or out.resolve() == model.path: raise PDL1Error("refusing to write scores into a model bundle", file=out)
+    _not_into_bundle(out, model)
     out.mkdir(parents=True, exist_ok=True)
     with atomic_write(out / "dls.csv") as f: dls.to_csv(f, index=False)
     with atomic_write(out / "features.npz", "wb") as f:

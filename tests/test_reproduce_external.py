@@ -67,5 +67,10 @@ def test_refuses_out_with_trained_models_or_inside_bundle(external, tmp_path):
     from pdl1_dls.report import run_reproduction
     with pytest.raises(PDL1Error, match="holds trained models"):
         run_reproduction(external["b"], external["root"] / "train_run", model=external["bundle"], only=["mu2021_01"], log=lambda *x: None)
+    before = _tree(external["bundle"])
     with pytest.raises(PDL1Error, match="inside the model bundle"):
         run_reproduction(external["b"], external["bundle"] / "x", model=external["bundle"], only=["mu2021_01"], log=lambda *x: None)
+    from pdl1_dls.training import load_model
+    with pytest.raises(PDL1Error, match="into a model bundle"):
+        load_model(external["bundle"]).score(external["b"], external["bundle"] / "scores", skip_bad=True)
+    assert _tree(external["bundle"]) == before and not (external["bundle"] / "x").exists()
