@@ -61,7 +61,12 @@ def _fixed_study(root):
 def _run_on_scores(manifest, run, clin, dls):
     from pdl1_dls.report import run_reproduction
     run.mkdir()
-    pd.DataFrame({"patient_id": clin["patient_id"], "cohort": clin["cohort"], "role": "", "dls": dls}).to_csv(run / "scores.csv", index=False)
+    sc = pd.DataFrame({"patient_id": clin["patient_id"], "cohort": clin["cohort"], "role": "", "dls": dls})
+    sc.to_csv(run / "scores.csv", index=False)
+    from pdl1_dls.analysis import training_cutoff                 # as a bundle would: Youden on the training cohort
+    from pdl1_dls.manifest import load_study
+    t = load_study(manifest).table().merge(sc[["patient_id", "dls"]], on="patient_id")
+    (run / "scores.json").write_text(json.dumps(dict(models={}, scores={}, cutoff=training_cutoff(t, "pdl1", "dls"), trained_here=False)))
     res = run_reproduction(manifest, run, seed=0, n_boot=200, quick=True, only=["mu2021_11_multivariable"], log=lambda *a: None)
     return dict(run=run, manifest=manifest, result=res)
 
