@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import datetime as _dt
 import hashlib
+import json
 import math
 import os
 import warnings
@@ -23,8 +24,8 @@ from .core import PDL1Error, data_dir
 from .core import sha256 as _sha256
 
 # %% auto #0
-__all__ = ['GRID_TOL', 'strip_metadata', 'read_image', 'file_stamp', 'write_dicom_series', 'suv_factors', 'read_pet_suv',
-           'list_rtstruct_rois', 'read_rtstruct', 'read_seg', 'dicom_modality', 'read_roi', 'same_grid',
+__all__ = ['GRID_TOL', 'strip_metadata', 'read_image', 'file_stamp', 'cache_key', 'write_dicom_series', 'suv_factors',
+           'read_pet_suv', 'list_rtstruct_rois', 'read_rtstruct', 'read_seg', 'dicom_modality', 'read_roi', 'same_grid',
            'check_same_grid', 'resample_to', 'resample_mask', 'physical_bounds', 'overlap_fraction', 'check_overlap',
            'same_axes', 'check_covers', 'check_same_frame', 'resample_pet_to_ct', 'read_mask', 'dice']
 
@@ -213,6 +214,18 @@ def file_stamp(path: str | os.PathLike,  # an image file or a DICOM series folde
     parts = [[str(f.relative_to(p)) if p.is_dir() else f.name,
               _sha256(f) if content else [f.stat().st_size, f.stat().st_mtime_ns]] for f in files]
     return hashlib.sha256(repr(parts).encode()).hexdigest()
+
+# %% ../nbs/02_io.ipynb #3ea93a8a
+def cache_key(files: dict,  # {input name: file or DICOM folder}
+              params: dict,  # preprocessing parameters (JSON-able)
+              content: bool = True,  # identify files by SHA-256 of their bytes; False: names, sizes and modification times
+              **extra,  # anything else the cached result depends on (cache format, ROI structure name, ...); None values left out
+             ) -> str:
+    "The one cache-key scheme of the per-patient caches: SHA-256 over the inputs' stamps, the parameters and the package version."
+    import pdl1_dls
+    d = dict(files={k: file_stamp(v, content) for k, v in sorted(files.items())}, params=params, version=pdl1_dls.__version__,
+             **{k: v for k, v in extra.items() if v is not None})
+    return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()
 
 # %% ../nbs/02_io.ipynb #210df684
 _SOP = {"MR": "1.2.840.10008.5.1.4.1.1.4", "CT": "1.2.840.10008.5.1.4.1.1.2", "PT": "1.2.840.10008.5.1.4.1.1.128"}

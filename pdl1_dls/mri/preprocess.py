@@ -183,10 +183,10 @@ def mri_slices(images: dict,  # sequence key -> image path (or sitk.Image); must
 
 # %% ../../nbs/mri/20_preprocess.ipynb #2633fe5f
 def cache_key(images: dict, roi, params: MRIParams, roi_name: str | None = None) -> str:
-    "SHA-256 over the input files' contents and the parameters (and the ROI structure, when named)."
-    parts = {k: file_stamp(v) for k, v in sorted({**images, "roi": roi}.items()) if k in (*params.sequences, "roi")}
-    if roi_name is not None: parts["roi_name"] = str(roi_name)
-    return hashlib.sha256(json.dumps([parts, params.key()], sort_keys=True).encode()).hexdigest()
+    "The entry's key (`io.cache_key`): the input files' contents, the parameters, the ROI structure when named."
+    from pdl1_dls.io import cache_key as _key
+    files = {k: v for k, v in {**images, "roi": roi}.items() if k in (*params.sequences, "roi")}
+    return _key(files, params.key(), content=True, roi_name=None if roi_name is None else str(roi_name))
 
 def cached_mri_slices(images: dict,  # sequence key -> image path
                       roi,  # ROI path

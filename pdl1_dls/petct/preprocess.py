@@ -324,13 +324,6 @@ def _read(path, kind: str, patient: str | None = None, reference: sitk.Image | N
     if kind == "roi": return read_roi(path, reference, roi_name, patient)
     return read_pet_suv(path, patient) if kind == "pet" else read_image(path, patient)
 
-def _stamp(path, hash_files: bool) -> list:
-    "What identifies a file's content for the cache key."
-    p = Path(path)
-    files = sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else [p]
-    if hash_files: return [sha256(f) for f in files]
-    return [[str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns] for f in files]
-
 def _params(params: dict) -> dict:
     "Preprocessing parameters with defaults filled in, JSON-normalised; unknown names are an error."
     bad = set(params) - set(DEFAULTS)
@@ -343,11 +336,9 @@ def cache_key(paths: dict,  # {"pet": path, "ct": path, "roi": path}
               hash_files: bool = False,  # hash file contents (SHA-256) instead of size + mtime
               roi_name: str | None = None,  # the structure read from the ROI file (part of the key when given)
              ) -> str:
-    "Hex key of a patient's cache entry: files, parameters, package version, cache format."
-    d = dict(files={k: _stamp(v, hash_files) for k, v in sorted(paths.items())}, params=_params(params),
-             version=pdl1_dls.__version__, format=CACHE_FORMAT)
-    if roi_name is not None: d["roi_name"] = str(roi_name)
-    return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()
+    "Hex key of a patient's cache entry (`io.cache_key`: files, parameters, package version, cache format)."
+    from pdl1_dls.io import cache_key as _key
+    return _key(paths, _params(params), content=hash_files, format=CACHE_FORMAT, roi_name=None if roi_name is None else str(roi_name))
 
 def _safe(pid: str) -> str: return re.sub(r"[^A-Za-z0-9._-]", "_", str(pid))
 
