@@ -42,7 +42,7 @@ def default_run_dir() -> Path:
 
 @dataclass
 class Run:
-    "A finished run: the scored clinical table, the DLS cutoff, the study and the folder."
+    "A finished run: the scored clinical table, the DLS cutoff, the bundles that scored it, the study and the folder."
     run_dir: Path
     study: Study
     table: pd.DataFrame  # study.table() + scores.csv columns + dls_high
