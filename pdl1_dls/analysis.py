@@ -42,7 +42,7 @@ def reader2_study(study: Study) -> Study | None:
     return s2
 
 # %% ../nbs/61_analysis.ipynb #aa40fcd1
-def train_models(study: Study,  # the study (its modality picks the pipeline)
+def train_models(study: Study,  # the study (its manifest picks the pipeline)
                  out_dir: str | os.PathLike,  # run folder; bundles go to out_dir/models/<name>/
                  seed: int = 0,  # training seed
                  quick: bool = False,  # short training (smoke tests)

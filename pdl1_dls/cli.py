@@ -41,7 +41,7 @@ def _cmd_train(a):
     from pdl1_dls.training import pipeline
     study = load_study(a.manifest)
     given = dict(channels=a.channels, epochs=a.epochs, backbone=a.backbone, profile=a.profile, weights=a.weights)
-    kw = {k: v for k, v in given.items() if v is not None}          # a setting the modality does not have is refused by its trainer
+    kw = {k: v for k, v in given.items() if v is not None}          # a setting this pipeline does not have is refused by its trainer
     if a.no_resume: kw["resume"] = False
     m = pipeline(study.modality).train(study, a.out, seed=a.seed, permute_labels=a.permute_labels, quick=a.quick, device=a.device,
                                        retrain=not a.no_retrain, skip_bad=a.skip_bad, **kw)
@@ -121,7 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-generate", action="store_true", help="do not generate a declared synthetic study that is absent")
     s.set_defaults(func=_cmd_validate)
 
-    s = sub.add_parser("train", help="train the model of the manifest's modality into a bundle folder",
+    s = sub.add_parser("train", help="train the manifest's model (PET/CT or MRI) into a bundle folder",
                        description="Train on the training cohort (model selection on an inner split of it), report AUC on the validation cohort, "
                                    "and write OUT as a self-describing bundle (model.json, weights, train_log.csv, metrics.json, MODEL_CARD.md). "
                                    "OUT holding a bundle of the same settings and data is reused; of other settings, it is trained again "
@@ -130,7 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True, help="bundle folder (model.json, weights, metrics.json, MODEL_CARD.md)")
     s.add_argument("--seed", type=int, default=st.seed)
     s.add_argument("--permute-labels", action="store_true", help="train on permuted labels: the null control")
-    s.add_argument("--channels", choices=["hyper", "pet", "ct"], default=None, help="PET/CT input: hyper-image (default) or one modality (ablation)")
+    s.add_argument("--channels", choices=["hyper", "pet", "ct"], default=None, help="PET/CT input: hyper-image (default), PET only or CT only (ablation)")
     s.add_argument("--epochs", type=_positive_int, default=None, help="maximum training epochs (at least 1)")
     s.add_argument("--backbone", default=None, help="MRI backbone (resnet18, resnet50, resnet101); default: the manifest's, else resnet18")
     s.add_argument("--profile", default=None, choices=["paper", "cpu", "quick"],

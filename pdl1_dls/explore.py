@@ -1,4 +1,4 @@
-"""Interactive explorers of a finished run: Kaplan-Meier curves by DLS (with a movable cutoff), PD-L1 IHC, histology or ECOG, and per-patient Grad-CAM on the hyper-images. The logic is here and unit-tested; the notebooks in `nbs/explore/` only call `survival_app` / `gradcam_app`, and `pdl1-dls explore RUN` serves them with Voila.
+"""Interactive explorers of a finished run: Kaplan-Meier curves by DLS (with a movable cutoff), PD-L1 IHC, histology or ECOG, and per-patient Grad-CAM on the model inputs (PET/CT hyper-images, MRI planes). The logic is here and unit-tested; the notebooks in `nbs/explore/` only call `survival_app` / `gradcam_app`, and `pdl1-dls explore RUN` serves them with Voila.
 
 Docs: https://pdl1-dls.github.io/pdl1_dls/explore.html.md"""
 
@@ -23,12 +23,12 @@ from .core import PDL1Error, find_settings_file, get_settings
 from .manifest import Study, load_study
 
 # %% auto #0
-__all__ = ['RUN_ENV', 'ENDPOINTS', 'GROUPINGS', 'POOLED_ICI', 'PETCT_MODELS', 'TARGETS', 'EXPLORERS', 'OFFLINE_TEMPLATE',
-           'BUSY_PAGE', 'VOILA_DENY', 'LOCAL_HOSTS', 'MAX_KERNELS', 'CULL_IDLE_S', 'CULL_INTERVAL_S', 'TOKEN_ENV',
-           'default_run_dir', 'Run', 'open_run', 'SurvivalView', 'SurvivalExplorer', 'plot_survival', 'fig_png',
-           'GradcamExplorer', 'survival_app', 'gradcam_app', 'explorers_dir', 'offline_template', 'url_host',
-           'is_loopback', 'allowed_hosts', 'capped_kernel_manager', 'voila_app_class', 'voila_main', 'voila_command',
-           'stop_voila', 'ExplorerServer', 'serve']
+__all__ = ['RUN_ENV', 'ENDPOINTS', 'GROUPINGS', 'POOLED_ICI', 'TARGETS', 'EXPLORERS', 'OFFLINE_TEMPLATE', 'BUSY_PAGE',
+           'VOILA_DENY', 'LOCAL_HOSTS', 'MAX_KERNELS', 'CULL_IDLE_S', 'CULL_INTERVAL_S', 'TOKEN_ENV', 'default_run_dir',
+           'Run', 'open_run', 'SurvivalView', 'SurvivalExplorer', 'plot_survival', 'fig_png', 'GradcamExplorer',
+           'survival_app', 'gradcam_app', 'explorers_dir', 'offline_template', 'url_host', 'is_loopback',
+           'allowed_hosts', 'capped_kernel_manager', 'voila_app_class', 'voila_main', 'voila_command', 'stop_voila',
+           'ExplorerServer', 'serve']
 
 # %% ../nbs/71_explore.ipynb #53506da1
 RUN_ENV = "PDL1_DLS_RUN"  # environment variable the explorer notebooks read (set by `serve`)
@@ -42,11 +42,12 @@ def default_run_dir() -> Path:
 
 @dataclass
 class Run:
-    "A finished run: the scored clinical table, the DLS cutoff, the study and the folder."
+    "A finished run: the scored clinical table, the DLS cutoff, the bundles that scored it, the study and the folder."
     run_dir: Path
     study: Study
     table: pd.DataFrame  # study.table() + scores.csv columns + dls_high
     cutoff: float  # training (Youden) cutoff of `dls`
+    models: dict = field(default_factory=dict)  # {score column: bundle folder} that scored the run (`analysis.run_models`)
 
 def _manifest_of(run_dir: Path, manifest) -> Path:
     if manifest is not None: return Path(manifest)
@@ -60,7 +61,7 @@ def _manifest_of(run_dir: Path, manifest) -> Path:
 def open_run(run_dir: str | os.PathLike | None = None,  # run folder; default `default_run_dir()`
              manifest: str | os.PathLike | Study | None = None,  # study manifest; default the one in provenance.json
             ) -> Run:
-    "Read a finished run (scores, cutoff, study) without writing to it."
+    "Read a finished run (scores, cutoff, the bundles that scored it, study) without writing to it."
     rd = Path(run_dir) if run_dir is not None else default_run_dir()
     if not rd.is_dir(): raise PDL1Error("run folder not found (run `make demo`, or pass the folder of a finished run)", file=rd)
     sc = rd / "scores.csv"
@@ -75,7 +76,8 @@ def open_run(run_dir: str | os.PathLike | None = None,  # run folder; default `d
     if not cj.is_file(): raise PDL1Error("no scores.json: the run is not finished (train and score first)", file=cj)
     cut = float(json.loads(cj.read_text())["cutoff"])
     t["dls_high"] = np.where(t["dls"].isna(), np.nan, (t["dls"] >= cut).astype(float))
-    return Run(rd, study, t, cut)
+    from .analysis import run_models
+    return Run(rd, study, t, cut, run_models(rd))   # trained here (models/) or applied from elsewhere (`reproduce --model`)
 
 # %% ../nbs/71_explore.ipynb #22ea9e2b
 ENDPOINTS = {"pfs": "progression-free survival", "os": "overall survival"}
@@ -254,59 +256,38 @@ def fig_png(fig, dpi: int = 90) -> bytes:
     return buf.getvalue()
 
 # %% ../nbs/71_explore.ipynb #c206dab4
-from .petct.pipeline import PETCTPipeline
-PETCT_MODELS = PETCTPipeline.scores
-
 TARGETS = {1: "PD-L1 positive filter", 0: "PD-L1 negative filter"}
 
 class GradcamExplorer:
-    "Per-patient Grad-CAM of a finished PET/CT or MRI run: lists of choices, the patient's scores and the figure."
+    "Per-patient Grad-CAM of a finished run: lists of choices, the patient's scores and the figure (drawn by the study's pipeline)."
     def __init__(self,
                  run: str | os.PathLike | Run | None = None,  # run folder (or an opened `Run`); default `default_run_dir()`
                  manifest=None,  # study manifest; default from provenance.json
                  device: str = "cpu",  # torch device for Grad-CAM
                 ):
+        from .training import pipeline
         self.run = run if isinstance(run, Run) else open_run(run, manifest)
         self.study, self.table = self.run.study, self.run.table
-        self.modality = self.study.modality
-        if self.modality not in ("petct", "mri"):
-            raise PDL1Error(f"the Grad-CAM explorer shows PET/CT and MRI runs, not {self.modality!r}", file=self.study.path)
+        self.pipe = pipeline(self.study.modality)   # the one look-up: what differs between pipelines is a method of `pipe`
         self.device = device
-        self._models, self._hyper, self._cams, self._cuts = {}, {}, {}, {}
-        mdir = self.run.run_dir / "models"
-        if self.modality == "mri":
-            self._init_mri(mdir); return
-        self.model_names = [m for m in PETCT_MODELS if (mdir / m / "model.pt").is_file() and (mdir / m / "model.json").is_file()]
-        if not self.model_names: raise PDL1Error("no trained PET/CT model in the run folder", file=mdir)
-        self.cache_dir = self._find_cache("petct")   # where training cached them; else build in memory only
+        self.models = self.pipe.explorer_models(self.run.models)   # {name: spec} of the bundles that scored the run, wherever they are
+        if not self.models: raise PDL1Error("scores.json names no model the Grad-CAM explorer can show", file=self.run.run_dir / "scores.json")
+        self.model_names = list(self.models)
+        self.cache_dir = self._find_cache()   # where training or scoring cached the inputs; else built in memory only
+        self._bundles, self._nets, self._inputs, self._cams = {}, {}, {}, {}
 
-    def _find_cache(self, kind: str) -> Path | None:
-        "The run's per-patient cache folder of `kind` (petct, mri): settings cache_dir beside the run, the settings or cwd."
+    def _find_cache(self) -> Path | None:
+        "The pipeline's cache folder of this study under the settings' cache_dir: beside the run, the settings file or cwd."
         cd = Path(get_settings().cache_dir)
         sf = find_settings_file()
-        bases = [Path("/")] if cd.is_absolute() else [self.run.run_dir, *([sf.parent] if sf else []), Path.cwd()]
-        found = [b / cd / kind / self.study.name for b in bases if (b / cd / kind / self.study.name).is_dir()]
+        roots = [cd] if cd.is_absolute() else [b / cd for b in (self.run.run_dir, *([sf.parent] if sf else []), Path.cwd())]
+        found = [self.pipe.cache_dir(self.study.name, r) for r in roots if self.pipe.cache_dir(self.study.name, r).is_dir()]
         return found[0] if found else None
 
-    def _init_mri(self, mdir: Path):
-        "MRI run: the per-sequence CNNs of models/mri; 'slices' are the three maximum-area planes."
-        from pdl1_dls.mri.pipeline import MRIRun
-        if not (mdir / "mri" / "model.json").is_file(): raise PDL1Error("no trained MRI model in the run folder", file=mdir / "mri")
-        self.mri = MRIRun.load(mdir / "mri")
-        self.model_names = list(self.mri.cfg.sequences)
-        self.cache_dir = self._find_cache("mri")
-
-    def mri_input(self, pid: str) -> tuple[np.ndarray, dict]:
-        "The patient's 2.5D MRI input (sequence, plane, size, size) in 0–1 and its metadata (through the run's cache)."
-        if pid not in self._hyper:
-            from pdl1_dls.mri.preprocess import MRIParams, cached_mri_slices, mri_slices
-            r = self._row(pid)
-            cfg = self.mri.cfg
-            prm = MRIParams(size=cfg.size, margin_mm=cfg.margin_mm, sequences=tuple(cfg.sequences))
-            imgs = {k: r[k] for k in cfg.sequences}
-            self._hyper[pid] = (cached_mri_slices(imgs, r["roi"], self.cache_dir, prm, pid) if self.cache_dir
-                                else mri_slices(imgs, r["roi"], prm, pid))
-        return self._hyper[pid]
+    def _spec(self, model: str | None) -> tuple[str, dict]:
+        name = self.model_names[0] if model is None else model
+        if name not in self.models: raise ValueError(f"model must be one of {self.model_names}, not {name!r}")
+        return name, self.models[name]
 
     def cohorts(self) -> list[str]:
         "Cohorts with at least one scored patient."
@@ -324,126 +305,74 @@ class GradcamExplorer:
         if r.empty: raise PDL1Error("patient not in the study", patient=pid)
         return r.iloc[0]
 
-    def hyperimages(self, pid: str):
-        "The patient's `HyperImages` (from the run's cache when present)."
-        if pid not in self._hyper:
-            from pdl1_dls.petct.preprocess import patient_hyperimages
-            r = self._row(pid)
-            self._hyper[pid] = patient_hyperimages(pid, r["pet"], r["ct"], r["roi"], cache_dir=self.cache_dir)
-        return self._hyper[pid]
+    def bundle(self, model: str | None = None):
+        "The checked bundle (`training.Model`) behind one of the explorer's models (default: the first)."
+        from .training import load_model
+        b = self._spec(model)[1]["bundle"]
+        if b not in self._bundles: self._bundles[b] = load_model(b)
+        return self._bundles[b]
 
-    def slices(self, pid: str) -> list[int]:
-        "Axial CT slice index of each hyper-image of the patient (MRI: the slice index of each maximum-area plane)."
-        if self.modality == "mri":
-            from pdl1_dls.mri.preprocess import PLANES
-            return [int(self.mri_input(pid)[1]["slice_index"][q]) for q in PLANES]
-        return [int(s) for s in self.hyperimages(pid).slices]
+    def model(self, name: str | None = None):
+        "The trained network(s) of a model as its pipeline loads them (`Model.net`: PET/CT (SResCNN, TrainConfig), MRI `MRIRun`)."
+        b = self.bundle(name)
+        if b.path not in self._nets: self._nets[b.path] = b.net(self.device)
+        return self._nets[b.path]
 
-    def slice_label(self, pid: str, pos: int) -> str:
+    def inputs(self, pid: str, model: str | None = None) -> dict:
+        "The patient's inputs to the model as its pipeline shows them: `images`, `slices` (indices), `labels` (how the slider reads)."
+        b = self.bundle(model)
+        key = (str(pid), json.dumps(b.meta.get("preprocessing"), sort_keys=True))   # models with the same preprocessing share them
+        if key not in self._inputs: self._inputs[key] = self.pipe.explorer_inputs(b, self._row(pid), self.cache_dir)
+        return self._inputs[key]
+
+    def slices(self, pid: str, model: str | None = None) -> list[int]:
+        "Slice index of each position of the slider (PET/CT: the CT slice of each hyper-image; MRI: of each maximum-area plane)."
+        return self.inputs(pid, model)["slices"]
+
+    def slice_label(self, pid: str, pos: int, model: str | None = None) -> str:
         "How the slider position reads: 'CT slice 17' or 'axial plane, slice 35'."
-        if self.modality == "mri":
-            from pdl1_dls.mri.preprocess import PLANES
-            return f"{PLANES[pos]} plane, slice {self.slices(pid)[pos]}"
-        return f"CT slice {self.slices(pid)[pos]}"
+        return self.inputs(pid, model)["labels"][pos]
 
-    def model(self, name: str = "hyper"):
-        "(model, config) of one trained model of the run."
-        if name not in self.model_names: raise ValueError(f"model must be one of {self.model_names}, not {name!r}")
-        if name not in self._models:
-            from pdl1_dls.training import load_model
-            self._models[name] = load_model(self.run.run_dir / "models" / name).net(self.device)
-        return self._models[name]
-
-    def cams(self, pid: str, model: str = "hyper", target: int = 1) -> np.ndarray:
-        "Grad-CAM maps (n_slices, h, w) in [0, 1]: every hyper-image (PET/CT), or the three planes (MRI: one map, repeated)."
-        key = (pid, model, int(target))
-        if key not in self._cams and self.modality == "mri":
-            import torch
-            import torch.nn.functional as F
-            if model not in self.model_names: raise ValueError(f"model must be one of {self.model_names}, not {model!r}")
-            s = self.model_names.index(model)
-            x = self.mri_input(pid)[0][s]
-            cam = self.mri.gradcam(x, s, int(target))    # averaged over the run's cross-fitting members
-            cam = F.interpolate(torch.as_tensor(cam, dtype=torch.float32)[:, None], size=x.shape[-2:], mode="bilinear")[:, 0].numpy()
-            self._cams[key] = np.repeat(cam, len(x), 0)   # one map for the three planes the CNN sees together
-        if key not in self._cams:
-            from pdl1_dls.explain import gradcam
-            from pdl1_dls.petct.srescnn import CHANNELS
-            net, cfg = self.model(model)
-            x = self.hyperimages(pid).images[:, list(CHANNELS[cfg.channels])]
-            self._cams[key] = gradcam(net, np.ascontiguousarray(x, dtype=np.float32), target=int(target), device=self.device)
+    def cams(self, pid: str, model: str | None = None, target: int = 1) -> np.ndarray:
+        "Grad-CAM maps (n_slices, h, w) in [0, 1], one per slider position (`pipe.explorer_cams`; cached)."
+        name, _ = self._spec(model)
+        key = (str(pid), name, int(target))
+        if key not in self._cams: self._cams[key] = self.pipe.explorer_cams(self.model(name), self.inputs(pid, name), name, int(target))
         return self._cams[key]
 
-    def cutoff(self, model: str = "hyper") -> float:
-        "Training (Youden) cutoff of the model's score (MRI: of the fused DLS)."
-        if model == "hyper" or self.modality == "mri": return self.run.cutoff
-        if model not in self._cuts:
-            from pdl1_dls.training import load_model
-            self._cuts[model] = load_model(self.run.run_dir / "models" / model, verify=False).cutoff   # that bundle's own cutoff
-        return self._cuts[model]
+    def cutoff(self, model: str | None = None) -> float:
+        "Training (Youden) cutoff of the model's score: its bundle's (the DLS bundle's is the run's, `Run.cutoff`)."
+        return self.bundle(model).cutoff
 
-    def info(self, pid: str, model: str = "hyper") -> dict:
-        "The patient's cohort, score of the model, cutoff, predicted group, IHC label and TPS."
+    def info(self, pid: str, model: str | None = None) -> dict:
+        "The patient's cohort, score of the model, cutoff, predicted group, IHC label and TPS, and the model's other scores (`extra`)."
+        name, spec = self._spec(model)
         r = self._row(pid)
-        col = "dls" if self.modality == "mri" else PETCT_MODELS[model]
-        dls = float(r[col]) if col in r and pd.notna(r[col]) else float("nan")
-        seq = f"dls_{model}" if self.modality == "mri" else None
-        seq_score = float(r[seq]) if seq and seq in r and pd.notna(r[seq]) else None
-        cut = self.cutoff(model)
+        def value(col): return float(r[col]) if col in r and pd.notna(r[col]) else float("nan")
+        dls, cut = value(spec["score"]), self.cutoff(name)
         lab = r.get(self.study.label_column)
         src = self.study.label_source
-        return dict(patient_id=str(pid), cohort=r["cohort"], model=model, dls=dls, cutoff=cut,
+        return dict(patient_id=str(pid), cohort=r["cohort"], model=name, dls=dls, cutoff=cut,
                     group=("high DLS" if dls >= cut else "low DLS") if np.isfinite(dls) else "not scored",
                     label=None if pd.isna(lab) else int(lab),
                     label_text="unlabelled" if pd.isna(lab) else ("PD-L1 positive" if int(lab) else "PD-L1 negative"),
                     ihc=None if not src or src not in r or pd.isna(r[src]) else float(r[src]), ihc_name=src,
-                    sequence_score=seq_score)
+                    extra={k: value(c) for k, c in spec["extra"].items()})
 
-    def figure(self, pid: str, slice_pos: int = 0, model: str = "hyper", target: int = 1, alpha: float = 0.45):
-        "CT, PET, fusion, and Grad-CAM over CT and over fusion for one hyper-image slice; returns the figure."
-        import matplotlib.pyplot as plt
-        if self.modality == "mri": return self._mri_figure(pid, slice_pos, model, target, alpha)
-        hi = self.hyperimages(pid)
-        if not 0 <= slice_pos < len(hi): raise ValueError(f"slice_pos must be in 0..{len(hi) - 1}, not {slice_pos}")
-        cam = self.cams(pid, model, target)[slice_pos]
-        pet, ct, fus = hi.images[slice_pos]
-        inf = self.info(pid, model)
-        fig, axes = plt.subplots(1, 5, figsize=(11, 2.9))
-        for ax, img, t, cm in zip(axes, (ct, pet, fus), ("CT", "PET", "fusion"), ("gray", "hot", "gray")):
-            ax.imshow(img, cmap=cm, vmin=0, vmax=1); ax.set_title(t, fontsize=9)
-        for ax, base, t in ((axes[3], ct, "Grad-CAM on CT"), (axes[4], fus, "Grad-CAM on fusion")):
-            ax.imshow(base, cmap="gray", vmin=0, vmax=1); ax.imshow(cam, cmap="jet", alpha=alpha, vmin=0, vmax=1)
-            ax.set_title(t, fontsize=9)
-        for ax in axes: ax.axis("off")
-        return self._titled(fig, pid, slice_pos, f"{model} model", target, inf, "DLS")
-
-    def _titled(self, fig, pid, slice_pos, what, target, inf, dls_name, extra=""):
-        "The figures' common title: patient, slice, model and target; score vs cutoff, group, IHC."
+    def figure(self, pid: str, slice_pos: int = 0, model: str | None = None, target: int = 1, alpha: float = 0.45):
+        "The pipeline's panels of one slider position (`pipe.explorer_figure`), titled with the patient, model, score and cutoff."
+        name, spec = self._spec(model)
+        n = len(self.slices(pid, name))
+        if not 0 <= slice_pos < n: raise ValueError(f"slice_pos must be in 0..{n - 1}, not {slice_pos}")
+        fig = self.pipe.explorer_figure(self.inputs(pid, name), self.cams(pid, name, target), slice_pos, name, alpha)
+        inf = self.info(pid, name)
+        extra = "".join(f"; {k} {v:.3f}" for k, v in inf["extra"].items())
         ihc = f", {inf['ihc_name']} {inf['ihc']:g}" if inf["ihc"] is not None else ""
-        fig.suptitle(f"{pid} ({inf['cohort']}), {self.slice_label(pid, slice_pos)} — {what}, {TARGETS[int(target)]}\n"
-                     f"{dls_name} {inf['dls']:.3f} vs cutoff {inf['cutoff']:.3f} → {inf['group']}{extra}; IHC: {inf['label_text']}{ihc}",
-                     fontsize=9)
+        fig.suptitle(f"{pid} ({inf['cohort']}), {self.slice_label(pid, slice_pos, name)} — {spec['title']}, {TARGETS[int(target)]}\n"
+                     f"{spec['score_name']} {inf['dls']:.3f} vs cutoff {inf['cutoff']:.3f} → {inf['group']}{extra}; "
+                     f"IHC: {inf['label_text']}{ihc}", fontsize=9)
         fig.tight_layout()
         return fig
-
-    def _mri_figure(self, pid, slice_pos, model, target, alpha):
-        import matplotlib.pyplot as plt
-        from pdl1_dls.mri.preprocess import PLANES
-        x, _ = self.mri_input(pid)
-        if not 0 <= slice_pos < x.shape[1]: raise ValueError(f"slice_pos must be in 0..{x.shape[1] - 1}, not {slice_pos}")
-        cam = self.cams(pid, model, target)[slice_pos]   # checks `model`
-        s = self.model_names.index(model)
-        inf = self.info(pid, model)
-        order = [slice_pos] + [i for i in range(len(PLANES)) if i != slice_pos]
-        panels = [(order[0], False, f"{model} {PLANES[slice_pos]}"), (order[0], True, "Grad-CAM overlay")] + \
-                 [(i, True, f"{PLANES[i]} (same map)") for i in order[1:]]
-        fig, axes = plt.subplots(1, len(panels), figsize=(9.5, 2.9))
-        for ax, (i, overlay, title) in zip(axes, panels):
-            ax.imshow(x[s, i], cmap="gray", vmin=0, vmax=1)
-            if overlay: ax.imshow(cam, cmap="jet", alpha=alpha, vmin=0, vmax=1)
-            ax.set_title(title, fontsize=9); ax.axis("off")
-        sq = f"; {model} CNN probability {inf['sequence_score']:.3f}" if inf["sequence_score"] is not None else ""
-        return self._titled(fig, pid, slice_pos, f"{model} CNN", target, inf, "fused DLS", sq)
 
 # %% ../nbs/71_explore.ipynb #0425ead7
 def _html_table(df: pd.DataFrame, caption: str) -> str:
@@ -533,12 +462,12 @@ def gradcam_app(run_dir: str | os.PathLike | None = None,  # run folder; default
         ihc = f" ({d['ihc_name']} {d['ihc']:g})" if d["ihc"] is not None else ""
         info.value = (f"<div class='pdl1-info-text'><b>{html.escape(pid)}</b> — cohort {html.escape(str(d['cohort']))}; "
                       f"DLS {d['dls']:.3f}; cutoff {d['cutoff']:.3f} → {d['group']}; IHC {html.escape(d['label_text'])}{ihc}; "
-                      f"{html.escape(gx.slice_label(pid, sl.value))}</div>")
+                      f"{html.escape(gx.slice_label(pid, sl.value, model.value))}</div>")
 
     def on_patient(_):
         if patient.value is None: return
         busy[0] = True
-        n = len(gx.slices(patient.value))
+        n = len(gx.slices(patient.value, model.value))
         sl.value = min(sl.value, n - 1); sl.max = n - 1; sl.value = n // 2
         busy[0] = False
         draw()

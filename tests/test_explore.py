@@ -153,11 +153,42 @@ def test_gradcam_explorer(run_dir):
     assert inf["dls"] == pytest.approx(sc.loc[p, "dls"]) and inf["cutoff"] == gx.run.cutoff
     assert inf["group"] == ("high DLS" if inf["dls"] >= inf["cutoff"] else "low DLS")
     assert inf["label"] == row.pdl1 and inf["ihc"] == row.pdl1_tps
+    assert inf["extra"] == {} and gx.slice_label(p, 1) == f"CT slice {hi.slices[1]}"
     fig = gx.figure(p, 0)
     assert len(fig.axes) == 5 and p in fig._suptitle.get_text() and f"{inf['dls']:.3f}" in fig._suptitle.get_text()
     with pytest.raises(ValueError, match="slice_pos"): gx.figure(p, len(hi))
     with pytest.raises(ValueError, match="model must be one of"): gx.cams(p, "pet")
     with pytest.raises(PDL1Error, match="not in the study"): gx.info("nobody")
+
+
+def test_explore_external_validation_run(run_dir, tmp_path):
+    """A run scored with a bundle trained elsewhere (`reproduce --model`: `apply_models(..., trained_here=False)`) has no
+    models/ folder; the explorers open it from scores.json, with that bundle's cutoff, and show the same maps."""
+    import shutil
+    import matplotlib.pyplot as plt
+    from pdl1_dls.analysis import apply_models, run_models
+    from pdl1_dls.explore import GradcamExplorer, open_run
+    from pdl1_dls.training import load_model
+    ext = tmp_path / "bundles" / "their_model"                        # a bundle somewhere else, under another name
+    shutil.copytree(run_dir / "models" / "hyper", ext)
+    here = open_run(run_dir)
+    out = tmp_path / "external"
+    apply_models(here.study, {"their_model": ext}, out, trained_here=False)
+    (out / "provenance.json").write_text(json.dumps({"manifest": str(here.study.path)}))
+    assert not (out / "models").exists() and json.loads((out / "scores.json").read_text())["trained_here"] is False
+    r = open_run(out)
+    assert r.models == run_models(out) == {"dls": ext.resolve()} and r.cutoff == load_model(ext).cutoff
+    gx, g0 = GradcamExplorer(r), GradcamExplorer(here)
+    assert gx.model_names == ["hyper"] and gx.models["hyper"]["bundle"] == ext.resolve()
+    p = gx.patients(gx.cohorts()[-1])[0]
+    assert gx.slices(p) == g0.slices(p)
+    assert np.allclose(gx.cams(p, "hyper", 1), g0.cams(p, "hyper", 1), atol=1e-6)   # same weights, same inputs, same maps
+    sc = pd.read_csv(out / "scores.csv", dtype={"patient_id": str}).set_index("patient_id")
+    inf = gx.info(p)
+    assert inf["dls"] == pytest.approx(sc.loc[p, "dls"]) and inf["cutoff"] == r.cutoff
+    fig = gx.figure(p, 0)
+    assert "hyper model" in fig._suptitle.get_text()
+    plt.close(fig)
 
 
 def test_apps_drive_without_browser(run_dir):
@@ -216,40 +247,48 @@ def test_gradcam_explorer_mri(mri_run_dir):
     "MRI runs: one model per sequence, the three maximum-area planes as slices, the fused DLS and cutoff, Grad-CAM per sequence."
     import matplotlib.pyplot as plt
     import pandas as pd
+    import torch
+    import torch.nn.functional as F
+    from pytorch_grad_cam import GradCAM
+    from pytorch_grad_cam.utils.model_targets import BinaryClassifierOutputTarget
     from pdl1_dls.explore import GradcamExplorer, gradcam_app
-    from pdl1_dls.mri.pipeline import MRIRun
+    from pdl1_dls.mri.pipeline import MRIRun, _prep
     gx = GradcamExplorer(mri_run_dir)
-    assert gx.modality == "mri" and gx.model_names == ["t1", "t2", "ce_t1"]
+    assert gx.pipe.modality == "mri" and gx.model_names == ["t1", "t2", "ce_t1"]
     pid = gx.patients(gx.cohorts()[0])[0]
-    x, meta = gx.mri_input(pid)
+    inp = gx.inputs(pid, "ce_t1")
+    x, meta = inp["images"], inp["meta"]
     assert x.shape[:2] == (3, 3) and len(gx.slices(pid)) == 3
     assert gx.slices(pid) == [meta["slice_index"][q] for q in ("axial", "coronal", "sagittal")]
     assert gx.slice_label(pid, 1).startswith("coronal plane, slice ")
     inf = gx.info(pid, "ce_t1")
     sc = pd.read_csv(mri_run_dir / "scores.csv", dtype={"patient_id": str}).set_index("patient_id")
-    assert inf["dls"] == pytest.approx(sc.loc[pid, "dls"]) and inf["sequence_score"] == pytest.approx(sc.loc[pid, "dls_ce_t1"])
+    assert inf["dls"] == pytest.approx(sc.loc[pid, "dls"])
+    assert inf["extra"] == {"ce_t1 CNN probability": pytest.approx(sc.loc[pid, "dls_ce_t1"])}
     assert inf["cutoff"] == pytest.approx(gx.run.cutoff)
-    # the map is the mean Grad-CAM of the sequence's CNNs over the run's members (mri_gradcam on the normalised input), resized
-    from pdl1_dls.mri.models import mri_gradcam
-    from pdl1_dls.mri.pipeline import _prep
+    # the map is the mean Grad-CAM of the sequence's CNNs over the run's members on the normalised input, resized; the
+    # reference is pytorch-grad-cam's own binary target called directly (what the dropped mri_gradcam did): equal to 1e-6
     run = MRIRun.load(mri_run_dir / "models" / "mri")
-    import torch
-    import torch.nn.functional as F
     xi = _prep(x[2][None], *run.zscore[2], run.cfg.input_size)
-    per_member = [mri_gradcam(m.models[2], xi, 1) for m in run.members]
+    def library(m):
+        with GradCAM(model=m.eval(), target_layers=[m.target_layer]) as cam:
+            return cam(input_tensor=xi, targets=[BinaryClassifierOutputTarget(1)])
+    per_member = [library(m.models[2]) for m in run.members]
     assert len(per_member) == 2 and not np.allclose(per_member[0], per_member[1])
+    assert np.allclose(run.gradcam(x[2], 2, 1), np.mean(per_member, 0), atol=1e-6, rtol=0)
     ref = np.mean(per_member, 0)
     ref = F.interpolate(torch.as_tensor(ref, dtype=torch.float32)[:, None], size=x.shape[-2:], mode="bilinear")[0, 0].numpy()
     cams = gx.cams(pid, "ce_t1", 1)
     assert cams.shape == (3, *x.shape[-2:]) and np.allclose(cams[0], cams[2]) and 0 <= cams.min() and cams.max() <= 1
-    assert np.allclose(cams[1], ref, atol=1e-5)
+    assert np.allclose(cams[1], ref, atol=1e-6)
     assert not np.allclose(gx.cams(pid, "t1", 1), cams)          # another sequence, another CNN, another map
     fig = gx.figure(pid, 2, "t2", 0)
     assert len(fig.axes) == 4 and "sagittal plane" in fig._suptitle.get_text() and "fused DLS" in fig._suptitle.get_text()
+    assert "t2 CNN probability" in fig._suptitle.get_text()
     plt.close(fig)
-    with pytest.raises(ValueError): gx.figure(pid, 0, "hyper", 1)
+    with pytest.raises(ValueError, match="model must be one of"): gx.figure(pid, 0, "hyper", 1)
     box = gradcam_app(mri_run_dir)
-    assert box.explorer.modality == "mri"
+    assert box.explorer.pipe.modality == "mri"
 
 
 # ---------------------------------------------------------------- serving (no server started here: tests/test_browser.py runs one)

@@ -1,4 +1,4 @@
-"MRI models: local-only ImageNet weights, per-sequence net, focal loss, PCA reducer, fusion, Grad-CAM."
+"MRI models: local-only ImageNet weights, per-sequence net, focal loss, PCA reducer, fusion, Grad-CAM (explain.gradcam)."
 import warnings
 
 import numpy as np
@@ -7,8 +7,7 @@ import torch
 import torchvision
 
 from pdl1_dls.core import PDL1Error
-from pdl1_dls.mri.models import (FeatureReducer, FusionTransformer, SequenceNet, extract_features, focal_loss,
-                                 mri_gradcam, resnet_backbone)
+from pdl1_dls.mri.models import FeatureReducer, FusionTransformer, SequenceNet, extract_features, focal_loss, resnet_backbone
 
 
 @pytest.fixture(autouse=True)
@@ -137,13 +136,31 @@ def test_fusion_uses_a_sequence_whose_sign_differs():
 
 
 def test_gradcam_shapes_and_range():
+    "A SequenceNet's Grad-CAM is explain.gradcam on its target layer (no second implementation)."
+    from pdl1_dls.explain import cam_layer, gradcam
     with warnings.catch_warnings():
         warnings.simplefilter("ignore"); net = SequenceNet("resnet18").eval()
     x = torch.zeros(2, 3, 64, 64); x[:, :, :24, :24] = 3.0
-    cams1 = mri_gradcam(net, x, target=1)
-    cams0 = mri_gradcam(net, x[0], target=0)
+    cams1 = gradcam(net, x, target=1)
+    cams0 = gradcam(net, x[0], target=0)
+    assert cam_layer(net) is net.target_layer
     assert cams1.shape == (2, 64, 64) and cams0.shape == (1, 64, 64)
-    assert np.isfinite(cams1).all() and cams1.min() >= 0 and cams1.max() <= 1 + 1e-6
+    assert np.isfinite(cams1).all() and cams1.min() >= 0 and cams1.max() <= 1
+
+
+def test_gradcam_equals_the_dropped_mri_gradcam():
+    "explain.gradcam gives the maps mri_gradcam gave (pytorch-grad-cam, BinaryClassifierOutputTarget), to 1e-6, both targets."
+    from pytorch_grad_cam import GradCAM
+    from pytorch_grad_cam.utils.model_targets import BinaryClassifierOutputTarget
+    from pdl1_dls.explain import gradcam
+    net = _trained_like_net(3)
+    x = torch.randn(3, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    for t in (1, 0):
+        with GradCAM(model=net, target_layers=[net.target_layer]) as cam:
+            ref = cam(input_tensor=x, targets=[BinaryClassifierOutputTarget(t)] * len(x))
+        got = gradcam(net, x, t)
+        assert ref.shape == got.shape == (3, 64, 64) and ref.std() > 0
+        assert np.allclose(got, ref, atol=1e-6, rtol=0)
 
 
 def _trained_like_net(seed=0):

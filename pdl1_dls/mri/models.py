@@ -1,4 +1,4 @@
-"""Per-sequence ResNet classifiers, PCA to 128, a transformer fusion over the three sequences, and Grad-CAM (Ding 2025).
+"""Per-sequence ResNet classifiers, PCA to 128, a transformer fusion over the three sequences (Ding 2025); their Grad-CAM is `pdl1_dls.explain.gradcam`.
 
 Docs: https://pdl1-dls.github.io/pdl1_dls/mri/models.html.md"""
 
@@ -23,8 +23,7 @@ from ..core import PDL1Error
 BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
 
 # %% auto #0
-__all__ = ['BACKBONES', 'resnet_backbone', 'SequenceNet', 'focal_loss', 'extract_features', 'FeatureReducer', 'FusionTransformer',
-           'mri_gradcam']
+__all__ = ['BACKBONES', 'resnet_backbone', 'SequenceNet', 'focal_loss', 'extract_features', 'FeatureReducer', 'FusionTransformer']
 
 # %% ../../nbs/mri/21_models.ipynb #f5f8b23a
 def resnet_backbone(name: str = "resnet18",  # a torchvision ResNet: resnet18 … resnet152 (the paper: resnet101)
@@ -222,18 +221,3 @@ class FusionTransformer(nn.Module):
         "DLS = softmax probability of high PD-L1, in eval mode."
         self.eval()
         return torch.softmax(self(torch.as_tensor(tokens, dtype=torch.float32)), 1)[:, 1].numpy()
-
-# %% ../../nbs/mri/21_models.ipynb #9fd878eb
-def mri_gradcam(model: SequenceNet,  # a per-sequence model
-                x,  # (n, 3, h, w) inputs (normalised as in training) or one (3, h, w)
-                target: int = 1,  # 1: evidence for high PD-L1; 0: for low
-               ) -> np.ndarray:
-    "Grad-CAM heat maps (n, h, w) in 0–1 on the last convolutional block."
-    from pytorch_grad_cam import GradCAM
-    from pytorch_grad_cam.utils.model_targets import BinaryClassifierOutputTarget
-    x = torch.as_tensor(np.asarray(x), dtype=torch.float32)
-    if x.ndim == 3: x = x[None]
-    model.eval()
-    x = x.to(next(model.parameters()).device)
-    with GradCAM(model=model, target_layers=[model.target_layer]) as cam:
-        return cam(input_tensor=x, targets=[BinaryClassifierOutputTarget(int(target))] * len(x))

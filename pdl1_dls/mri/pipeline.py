@@ -25,7 +25,7 @@ from ..stats.roc import auc_ci
 from ..training import (EarlyStopping, config_hash, fit_epochs, load_state, manifest_train_settings, permute_patient_labels,
                                read_bundle, refuse_skipped, reuse_or_clear, save_state, split_inner, write_bundle)
 from .preprocess import PLANES, SEQUENCES, MRIParams, augment_batch, mri_augment, mri_cohort
-from .models import FeatureReducer, FusionTransformer, SequenceNet, extract_features, focal_loss, mri_gradcam
+from .models import FeatureReducer, FusionTransformer, SequenceNet, extract_features, focal_loss
 
 # %% auto #0
 __all__ = ['MRITRAIN_PROFILES', 'PIPELINE', 'toy_mri_table', 'MRITrainConfig', 'fit_sequence', 'fit_fusion', 'MRIMember',
@@ -273,11 +273,12 @@ class MRIRun:
                 seq: int,  # sequence index (order of cfg.sequences)
                 target: int = 1,  # 1: evidence for high PD-L1; 0: for low
                ) -> np.ndarray:
-        "Grad-CAM of one sequence averaged over the members' CNNs: (n, input_size, input_size) in 0–1."
+        "Grad-CAM (`explain.gradcam`) of one sequence averaged over the members' CNNs: (n, input_size, input_size) in 0–1."
+        from pdl1_dls.explain import gradcam
         x = np.asarray(x, np.float32)
         if x.ndim == 3: x = x[None]
         xi = _prep(x, *self.zscore[seq], self.cfg.input_size)
-        return np.mean([mri_gradcam(m.models[seq], xi, target) for m in self.members], 0)
+        return np.mean([gradcam(m.models[seq], xi, int(target)) for m in self.members], 0)
 
     def save(self, run_dir) -> list:
         "Write each member's state dicts and reducer arrays to member<k>/ (atomically); return the files written."
@@ -290,12 +291,17 @@ class MRIRun:
             files += [f"member{k}/cnn_{s}.pt" for s in self.cfg.sequences] + [f"member{k}/fusion.pt", f"member{k}/reducer.npz"]
         return files
 
+    @staticmethod
+    def config(meta: dict) -> MRITrainConfig:
+        "The `MRITrainConfig` recorded in a bundle's model.json."
+        return MRITrainConfig(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in meta["config"].items()})
+
     @classmethod
     def load(cls, run_dir, meta: dict | None = None) -> "MRIRun":
         "Read a bundle written by `train_mri_study` (checked by `training.read_bundle`; weights_only loads, no pickles)."
         run_dir = Path(run_dir)
         meta = meta or read_bundle(run_dir)
-        cfg = MRITrainConfig(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in meta["config"].items()})
+        cfg = cls.config(meta)
         members = []
         for k in range(n_members(cfg)):
             d = run_dir / f"member{k}"
@@ -503,16 +509,16 @@ class MRIPipeline:
         "The trained `MRIRun` of a bundle (`training.Model`)."
         return MRIRun.load(model.path, model.meta)
 
-    def _params(self, run):
-        return MRIParams(size=run.cfg.size, margin_mm=run.cfg.margin_mm, sequences=tuple(run.cfg.sequences))
+    def _params(self, cfg: MRITrainConfig) -> MRIParams:
+        return MRIParams(size=cfg.size, margin_mm=cfg.margin_mm, sequences=tuple(cfg.sequences))
 
     def score(self, model, study, cohorts=None, device=None, skip_bad=False, cache_dir=None) -> dict:
         "dls (patient_id, cohort, dls, dls_<seq>, n_slices), features (deep features, tokens, per-sequence probabilities), skipped."
         run = self.load(model)
         table, lab, name = _as_table(study, None)
         if cohorts is not None: table = table[table["cohort"].isin(cohorts)]
-        cache = Path(cache_dir) if cache_dir is not None else Path(get_settings().cache_dir) / "mri" / name
-        X, meta, skipped = mri_cohort(table, cache, self._params(run))
+        cache = Path(cache_dir) if cache_dir is not None else self.cache_dir(name)
+        X, meta, skipped = mri_cohort(table, cache, self._params(run.cfg))
         refuse_skipped(skipped, skip_bad)
         sc = run.score(X, device=get_device(device) if device is not None else None)
         return dict(dls=_dls_frame(meta, sc, run.cfg.sequences), skipped=skipped,
@@ -522,7 +528,7 @@ class MRIPipeline:
         "One patient from files: dls, dls_high, cutoff, dls_<seq>; writes prediction.json and gradcam.png into `out`."
         from pdl1_dls.mri.preprocess import mri_slices
         run = self.load(model)
-        x, _ = mri_slices({s: files[s] for s in run.cfg.sequences}, files["roi"], self._params(run))
+        x, _ = mri_slices({s: files[s] for s in run.cfg.sequences}, files["roi"], self._params(run.cfg))
         X = np.asarray(x, np.float32)[None]
         sc = run.score(X, device=get_device(device) if device is not None else None)
         res = dict(dls=float(sc["dls"][0]), dls_high=bool(sc["dls"][0] >= model.cutoff), cutoff=model.cutoff,
@@ -546,5 +552,50 @@ class MRIPipeline:
         with atomic_path(path) as tmp: fig.savefig(tmp, dpi=100, format="png")
         plt.close(fig)
         return path
+
+    # What the Grad-CAM explorer (`pdl1_dls.explore.GradcamExplorer`) asks of a pipeline
+    def cache_dir(self, study: str, root=None) -> Path:
+        "Where the per-patient 2.5D inputs of a study are cached: `root` (default: settings cache_dir)/mri/<study>."
+        return Path(root if root is not None else get_settings().cache_dir) / "mri" / study
+
+    def explorer_models(self, bundles: dict) -> dict:
+        "{sequence: spec} for a run's bundles ({score column: folder}): the CNN of each sequence of the fused ('dls') bundle."
+        b = Path(bundles["dls"])
+        seqs = read_bundle(b, verify=False)["config"]["sequences"]
+        return {s: dict(bundle=b, score="dls", title=f"{s} CNN", score_name="fused DLS", extra={f"{s} CNN probability": f"dls_{s}"})
+                for s in seqs}
+
+    def explorer_inputs(self, model, row, cache_dir=None) -> dict:
+        "One patient's 2.5D input (sequence, plane, size, size) in 0–1 (through the cache when given); the 'slices' are the maximum-area planes."
+        from pdl1_dls.mri.preprocess import cached_mri_slices, mri_slices
+        cfg = MRIRun.config(model.meta)
+        prm, pid, rn = self._params(cfg), str(row["patient_id"]), row.get("roi_name")
+        imgs, rn = {s: row[s] for s in cfg.sequences}, None if rn is None or pd.isna(rn) else rn
+        x, meta = (cached_mri_slices(imgs, row["roi"], cache_dir, prm, pid, rn) if cache_dir is not None
+                   else mri_slices(imgs, row["roi"], prm, pid, rn))
+        sl = [int(meta["slice_index"][q]) for q in PLANES]
+        return dict(images=x, meta=meta, sequences=list(cfg.sequences), slices=sl,
+                    labels=[f"{q} plane, slice {k}" for q, k in zip(PLANES, sl)])
+
+    def explorer_cams(self, net: "MRIRun", inputs: dict, name: str, target: int = 1) -> np.ndarray:
+        "Grad-CAM of the sequence's CNNs (`MRIRun.gradcam`, mean over the members) resized to the input: one map per plane (the same map)."
+        s = inputs["sequences"].index(name)
+        x = inputs["images"][s]
+        cam = torch.as_tensor(net.gradcam(x, s, int(target)), dtype=torch.float32)
+        cam = F.interpolate(cam[:, None], size=x.shape[-2:], mode="bilinear")[:, 0].numpy()
+        return np.repeat(cam, len(x), 0)   # the CNN sees the three planes together (as channels): one map for all
+
+    def explorer_figure(self, inputs: dict, cams: np.ndarray, pos: int, name: str, alpha: float = 0.45):
+        "The chosen plane of the sequence, its Grad-CAM overlay, and the same map over the other two planes (the explorer adds the title)."
+        import matplotlib.pyplot as plt
+        x, s = inputs["images"], inputs["sequences"].index(name)
+        rest = [i for i in range(len(PLANES)) if i != pos]
+        panels = [(pos, False, f"{name} {PLANES[pos]}"), (pos, True, "Grad-CAM overlay")] + [(i, True, f"{PLANES[i]} (same map)") for i in rest]
+        fig, axes = plt.subplots(1, len(panels), figsize=(9.5, 2.9))
+        for ax, (i, overlay, title) in zip(axes, panels):
+            ax.imshow(x[s, i], cmap="gray", vmin=0, vmax=1)
+            if overlay: ax.imshow(cams[i], cmap="jet", alpha=alpha, vmin=0, vmax=1)
+            ax.set_title(title, fontsize=9); ax.axis("off")
+        return fig
 
 PIPELINE = MRIPipeline()

@@ -457,8 +457,7 @@ class PETCTPipeline:
         "One patient from files: dls, dls_high, cutoff, n_slices; writes prediction.json and gradcam.png into `out`."
         from pdl1_dls.petct.preprocess import patient_hyperimages
         net, cfg = self.load(model, device)
-        prm = {k: (tuple(v) if isinstance(v, list) else v) for k, v in (model.meta.get("preprocessing") or {}).items()}
-        hi = patient_hyperimages("patient", files["pet"], files["ct"], files["roi"], cache_dir=None, **prm)
+        hi = patient_hyperimages("patient", files["pet"], files["ct"], files["roi"], cache_dir=None, **self._preprocessing(model))
         dls, _, ns = self._apply(net, cfg, {"patient": hi.images}, ["patient"])
         res = dict(dls=float(dls[0]), dls_high=bool(dls[0] >= model.cutoff), cutoff=model.cutoff, n_slices=int(ns[0]),
                    model=str(model.path), config_hash=model.meta.get("config_hash"))
@@ -481,5 +480,50 @@ class PETCTPipeline:
         with atomic_path(path) as tmp: fig.savefig(tmp, dpi=120, format="png")
         plt.close(fig)
         return path
+
+    def _preprocessing(self, model) -> dict:
+        "The bundle's hyper-image parameters as `patient_hyperimages` takes them (JSON lists back to tuples)."
+        return {k: (tuple(v) if isinstance(v, list) else v) for k, v in (model.meta.get("preprocessing") or {}).items()}
+
+    # What the Grad-CAM explorer (`pdl1_dls.explore.GradcamExplorer`) asks of a pipeline
+    def cache_dir(self, study: str, root=None) -> Path:
+        "Where the per-patient hyper-images of a study are cached: `root` (default: settings cache_dir)/petct/<study>."
+        return Path(root if root is not None else get_settings().cache_dir) / "petct" / study
+
+    def explorer_models(self, bundles: dict) -> dict:
+        "{name: spec} the explorer offers for a run's bundles ({score column: folder}, `analysis.run_models`): one per bundle, by channels."
+        from pdl1_dls.training import read_bundle
+        found = {}
+        for col, b in bundles.items():
+            ch = read_bundle(b, verify=False)["config"]["channels"]
+            found[ch] = dict(bundle=Path(b), score=col, title=f"{ch} model", score_name="DLS", extra={})
+        return {k: found[k] for k in sorted(found, key=list(self.scores).index)}
+
+    def explorer_inputs(self, model, row, cache_dir=None) -> dict:
+        "One patient's hyper-images (`HyperImages`, through the cache when given), the CT slice of each and how the slider reads it."
+        from pdl1_dls.petct.preprocess import patient_hyperimages
+        hi = patient_hyperimages(str(row["patient_id"]), row["pet"], row["ct"], row["roi"], cache_dir=cache_dir,
+                                 roi_name=row.get("roi_name"), **self._preprocessing(model))
+        return dict(images=hi, slices=[int(s) for s in hi.slices], labels=[f"CT slice {int(s)}" for s in hi.slices])
+
+    def explorer_cams(self, net, inputs: dict, name: str, target: int = 1) -> np.ndarray:
+        "Grad-CAM (`explain.gradcam`) of every hyper-image, on the channels the model was trained on: (n_slices, 64, 64) in [0, 1]."
+        from pdl1_dls.explain import gradcam
+        m, cfg = net
+        x = inputs["images"].images[:, list(CHANNELS[cfg.channels])]
+        return gradcam(m, np.ascontiguousarray(x, dtype=np.float32), target=int(target))
+
+    def explorer_figure(self, inputs: dict, cams: np.ndarray, pos: int, name: str, alpha: float = 0.45):
+        "CT, PET and fusion of one hyper-image, with the Grad-CAM over the CT and over the fusion (the explorer adds the title)."
+        import matplotlib.pyplot as plt
+        pet, ct, fus = inputs["images"].images[pos]
+        fig, axes = plt.subplots(1, 5, figsize=(11, 2.9))
+        for ax, img, t, cm in zip(axes, (ct, pet, fus), ("CT", "PET", "fusion"), ("gray", "hot", "gray")):
+            ax.imshow(img, cmap=cm, vmin=0, vmax=1); ax.set_title(t, fontsize=9)
+        for ax, base, t in ((axes[3], ct, "Grad-CAM on CT"), (axes[4], fus, "Grad-CAM on fusion")):
+            ax.imshow(base, cmap="gray", vmin=0, vmax=1); ax.imshow(cams[pos], cmap="jet", alpha=alpha, vmin=0, vmax=1)
+            ax.set_title(t, fontsize=9)
+        for ax in axes: ax.axis("off")
+        return fig
 
 PIPELINE = PETCTPipeline()
