@@ -395,7 +395,7 @@ def train_mri_study(study_or_path,  # manifest path, `pdl1_dls.manifest.Study`, 
     if cfg.weights is None:
         warnings.warn(f"{cfg.backbone}: no ImageNet weights file given; the CNNs start from random weights", stacklevel=2)
     out_dir = Path(out_dir); out_dir.mkdir(parents=True, exist_ok=True)
-    cache = Path(cache_dir) if cache_dir is not None else Path(get_settings().cache_dir) / "mri" / name
+    cache = Path(cache_dir) if cache_dir is not None else PIPELINE.cache_dir(name)
     params = MRIParams(size=cfg.size, margin_mm=cfg.margin_mm, sequences=tuple(cfg.sequences))
     X, meta, skipped = mri_cohort(table, cache, params)
     refuse_skipped(skipped, skip_bad)

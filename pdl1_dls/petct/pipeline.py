@@ -294,8 +294,7 @@ def _check_petct(study):
     if study.modality != "petct": raise PDL1Error(f"cannot train on modality {study.modality!r}", file=study.path)
 
 def _default_cache(study, cache_dir):
-    if cache_dir is not None: return Path(cache_dir)
-    return Path(get_settings().cache_dir) / "petct" / study.name
+    return Path(cache_dir) if cache_dir is not None else PIPELINE.cache_dir(study.name)
 
 def _hyper(study, table: pd.DataFrame, cache_dir, params: dict | None = None) -> tuple[dict, pd.DataFrame]:
     "Hyper-images of the table's patients (cached) and the skipped patients with reasons."

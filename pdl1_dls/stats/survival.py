@@ -496,11 +496,7 @@ def cox(df: pd.DataFrame,  # one row per patient
     else:
         vals = (np.full(len(names), np.nan),) * 4
     coef, se, zz, pp, warn, msg = _flag_estimates(names, *vals, sep, converged, err, "monotone likelihood")
-    z = float(_st.norm.ppf(1 - (1 - level) / 2))
-    with np.errstate(invalid="ignore", over="ignore"):
-        tab = pd.DataFrame({"coef": coef, "se": se, "hr": np.exp(coef), "hr_lo": np.exp(coef - z * se),
-                            "hr_hi": np.exp(coef + z * se), "z": zz, "p": pp, "warning": warn},
-                           index=pd.Index(names, name="covariate"))
+    tab = _ratio_table(names, coef, se, zz, pp, warn, level, "hr")
     conc = None
     if not sep.separated and f is not None:
         lp = linear_predictor(X.to_numpy(float), coef)
@@ -510,6 +506,15 @@ def cox(df: pd.DataFrame,  # one row per patient
         msg = f"cox {duration_col} ~ {' + '.join(map(str, covariates))}: {msg}"
         warnings.warn(msg, SeparationWarning if sep.separated else NonConvergenceWarning, stacklevel=2)
     return CoxResult(tab, conc, len(d), int(e.sum()), dropped, f, sep.infinite, bool(converged), msg)
+
+def _ratio_table(names, coef, se, zz, pp, warn, level: float, ratio: str) -> pd.DataFrame:
+    "Coefficient table with the exponentiated ratio (hr or or) and its Wald CI, one row per covariate."
+    z = float(_st.norm.ppf(1 - (1 - level) / 2))
+    with np.errstate(invalid="ignore", over="ignore"):
+        return pd.DataFrame({"coef": coef, "se": se, ratio: np.exp(coef), f"{ratio}_lo": np.exp(coef - z * se),
+                             f"{ratio}_hi": np.exp(coef + z * se), "z": zz, "p": pp, "warning": warn},
+                            index=pd.Index(names, name="covariate"))
+
 
 # %% ../../nbs/51_stats_survival.ipynb #0ac953b3
 @dataclass(frozen=True)
@@ -671,11 +676,7 @@ def logistic(df: pd.DataFrame,  # one row per patient
         except np.linalg.LinAlgError: converged = False
     vals = (f.params, f.bse, f.tvalues, f.pvalues) if f is not None else (np.full(len(names), np.nan),) * 4
     coef, se, zz, pp, warn, msg = _flag_estimates(names, *vals, sep, converged, err, "separation")
-    z = float(_st.norm.ppf(1 - (1 - level) / 2))
-    with np.errstate(invalid="ignore", over="ignore"):
-        tab = pd.DataFrame({"coef": coef, "se": se, "or": np.exp(coef), "or_lo": np.exp(coef - z * se),
-                            "or_hi": np.exp(coef + z * se), "z": zz, "p": pp, "warning": warn},
-                           index=pd.Index(names, name="covariate"))
+    tab = _ratio_table(names, coef, se, zz, pp, warn, level, "or")
     auc = None
     if not sep.separated and f is not None:
         auc = delong_ci(y, linear_predictor(Xc.to_numpy(float), coef), level)
