@@ -212,8 +212,9 @@ def fake(monkeypatch):
 
 
 def test_train_and_score_study_outputs(fake, tmp_path):
-    m = T.train_study(fake, tmp_path, seed=0, epochs=2, batch_size=16, device="cpu")
-    saved = json.loads((tmp_path / "metrics.json").read_text())
+    run = tmp_path / "run"
+    m = T.train_study(fake, run, seed=0, epochs=2, batch_size=16, device="cpu")
+    saved = json.loads((run / "metrics.json").read_text())
     assert saved == json.loads(json.dumps(m))
     for k in ("val_auc", "val_auc_lo", "val_auc_hi", "train_auc", "inner_auc", "best_epoch", "n_patients", "n_slices",
               "permuted", "seed"):
@@ -221,12 +222,12 @@ def test_train_and_score_study_outputs(fake, tmp_path):
     assert saved["n_patients"] == dict(fit=12, inner=3, validation=8)   # tr000 skipped: 15 (8+, 7-); 20 % of each class inner
     assert saved["permuted"] is False and 0 <= saved["val_auc"] <= 1 and saved["permuted_label_phi"] is None
     assert saved["n_skipped"] == 1 and saved["skipped_reasons"] == {"ROI is empty": 1}
-    bundle = sorted(p.name for p in tmp_path.iterdir())
+    bundle = sorted(p.name for p in run.iterdir())
     assert bundle == ["MODEL_CARD.md", "metrics.json", "model.json", "model.pt", "train_log.csv"]
     ids = set(fake.table().patient_id)
-    assert not any(pid in (tmp_path / f).read_text() for f in bundle if f != "model.pt" for pid in ids)   # no identifier in the bundle
-    df = load_model(tmp_path).score(fake, tmp_path / "scored", skip_bad=True)
-    assert sorted(p.name for p in tmp_path.iterdir() if p.name != "scored") == bundle                     # nothing written into it
+    assert not any(pid in (run / f).read_text() for f in bundle if f != "model.pt" for pid in ids)   # no identifier in the bundle
+    df = load_model(run).score(fake, tmp_path / "scored", skip_bad=True)
+    assert sorted(p.name for p in run.iterdir()) == bundle                     # nothing written into it
     assert list(df.columns) == ["patient_id", "cohort", "dls", "dls_high", "n_slices"]
     assert set(df.cohort) == {"tr", "va", "ici"} and len(df) == len(fake.table()) - 1   # unlabeled ICI cohort scored too
     assert df.dls.between(0, 1).all() and ((df.dls >= saved["cutoff"]) == (df.dls_high == 1)).all()
@@ -239,7 +240,7 @@ def test_train_and_score_study_outputs(fake, tmp_path):
     assert abs(auc_ci(v.pdl1, v.dls)["auc"] - saved["val_auc"]) < 1e-9
     # refusing bad data: the skipped patient is a one-line error naming it
     with pytest.raises(PDL1Error, match="patient=tr000.*ROI is empty"):
-        load_model(tmp_path).score(fake, tmp_path / "refused")
+        load_model(run).score(fake, tmp_path / "refused")
 
 
 def test_retrain_or_refuse_changed_settings(fake, tmp_path):
