@@ -224,7 +224,7 @@ def plot_survival(view: SurvivalView,  # from `SurvivalExplorer.compute`
                  ):
     "Kaplan-Meier curves with CI bands and the at-risk table of a survival view; returns the figure."
     import matplotlib.pyplot as plt
-    from pdl1_dls.papers.mu2021 import plot_km
+    from pdl1_dls.plots import plot_km
     if ax is None:
         fig, ax = plt.subplots(figsize=(7, 4.6))
         fig.subplots_adjust(bottom=0.32, left=0.12, right=0.97, top=0.9)

@@ -1,4 +1,4 @@
-"""Paper-specific helpers for the Mu 2021 reproduction notebooks: PD-L1 TPS groups, the AUC with its DeLong CI and its p against 0.5, the standard ROC plot with the DeLong CI, the numbers of Table 2, the Kaplan-Meier plot with its at-risk table, and the radiomics quality score (RQS) checklist.
+"""Paper-specific helpers for the Mu 2021 reproduction notebooks: PD-L1 TPS groups, the numbers of Table 2, and the radiomics quality score (RQS) checklist. (The ROC and Kaplan-Meier plots are in `pdl1_dls.plots`, the AUC test against 0.5 in `pdl1_dls.stats.roc`.)
 
 Docs: https://pdl1-dls.github.io/pdl1_dls/papers/mu2021.html.md"""
 
@@ -7,23 +7,18 @@ Docs: https://pdl1-dls.github.io/pdl1_dls/papers/mu2021.html.md"""
 # %% ../../nbs/papers/62_mu2021.ipynb #bff4478d
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import yaml
-from scipy import stats as _st
 
 import pdl1_dls
-from ..stats.roc import auc_ci, delong_ci, roc_curve
 from ..stats.association import fisher_exact, mann_whitney
 from ..stats.survival import at_risk, kaplan_meier
 
 # %% auto #0
-__all__ = ['TPS_GROUPS', 'TABLE2_LEVELS', 'tps_group', 'auc_test', 'plot_roc', 'fisher_rxc', 'table2_numbers', 'KMPlot',
-           'plot_km', 'rqs_checklist', 'rqs_table']
+__all__ = ['TPS_GROUPS', 'TABLE2_LEVELS', 'tps_group', 'fisher_rxc', 'table2_numbers', 'rqs_checklist', 'rqs_table']
 
 # %% ../../nbs/papers/62_mu2021.ipynb #6b339f3e
 TPS_GROUPS = ("<1%", "1-49%", ">=50%")
@@ -36,47 +31,6 @@ def tps_group(tps,  # PD-L1 tumour proportion score in % (0-100); NaN = not avai
     if bad.any(): raise ValueError(f"TPS must be a percentage in [0, 100]; got {v[bad].iloc[0]!r}")
     return pd.Categorical(pd.cut(v, [-np.inf, 1, 50, np.inf], right=False, labels=list(TPS_GROUPS)),
                           categories=list(TPS_GROUPS), ordered=True)
-
-# %% ../../nbs/papers/62_mu2021.ipynb #313e0eaa
-def auc_test(y,  # 0/1 labels (NaN = unlabelled, dropped)
-             score,  # scores; higher = more likely positive (NaN dropped)
-             level: float = 0.95,  # CI level
-            ) -> dict:
-    "`auc_ci` (n, n_pos, n_neg, auc, lo, hi, note) with `z` and the two-sided `p` of AUC = 0.5 from the DeLong variance."
-    a = dict(auc_ci(y, score, level), z=np.nan, p=np.nan)
-    if not np.isfinite(a["lo"]): return a
-    yy, s = np.asarray(y, dtype=float), np.asarray(score, dtype=float)
-    ok = ~(np.isnan(yy) | np.isnan(s))
-    se = math.sqrt(delong_ci(yy[ok].astype(int), s[ok], level).var)
-    if se > 0:
-        a["z"] = (a["auc"] - 0.5) / se
-        a["p"] = float(2 * _st.norm.sf(abs(a["z"])))
-    else:
-        a["note"] = (a["note"] + "; " if a["note"] else "") + "DeLong variance 0 (perfect separation): no p against 0.5"
-    return a
-
-def plot_roc(ax,  # matplotlib Axes
-             y,  # 0/1 labels
-             score,  # scores; higher = more likely positive
-             label: str = "",  # legend label (the AUC and CI are appended)
-             level: float = 0.95,  # CI level
-             diagonal: bool = True,  # draw the chance line
-             **kw,  # passed to `ax.plot` (color, lw, ls, ...)
-            ) -> dict:
-    "Draw an ROC curve with 'label AUC (CI)' in the legend; return its `auc_test` (CI and p NaN when undefined)."
-    a = auc_test(y, score, level)
-    yy, s = np.asarray(y, dtype=float), np.asarray(score, dtype=float)
-    ok = ~(np.isnan(yy) | np.isnan(s))
-    c = roc_curve(yy[ok].astype(int), s[ok])
-    ci = f" ({a['lo']:.2f}-{a['hi']:.2f})" if np.isfinite(a["lo"]) else ""
-    ax.plot(1 - c["specificity"], c["sensitivity"], label=f"{label} AUC {a['auc']:.2f}{ci}".strip(), **kw)
-    if diagonal and not getattr(ax, "_pdl1_diag", False):
-        ax.plot([0, 1], [0, 1], color="0.7", lw=0.8, ls="--"); ax._pdl1_diag = True
-    ax.set_xlabel("1 - specificity"); ax.set_ylabel("sensitivity")
-    ax.set_xlim(-0.01, 1.01); ax.set_ylim(-0.01, 1.01); ax.set_aspect("equal")
-    ax.legend(loc="lower right", fontsize=8)
-    return a
-
 
 # %% ../../nbs/papers/62_mu2021.ipynb #7ffbe4fd
 _YES, _NO = ("1", "1.0", "true", "yes"), ("0", "0.0", "false", "no")
@@ -150,66 +104,6 @@ def table2_numbers(d: pd.DataFrame,  # one cohort's scored patients
     add("table2_dls_p", mann_whitney(a, b).p if len(a) and len(b) else None, note="Wilcoxon rank-sum, high vs low DLS", why="one DLS group empty: no test")
     return pd.DataFrame(rows, columns=["key", "value", "lo", "hi", "note"])
 
-
-# %% ../../nbs/papers/62_mu2021.ipynb #f33fd742
-@dataclass
-class KMPlot:
-    "What `plot_km` drew: per-group KM fits, medians with CIs, and the at-risk table."
-    km: dict  # group -> `KM`
-    medians: pd.DataFrame  # group, n, events, median, lo, hi
-    at_risk: pd.DataFrame  # groups x time points
-    lines: dict  # group -> matplotlib Line2D
-
-def plot_km(ax,  # matplotlib Axes
-            time,  # follow-up times
-            event,  # 1 = event, 0 = censored
-            group,  # group label per patient (e.g. "high DLS"/"low DLS")
-            order: list | None = None,  # groups in legend order; default sorted
-            times=None,  # at-risk time points; default 6 points from 0 to the last time
-            risk_table: bool = True,  # print the at-risk numbers under the axes
-            colors: list | None = None,  # one colour per group
-            xlabel: str = "months",  # x-axis label
-            ylabel: str = "survival probability",  # y-axis label
-            censor_marks: bool = True,  # '+' at censored times
-            conf_type: str = "log",  # CI of the medians: "log" (R's default), "log-log" or "plain" (SPSS's symmetric one)
-           ) -> KMPlot:
-    "Kaplan-Meier curves per group with medians and the number at risk, returned as data."
-    t, e = np.asarray(time, dtype=float), np.asarray(event, dtype=float)
-    g = np.asarray(pd.Series(group).astype(object))
-    if not (len(t) == len(e) == len(g)): raise ValueError(f"mismatched lengths: time {len(t)}, event {len(e)}, group {len(g)}")
-    ok = ~(np.isnan(t) | np.isnan(e) | pd.isna(g))
-    t, e, g = t[ok], e[ok], g[ok]
-    if len(t) == 0: raise ValueError("no patient with time, event and group")
-    levels = list(order) if order is not None else sorted(pd.unique(g), key=str)
-    levels = [l for l in levels if (g == l).any()]
-    times = np.linspace(0, t.max(), 6) if times is None else np.asarray(times, dtype=float)
-    kms, lines, rows = {}, {}, []
-    for i, lev in enumerate(levels):
-        m = g == lev
-        k = kaplan_meier(t[m], e[m], conf_type=conf_type)
-        kms[lev] = k
-        tab = k.table
-        x = np.concatenate([[0.0], tab["time"].to_numpy()])
-        ys = np.concatenate([[1.0], tab["surv"].to_numpy()])
-        col = colors[i] if colors else f"C{i}"
-        med = "NR" if np.isinf(k.median) else f"{k.median:.1f}"
-        (ln,) = ax.step(x, ys, where="post", color=col, label=f"{lev} (n={k.n}, median {med})")
-        lines[lev] = ln
-        if censor_marks:
-            cz = tab[tab["n_censor"] > 0]
-            ax.plot(cz["time"], cz["surv"], "+", color=col, ms=6)
-        rows.append(dict(group=lev, n=k.n, events=k.events, median=k.median, lo=k.lo, hi=k.hi))
-    ar = at_risk(t, g, times).reindex(levels)
-    ax.set_ylim(0, 1.02); ax.set_xlim(0, times.max() * 1.02 if times.max() > 0 else 1)
-    ax.set_xlabel(xlabel); ax.set_ylabel(ylabel); ax.legend(loc="upper right", fontsize=8)
-    if risk_table:
-        trans = ax.get_xaxis_transform()
-        ax.text(0, -0.22, "at risk", transform=trans, fontsize=7, ha="right", va="top")
-        for j, lev in enumerate(levels):
-            for p, n in zip(times, ar.loc[lev]):
-                ax.text(p, -0.22 - 0.07 * (j + 1), str(int(n)), transform=trans, fontsize=7, ha="center", va="top",
-                        color=lines[lev].get_color())
-    return KMPlot(kms, pd.DataFrame(rows), ar, lines)
 
 # %% ../../nbs/papers/62_mu2021.ipynb #1006be59
 def rqs_checklist(path: str | Path | None = None,  # a checklist YAML; default the package's

@@ -19,8 +19,8 @@ from scipy import stats as _st
 from ..core import PDL1Error
 
 # %% auto #0
-__all__ = ['METRICS', 'DelongCI', 'auc', 'delong_ci', 'auc_ci', 'DelongTest', 'delong_test', 'delong_test_unpaired', 'Youden',
-           'roc_curve', 'youden_cutoff', 'binary_metrics', 'BootCI', 'bootstrap_ci', 'bootstrap_auc',
+__all__ = ['METRICS', 'DelongCI', 'auc', 'delong_ci', 'auc_ci', 'auc_test', 'DelongTest', 'delong_test', 'delong_test_unpaired',
+           'Youden', 'roc_curve', 'youden_cutoff', 'binary_metrics', 'BootCI', 'bootstrap_ci', 'bootstrap_auc',
            'SeparationWarning', 'NonConvergenceWarning', 'SeparationError', 'Separation', 'separation', 'brier_score',
            'Calibration', 'calibration', 'decision_curve']
 
@@ -130,6 +130,25 @@ def auc_ci(y,  # 0/1 labels (NaN = unlabelled, dropped)
     except ValueError as e:
         out["note"] = f"no DeLong CI: {e}"
     return out
+
+
+# %% ../../nbs/50_stats_roc.ipynb #5c82dfdd
+def auc_test(y,  # 0/1 labels (NaN = unlabelled, dropped)
+             score,  # scores; higher = more likely positive (NaN dropped)
+             level: float = 0.95,  # CI level
+            ) -> dict:
+    "`auc_ci` (n, n_pos, n_neg, auc, lo, hi, note) with `z` and the two-sided `p` of AUC = 0.5 from the DeLong variance."
+    a = dict(auc_ci(y, score, level), z=np.nan, p=np.nan)
+    if not np.isfinite(a["lo"]): return a
+    yy, s = np.asarray(y, dtype=float), np.asarray(score, dtype=float)
+    ok = ~(np.isnan(yy) | np.isnan(s))
+    se = math.sqrt(delong_ci(yy[ok].astype(int), s[ok], level).var)
+    if se > 0:
+        a["z"] = (a["auc"] - 0.5) / se
+        a["p"] = float(2 * _st.norm.sf(abs(a["z"])))
+    else:
+        a["note"] = (a["note"] + "; " if a["note"] else "") + "DeLong variance 0 (perfect separation): no p against 0.5"
+    return a
 
 
 # %% ../../nbs/50_stats_roc.ipynb #8528547c
