@@ -56,6 +56,8 @@ def test_preprocess_reports_a_failed_patient_and_keeps_the_rest(tiny_petct, tmp_
     "A patient whose CT is unreadable: named with the reason on stderr (exit 2); every other patient's entry is written."
     from pdl1_dls.manifest import load_study
     root = tmp_path / "study"; shutil.copytree(Path(tiny_petct).parent, root)
+    y = root / "study.yaml"                                          # without checksums (they would refuse the study)
+    y.write_text("".join(l for l in y.read_text().splitlines(True) if not l.startswith("checksums:")))
     victim = load_study(root / "study.yaml").table().iloc[9]
     Path(victim["ct"]).write_bytes(b"not an image")
     rc, out, err = _run(["preprocess", "--manifest", str(root / "study.yaml"), "--workers", "2", "--cache-dir", str(tmp_path / "c"),
@@ -107,8 +109,8 @@ def test_preprocess_on_a_running_cluster_gives_the_same_bytes(tiny_petct, tmp_pa
     assert len(a) == 16 and a == b
 
 
-def test_scheduler_unreachable_is_one_line():
-    rc, out, err = _run(["preprocess", "--manifest", str(REPO / "data_manifests" / "demo_petct.yaml"), "--scheduler", "tcp://127.0.0.1:9"])
+def test_scheduler_unreachable_is_one_line(tiny_petct):
+    rc, out, err = _run(["preprocess", "--manifest", str(tiny_petct), "--scheduler", "tcp://127.0.0.1:9"])
     assert rc == 2 and err.count("\n") == 1 and "cannot reach the Dask scheduler at tcp://127.0.0.1:9" in err
 
 
