@@ -1,4 +1,4 @@
-"""The `pdl1-dls` command: `synth`, `validate`, `train`, `score`, `reproduce` and `explore`.
+"""The `pdl1-dls` command: `synth`, `validate`, `preprocess`, `train`, `score`, `predict`, `reproduce` and `explore`.
 
 Docs: https://pdl1-dls.github.io/pdl1_dls/cli.html.md"""
 
@@ -18,6 +18,23 @@ from .core import PDL1Error, get_settings
 __all__ = ['default_out', 'build_parser', 'main']
 
 # %% ../nbs/70_cli.ipynb #b6a4eb56
+def _scaled(a) -> bool: return getattr(a, "workers", None) is not None or getattr(a, "scheduler", None) is not None
+
+def _fill_cache(a, study, **kw):
+    "Fill the study's per-patient cache on Dask (`pdl1_dls.scale.preprocess_study`); print a summary and each failed patient."
+    from pdl1_dls.scale import failure_lines, preprocess_study
+    rep = preprocess_study(study, workers=a.workers, scheduler=a.scheduler, **kw)
+    for line in failure_lines(rep): print(f"failed: {line}", file=sys.stderr)
+    n_bad = int((~rep["ok"]).sum())
+    print(f"{len(rep) - n_bad}/{len(rep)} patients in the cache {rep.attrs['cache_dir']} "
+          f"({rep.attrs['n_workers']} worker(s), {rep.attrs['seconds']:.1f} s){f'; {n_bad} failed' if n_bad else ''}")
+    return rep
+
+def _cmd_preprocess(a):
+    from pdl1_dls.manifest import load_study
+    rep = _fill_cache(a, load_study(a.manifest), quick=a.quick, profile=a.profile, cohorts=a.cohorts, cache_dir=a.cache_dir)
+    return 2 if not rep["ok"].all() else 0
+
 def _cmd_synth(a):
     from pdl1_dls import synth
     maker = {"petct": synth.make_petct_study, "mri": synth.make_mri_study}[a.kind]
@@ -34,12 +51,14 @@ def _cmd_validate(a):
         return 2
     study = load_study(a.manifest, generate=False)
     print(f"OK: {study!r}")
+    if _scaled(a) and not _fill_cache(a, study)["ok"].all(): return 2
     return 0
 
 def _cmd_train(a):
     from pdl1_dls.manifest import load_study
     from pdl1_dls.training import pipeline
     study = load_study(a.manifest)
+    if _scaled(a): _fill_cache(a, study, quick=a.quick, profile=a.profile)   # the trainer then reads the filled cache
     given = dict(channels=a.channels, epochs=a.epochs, backbone=a.backbone, profile=a.profile, weights=a.weights)
     kw = {k: v for k, v in given.items() if v is not None}          # a setting this pipeline does not have is refused by its trainer
     if a.no_resume: kw["resume"] = False
@@ -53,7 +72,11 @@ def _cmd_train(a):
 
 def _cmd_score(a):
     from pdl1_dls.training import load_model
-    df = load_model(a.model).score(a.manifest, a.out, cohorts=a.cohorts, device=a.device, skip_bad=a.skip_bad)
+    model = load_model(a.model)
+    if _scaled(a):
+        from pdl1_dls.manifest import load_study
+        _fill_cache(a, load_study(a.manifest), model=model, cohorts=a.cohorts)
+    df = model.score(a.manifest, a.out, cohorts=a.cohorts, device=a.device, skip_bad=a.skip_bad)
     print(f"{int(df['dls'].notna().sum())} patients scored ({int(df['dls_high'].sum())} DLS-high): {Path(a.out) / 'dls.csv'}")
     return 0
 
@@ -66,7 +89,8 @@ def _cmd_predict(a):
 
 def _cmd_reproduce(a):
     from pdl1_dls.report import run_reproduction
-    r = run_reproduction(a.manifest, a.out, seed=a.seed, n_boot=a.n_boot, quick=a.quick, only=a.only, model=a.model)
+    r = run_reproduction(a.manifest, a.out, seed=a.seed, n_boot=a.n_boot, quick=a.quick, only=a.only, model=a.model,
+                         workers=a.workers, scheduler=a.scheduler)
     failed = [s["notebook"] for s in r["notebooks"] if not s["ok"]]
     print(f"report: {r['index']}")
     if failed:
@@ -99,6 +123,15 @@ def default_out(name: str) -> Path:
     safe = re.sub(r"[^A-Za-z0-9._-]+", "_", str(name)).strip("._") or "study"
     return Path(get_settings().out_dir) / safe
 
+def _scale_args(s, what: str, workers_default: str | None = None):
+    "--workers N | --scheduler ADDRESS on a subcommand (`what`: what they do there; without either, it runs in this process)."
+    g = s.add_mutually_exclusive_group()
+    lead = f"{what}: " if what else ""
+    g.add_argument("--workers", type=_positive_int, default=None,
+                   help=f"{lead}a local cluster of N single-threaded worker processes" + (f" (default: {workers_default})" if workers_default else ""))
+    g.add_argument("--scheduler", default=None, metavar="tcp://HOST:PORT",
+                   help=f"{lead}use the running Dask cluster at this address (`dask scheduler` / `dask worker`, dask-jobqueue)")
+
 def build_parser() -> argparse.ArgumentParser:
     "The argument parser of `pdl1-dls`."
     st = get_settings()
@@ -119,7 +152,22 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Check schema, columns, label and outcome columns, files and checksums; list every problem. Exit 2 if any.")
     s.add_argument("manifest")
     s.add_argument("--no-generate", action="store_true", help="do not generate a declared synthetic study that is absent")
+    _scale_args(s, "then fill the per-patient cache on Dask")
     s.set_defaults(func=_cmd_validate)
+
+    s = sub.add_parser("preprocess", help="fill the per-patient cache (hyper-images, MRI planes) on Dask",
+                       description="Build every patient's model inputs (PET/CT hyper-images; MRI planes at the training profile's size) "
+                                   "into the per-patient cache that train, score and reproduce read, one Dask task per patient: a local "
+                                   "cluster of single-threaded worker processes (--workers, default one per core) or a running cluster "
+                                   "(--scheduler). The same files, byte for byte, whatever the workers. A patient that fails is listed "
+                                   "with its reason (exit 2); every other patient's entry is kept.")
+    s.add_argument("--manifest", required=True)
+    s.add_argument("--cohorts", nargs="*", default=None, help="only these cohorts (default: every patient)")
+    s.add_argument("--profile", default=None, choices=["paper", "cpu", "quick"], help="MRI: the training profile whose inputs to build")
+    s.add_argument("--quick", action="store_true", help="MRI: the inputs of `train --quick`")
+    s.add_argument("--cache-dir", default=None, help="cache folder (default: settings cache_dir/petct or mri/<study name>, where train reads)")
+    _scale_args(s, "", workers_default="one per core")
+    s.set_defaults(func=_cmd_preprocess)
 
     s = sub.add_parser("train", help="train the manifest's model (PET/CT or MRI) into a bundle folder",
                        description="Train on the training cohort (model selection on an inner split of it), report AUC on the validation cohort, "
@@ -141,6 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-resume", action="store_true", help="start afresh even if OUT holds an interrupted run")
     s.add_argument("--no-retrain", action="store_true", help="refuse (exit 2, naming the changed settings) instead of retraining when OUT holds a model of other settings")
     s.add_argument("--skip-bad", action="store_true", help="leave out patients whose data cannot be used (counted in metrics.json) instead of stopping")
+    _scale_args(s, "first fill the per-patient cache on Dask")
     s.set_defaults(func=_cmd_train)
 
     s = sub.add_parser("score", help="score every patient of a manifest with a trained bundle (frozen)",
@@ -153,6 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--cohorts", nargs="*", default=None, help="score only these cohorts")
     s.add_argument("--device", type=_device_arg, default=None, help="auto, cpu, cuda, cuda:N (default: settings)")
     s.add_argument("--skip-bad", action="store_true", help="leave out (and list in skipped.csv) patients whose data cannot be used instead of stopping")
+    _scale_args(s, "first fill the per-patient cache on Dask")
     s.set_defaults(func=_cmd_score)
 
     s = sub.add_parser("predict", help="score one patient from image files with a trained bundle",
@@ -175,6 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--only", nargs="*", default=None, help="run only notebooks whose name contains one of these")
     s.add_argument("--model", default=None, help="external validation: apply this bundle (or a reproduction run folder's models/) frozen; "
                                                   "nothing is trained or refitted")
+    _scale_args(s, "after the training notebook, run the other notebooks concurrently on Dask")
     s.set_defaults(func=_cmd_reproduce)
 
     s = sub.add_parser("explore", help="serve the survival and Grad-CAM explorers of a finished run (Voila, localhost)",

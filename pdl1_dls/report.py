@@ -256,6 +256,7 @@ def section_order(paper: str) -> list[str]:
 
 # %% ../nbs/60_report.ipynb #a10ad27a
 _NB_ENV = "PDL1_DLS_NOTEBOOK"
+_CMP_ENV = "PDL1_DLS_COMPARISONS"  # a notebook run concurrently records into its own file; run_reproduction merges them
 CMP_COLUMNS = ["key", "section", "description", "cohort", "kind", "published", "published_lo", "published_hi",
                "published_bound", "published_interval", "reproduced", "reproduced_lo", "reproduced_hi", "agrees", "rule",
                "status", "notebook", "source", "flag", "note"]
@@ -312,7 +313,7 @@ def record(out_dir: str | os.PathLike,  # the run folder
     "Record one reproduced number (a row of `comparisons.csv`, one per key, last wins), with its agreement."
     pub = published(paper).get(key, {})
     row = _cmp_row(paper, key, pub, value, lo, hi, cohort or "", note, "recorded", os.environ.get(_NB_ENV, ""))
-    p = Path(out_dir) / "comparisons.csv"
+    p = Path(os.environ.get(_CMP_ENV) or Path(out_dir) / "comparisons.csv")
     new = pd.DataFrame([row])
     if p.is_file():
         old = _read_cmp(p)
@@ -542,6 +543,50 @@ def provenance(manifest: str | os.PathLike | None = None, **extra) -> dict:
     rec.update(extra)
     return rec
 
+# %% ../nbs/60_report.ipynb #d07dd414
+def _run_notebook(nb: Path,  # a reproduction notebook
+                  out: Path,  # the run folder (the kernel's working folder)
+                  params: dict,  # papermill parameters
+                  kernel_name: str = "python3",
+                  cmp_file: Path | None = None,  # where its record() calls go (default: out/comparisons.csv)
+                 ) -> dict:
+    "Execute one reproduction notebook into out/notebooks/ (atomically): its status (notebook, ok, seconds, error)."
+    import papermill as pm
+    t = time.time(); err = None
+    env = {_NB_ENV: nb.stem, **({_CMP_ENV: str(cmp_file)} if cmp_file is not None else {})}   # record() names the notebook
+    before = {k: os.environ.get(k) for k in (_NB_ENV, _CMP_ENV)}
+    for k in before: os.environ.pop(k, None)
+    os.environ.update(env)
+    try:
+        with atomic_path(out / "notebooks" / nb.name) as tmp:
+            try:
+                pm.execute_notebook(str(nb), str(tmp), parameters=params, kernel_name=kernel_name, language="python",
+                                    progress_bar=False, cwd=str(out), log_output=False)
+            except pm.PapermillExecutionError as e:
+                err = f"{e.ename}: {' '.join(str(e.evalue).split())[:300]}"
+    except Exception as e:                              # kernel died, notebook unreadable, ...
+        err = f"{type(e).__name__}: {' '.join(str(e).split())[:300]}"
+    finally:
+        for k, v in before.items():
+            if v is None: os.environ.pop(k, None)
+            else: os.environ[k] = v
+    return dict(notebook=nb.stem, ok=err is None, seconds=round(time.time() - t, 1), error=err or "")
+
+def _notebook_task(nb: str, out: str, params: dict, kernel_name: str, parts: str, env: dict) -> dict:
+    "One reproduction notebook as a Dask task; its comparison rows go to parts/<notebook>.csv."
+    for k, v in env.items(): os.environ.setdefault(k, v)
+    return _run_notebook(Path(nb), Path(out), params, kernel_name, Path(parts) / f"{Path(nb).stem}.csv")
+
+def _merge_comparisons(out: Path, parts: list[Path]):
+    "Apply the concurrent notebooks' comparison rows to out/comparisons.csv in notebook order, as record() would have: one row per key, last wins."
+    p = out / "comparisons.csv"
+    cur = _read_cmp(p) if p.is_file() else None
+    for f in parts:
+        if not f.is_file(): continue
+        new = _read_cmp(f)
+        cur = new if cur is None or not len(cur) else pd.concat([cur[~cur["key"].isin(new["key"])], new], ignore_index=True)
+    if cur is not None: _write_cmp(cur, p)
+
 # %% ../nbs/60_report.ipynb #284c09c8
 def notebooks_dir() -> Path:
     "Folder of the reproduction notebooks (inside the installed package)."
@@ -568,6 +613,8 @@ def run_reproduction(manifest: str | os.PathLike,  # study manifest
                      model: str | os.PathLike | None = None,  # external validation: a bundle (or a run folder's models/) applied frozen
                      kernel_name: str = "python3",
                      log=print,
+                     workers: int | None = None,  # after the training notebook, run the others on a local Dask cluster of this many workers
+                     scheduler: str | None = None,  # ... or on the running Dask cluster at this address (None and None: one at a time)
                     ) -> dict:
     "Run the reproduction notebooks for a manifest; write notebooks, tables, figures, the comparison, provenance and index."
     import papermill as pm
@@ -599,27 +646,28 @@ def run_reproduction(manifest: str | os.PathLike,  # study manifest
     if dd is not None: os.environ.setdefault(st.data_env, str(dd))   # kernels run in out_dir: pass the data location on
     params = dict(manifest=str(manifest), out_dir=str(out), seed=int(seed), n_boot=int(n_boot), quick=bool(quick))
     t0 = time.time()
-    status = []
-    before = os.environ.get(_NB_ENV)
-    try:
-        for nb in progress(nbs, desc="reproduce", unit="notebook"):
-            dest = out / "notebooks" / nb.name
-            t = time.time(); err = None
-            os.environ[_NB_ENV] = nb.stem                # record() names the notebook of each comparison row
-            try:
-                with atomic_path(dest) as tmp:
-                    try:
-                        pm.execute_notebook(str(nb), str(tmp), parameters=params, kernel_name=kernel_name, language="python",
-                                            progress_bar=False, cwd=str(out), log_output=False)
-                    except pm.PapermillExecutionError as e:
-                        err = f"{e.ename}: {' '.join(str(e.evalue).split())[:300]}"
-            except Exception as e:                          # kernel died, notebook unreadable, ...
-                err = f"{type(e).__name__}: {' '.join(str(e).split())[:300]}"
-            status.append(dict(notebook=nb.stem, ok=err is None, seconds=round(time.time() - t, 1), error=err or ""))
-            if err: log(f"notebook {nb.stem} failed: {err}")
-    finally:
-        if before is None: os.environ.pop(_NB_ENV, None)
-        else: os.environ[_NB_ENV] = before
+    done = {}
+    train = [i for i, nb in enumerate(nbs) if nb.stem.endswith("_train_score")]
+    serial = nbs if workers is None and scheduler is None else nbs[:train[-1] + 1] if train else []
+    for nb in progress(serial, desc="reproduce", unit="notebook"):
+        done[nb.stem] = _run_notebook(nb, out, params, kernel_name)
+        if done[nb.stem]["error"]: log(f"notebook {nb.stem} failed: {done[nb.stem]['error']}")
+    rest = [nb for nb in nbs if nb.stem not in done]
+    if rest:                                            # independent of each other: one Dask task each
+        import shutil, tempfile
+        from pdl1_dls.scale import dask_client, map_tasks
+        parts = Path(tempfile.mkdtemp(prefix=".comparisons.", dir=out))
+        env = {k: os.environ[k] for k in (st.data_env,) if k in os.environ}   # remote workers: where the data is
+        try:
+            with dask_client(workers, scheduler) as client:
+                res = map_tasks(client, _notebook_task, [str(nb) for nb in rest], [nb.stem for nb in rest], desc="reproduce",
+                                unit="notebook", out=str(out), params=params, kernel_name=kernel_name, parts=str(parts), env=env)
+            _merge_comparisons(out, [parts / f"{nb.stem}.csv" for nb in rest])
+        finally: shutil.rmtree(parts, ignore_errors=True)
+        for nb, r in zip(rest, res):
+            done[nb.stem] = r if "notebook" in r else dict(notebook=nb.stem, ok=False, seconds=0.0, error=r["reason"])
+            if done[nb.stem]["error"]: log(f"notebook {nb.stem} failed: {done[nb.stem]['error']}")
+    status = [done[nb.stem] for nb in nbs]
     cmp_error = ""
     try: finalize_comparisons(out, study.paper, study=study, status=status)
     except Exception as e:                              # the run's other outputs stay; the index says what failed
