@@ -54,10 +54,18 @@ def _cmd_validate(a):
     if _scaled(a) and not _fill_cache(a, study)["ok"].all(): return 2
     return 0
 
+def _checked(a):
+    "The study after validation with every image opened: refused (exit 2, every problem) unless --skip-bad leaves those patients out."
+    from pdl1_dls.manifest import checked_study
+    study, left = checked_study(a.manifest, skip_bad=a.skip_bad, cache_dir=get_settings().cache_dir)
+    if left:
+        print(f"--skip-bad: {len({p.patient for p in left})} patient(s) left out:", file=sys.stderr)
+        for p in left: print(f"  {p.line()}", file=sys.stderr)
+    return study, left
+
 def _cmd_train(a):
-    from pdl1_dls.manifest import load_study
     from pdl1_dls.training import pipeline
-    study = load_study(a.manifest)
+    study, _ = _checked(a)
     if _scaled(a): _fill_cache(a, study, quick=a.quick, profile=a.profile)   # the trainer then reads the filled cache
     given = dict(channels=a.channels, epochs=a.epochs, backbone=a.backbone, profile=a.profile, weights=a.weights)
     kw = {k: v for k, v in given.items() if v is not None}          # a setting this pipeline does not have is refused by its trainer
@@ -73,10 +81,9 @@ def _cmd_train(a):
 def _cmd_score(a):
     from pdl1_dls.training import load_model
     model = load_model(a.model)
-    if _scaled(a):
-        from pdl1_dls.manifest import load_study
-        _fill_cache(a, load_study(a.manifest), model=model, cohorts=a.cohorts)
-    df = model.score(a.manifest, a.out, cohorts=a.cohorts, device=a.device, skip_bad=a.skip_bad)
+    study, left = _checked(a)
+    if _scaled(a): _fill_cache(a, study, model=model, cohorts=a.cohorts)
+    df = model.score(study, a.out, cohorts=a.cohorts, device=a.device, skip_bad=a.skip_bad, left_out=left)
     print(f"{int(df['dls'].notna().sum())} patients scored ({int(df['dls_high'].sum())} DLS-high): {Path(a.out) / 'dls.csv'}")
     return 0
 
@@ -252,7 +259,10 @@ def main(argv: list[str] | None = None) -> int:
             get_device(args.device)                            # no CUDA: a one-line error before any work
         return int(args.func(args) or 0)
     except PDL1Error as e:
-        print(f"error: {e}", file=sys.stderr)
+        from pdl1_dls.manifest import ManifestErrors
+        lines = [p.line() for p in e.problems] if isinstance(e, ManifestErrors) and len(e.problems) > 1 else [str(e)]
+        for l in lines: print(f"error: {l}", file=sys.stderr)
+        if len(lines) > 1: print(f"{len(lines)} problems: nothing was trained or written", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted: finished outputs were kept", file=sys.stderr)

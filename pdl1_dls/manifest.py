@@ -23,7 +23,7 @@ from .core import PDL1Error, sha256
 # %% auto #0
 __all__ = ['ROLES', 'IMAGE_KEYS', 'OPTIONAL_IMAGE_KEYS', 'ensure_study', 'parse_rule', 'apply_rule', 'expand', 'Cohort', 'Study',
            'Problem', 'ManifestErrors', 'read_study', 'check_images', 'needs_generation', 'generate_if_needed',
-           'validate_study', 'load_study']
+           'validate_study', 'load_study', 'drop_patients', 'checked_study']
 
 # %% ../nbs/01_manifest.ipynb #8aaec5f5
 ROLES = ("train", "validation", "test", "external", "ici")
@@ -392,7 +392,7 @@ def _typed(spec: dict, types: dict, f: str, cohort: str | None = None) -> tuple[
     return out, P
 
 # %% ../nbs/01_manifest.ipynb #448237cd
-_SUV_MAX, _HU_RANGE = 1e6, (-2000.0, 5000.0)
+_SUV_MAX, _HU_RANGE = 200.0, (-2000.0, 5000.0)  # SUVbw above 200 is no tissue's (tumours reach ~60, IBSI PET 53)
 
 def _nifti_nonfinite(path) -> int:
     "Non-finite voxels stored in a float NIfTI file (ITK's reader turns them into 0 without a word)."
@@ -415,7 +415,8 @@ def _image_problems(img, kind: str) -> list[str]:
         a = a[np.isfinite(a)]
     if a.size == 0: return out
     if kind == "pet" and float(a.max()) > _SUV_MAX:
-        out.append(f"PET values up to {float(a.max()):.3g} are not SUV (above {_SUV_MAX:.0e}); wrong units or scaling?")
+        out.append(f"PET values up to {float(a.max()):.5g} are not SUV (above {_SUV_MAX:.0f}): they look like Bq/ml (a NIfTI from "
+                   "dcm2niix keeps them); give the DICOM series, converted with its dose, weight and time tags, or a PET in SUV")
     if kind == "ct":
         lo0 = float(a.min()); v = a[a > lo0] if (a == lo0).mean() > 0.01 else a      # set aside the padding value
         lo, hi = (np.percentile(v[:: max(1, v.size // 1_000_000)], [0.1, 99.9]) if v.size else (lo0, lo0))
@@ -585,3 +586,24 @@ def load_study(path: str | os.PathLike,  # manifest YAML
     return study
 
 ensure_study = load_study
+
+# %% ../nbs/01_manifest.ipynb #b1733164
+def drop_patients(study: Study, patients) -> Study:
+    "A copy of `study` without the given patients (every cohort)."
+    import copy
+    s = copy.copy(study); s.cohorts = {}
+    drop = {str(p) for p in patients}
+    for n, c in study.cohorts.items():
+        s.cohorts[n] = Cohort(c.name, c.role, c.table[~c.table["patient_id"].astype(str).isin(drop)].copy(), c.labeled, c.spec)
+    return s
+
+def checked_study(path: str | os.PathLike,  # manifest YAML
+                  skip_bad: bool = False,  # leave out patients with problems instead of refusing
+                  cache_dir: str | os.PathLike | None = None,  # where validate keeps its image checks
+                 ) -> tuple[Study, list[Problem]]:
+    "(study, problems of the patients left out): validate with every image opened; refuse (ManifestErrors) unless `skip_bad`."
+    P = validate_study(path, open_images=True, cache_dir=cache_dir)
+    general = [p for p in P if p.patient is None]
+    if general or (P and not skip_bad): raise ManifestErrors(general or P, path)
+    study = load_study(path, generate=False, strict=False)
+    return (drop_patients(study, {p.patient for p in P}) if P else study), P

@@ -345,7 +345,9 @@ class Model:
     def score(self, study,  # manifest path or Study
               out=None,  # folder for dls.csv, features.npz, skipped.csv, score.json; None: nothing written
               cohorts: list | None = None,  # cohort names; default every cohort
-              device=None, skip_bad: bool = False, cache_dir=None) -> pd.DataFrame:
+              device=None, skip_bad: bool = False, cache_dir=None,
+              left_out: list | None = None,  # `manifest.Problem`s of patients validation left out (added to skipped.csv)
+             ) -> pd.DataFrame:
         "Score every patient of `study` with the frozen model; `dls_high = dls >= cutoff` of the bundle."
         from pdl1_dls.manifest import ensure_study
         s = ensure_study(study) if isinstance(study, (str, os.PathLike)) else study
@@ -355,7 +357,11 @@ class Model:
         res = self.pipeline.score(self, s, cohorts=cohorts, device=device, skip_bad=skip_bad, cache_dir=cache_dir)
         dls = res["dls"]
         dls.insert(list(dls.columns).index("dls") + 1, "dls_high", np.where(dls["dls"].isna(), np.nan, (dls["dls"] >= self.cutoff).astype(float)))
-        if out is not None: write_scores(out, self, dls, res["features"], res["skipped"], study=getattr(s, "name", "table"))
+        sk = res["skipped"]
+        if left_out:
+            extra = pd.DataFrame([dict(patient_id=p.patient, cohort=p.cohort, file=p.file, reason=p.problem) for p in left_out])
+            sk = pd.concat([extra, sk], ignore_index=True)
+        if out is not None: write_scores(out, self, dls, res["features"], sk, study=getattr(s, "name", "table"))
         return dls
 
     def predict(self, out=None, device=None, gradcam: bool = True, **files) -> dict:

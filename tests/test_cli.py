@@ -167,3 +167,40 @@ def test_train_score_predict_frozen_bundle(tmp_path):
     (bundle / "model.pt").write_bytes((bundle / "model.pt").read_bytes()[:-10])
     r = run("score", "--model", str(bundle), "--manifest", str(tmp_path / "b" / "study.yaml"), "--out", str(tmp_path / "s2"), env=env)
     assert r.returncode == 2 and "damaged bundle: file differs from its checksum" in r.stderr and "model.pt" in r.stderr
+
+
+def test_bad_input_battery_refused_before_training(tmp_path):
+    "One patient broken per class: validate names every one (exit 2); train refuses before training; --skip-bad trains on the rest."
+    import gzip
+    import numpy as np
+    import SimpleITK as sitk
+    import pandas as pd
+    env = dict(__import__("os").environ, PDL1_DLS_PROGRESS="0")
+    assert run("synth", "--kind", "petct", "--scale", "tiny", "--seed", "0", "--out", str(tmp_path / "s"), env=env).returncode == 0
+    m = tmp_path / "s" / "study.yaml"
+    from pdl1_dls.manifest import load_study
+    t = load_study(m).table()
+    tr = t[t.role == "train"].reset_index(drop=True)
+    def img(p): return sitk.ReadImage(str(p))
+    def put(im, p): sitk.WriteImage(im, str(p))
+    broken = {}
+    r = tr.iloc[0]; put(img(r.roi) * 0, r.roi); broken[r.patient_id] = "ROI mask is empty"
+    r = tr.iloc[1]; put(img(r.roi) * 2, r.roi); broken[r.patient_id] = "label"                       # values 0/2: not a 0/1 mask
+    r = tr.iloc[2]; put(sitk.Cast(img(r.pet), sitk.sitkFloat32) * 1300.0, r.pet); broken[r.patient_id] = "look like Bq/ml"
+    r = tr.iloc[3]; raw = Path(r.ct).read_bytes(); Path(r.ct).write_bytes(raw[: len(raw) // 2]); broken[r.patient_id] = ""
+    r = tr.iloc[4]; put(img(r.ct)[:, :, 5], r.ct); broken[r.patient_id] = "2-D"
+    r = tr.iloc[5]; Path(r.pet).unlink(); broken[r.patient_id] = ""
+    v = run("validate", str(m), env=env)
+    assert v.returncode == 2 and "Traceback" not in v.stderr
+    for pid, msg in broken.items():
+        lines = [l for l in v.stderr.splitlines() if f"patient={pid} " in l]
+        assert lines and any(msg in l for l in lines), (pid, msg, v.stderr[-3000:])
+    out = tmp_path / "run"
+    r1 = run("train", "--manifest", str(m), "--out", str(out), "--quick", "--epochs", "1", "--device", "cpu", env=env)
+    assert r1.returncode == 2 and "Traceback" not in r1.stderr and "nothing was trained or written" in r1.stderr
+    assert all(f"patient={pid} " in r1.stderr for pid in broken) and not (out / "model.json").exists()
+    r2 = run("train", "--manifest", str(m), "--out", str(out), "--quick", "--epochs", "1", "--device", "cpu", "--skip-bad", env=env)
+    assert r2.returncode == 0, r2.stderr[-3000:]
+    assert f"--skip-bad: {len(broken)} patient(s) left out:" in r2.stderr and all(pid in r2.stderr for pid in broken)
+    met = json.loads((out / "metrics.json").read_text())
+    assert met["n_patients"]["fit"] + met["n_patients"]["inner"] == len(tr) - len(broken)

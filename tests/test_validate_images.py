@@ -88,6 +88,10 @@ def case_non_finite(r, d):
 def case_huge_suv(r, d):
     return {"pet": _write(_img(r["pet"]) * 1e7, d / "pet.nii.gz")}, "pet.nii.gz", r"PET values up to .* are not SUV"
 
+def case_pet_in_bqml(r, d):
+    "A PET NIfTI in Bq/ml as dcm2niix writes it (SUV x ~1,300 here: max in the tens of thousands) is not taken as SUV."
+    return {"pet": _write(_img(r["pet"]) * 1300.0, d / "pet.nii.gz")}, "pet.nii.gz", r"PET values up to .* are not SUV .*look like Bq/ml"
+
 def case_ct_not_hu(r, d):
     ct = sitk.Cast(_img(r["ct"]), sitk.sitkFloat32) * 10.0
     return {"ct": _write(ct, d / "ct.nii.gz")}, "ct.nii.gz", r"CT values .* lie outside -2000..5000 HU"
@@ -104,7 +108,7 @@ def case_roi_geometry(r, d):
     return {"roi": _write(other, d / "roi.nii.gz")}, "roi.nii.gz", r"ROI is not on the CT or the PET grid"
 
 PETCT = [case_truncated_nii, case_truncated_dicom_slice, case_pet_without_weight, case_wrong_units, case_empty_roi,
-         case_roi_500mm_outside, case_pet_ct_no_overlap, case_2d_image, case_non_finite, case_huge_suv, case_ct_not_hu,
+         case_roi_500mm_outside, case_pet_ct_no_overlap, case_2d_image, case_non_finite, case_huge_suv, case_pet_in_bqml, case_ct_not_hu,
          case_two_labels, case_roi_geometry]
 
 
