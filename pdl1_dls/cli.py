@@ -12,7 +12,7 @@ import logging
 import sys
 from pathlib import Path
 
-from .core import PDL1Error, get_settings
+from .core import PDL1Error, folder_lock, get_settings
 
 # %% auto #0
 __all__ = ['default_out', 'build_parser', 'main']
@@ -44,7 +44,8 @@ def _cmd_synth(a):
 
 def _cmd_validate(a):
     from pdl1_dls.manifest import validate_study, load_study
-    problems = validate_study(a.manifest, generate=not a.no_generate)
+    problems = validate_study(a.manifest, generate=not a.no_generate, open_images=not a.no_images,
+                              cache_dir=get_settings().cache_dir, progress=True)
     if problems:
         for p in problems: print(p.line(), file=sys.stderr)
         print(f"{len(problems)} problem(s) in {a.manifest}", file=sys.stderr)
@@ -70,8 +71,9 @@ def _cmd_train(a):
     given = dict(channels=a.channels, epochs=a.epochs, backbone=a.backbone, profile=a.profile, weights=a.weights)
     kw = {k: v for k, v in given.items() if v is not None}          # a setting this pipeline does not have is refused by its trainer
     if a.no_resume: kw["resume"] = False
-    m = pipeline(study.modality).train(study, a.out, seed=a.seed, permute_labels=a.permute_labels, quick=a.quick, device=a.device,
-                                       retrain=not a.no_retrain, skip_bad=a.skip_bad, **kw)
+    with folder_lock(a.out, "bundle folder"):                  # a second writer of the same folder stops with a clear error
+        m = pipeline(study.modality).train(study, a.out, seed=a.seed, permute_labels=a.permute_labels, quick=a.quick, device=a.device,
+                                           retrain=not a.no_retrain, skip_bad=a.skip_bad, **kw)
     auc = m.get("val_auc")
     shown = f"{auc:.3f}" if isinstance(auc, (int, float)) and auc == auc else "n/a (no validation cohort with both classes)"
     skipped = f"; {m['n_skipped']} patient(s) left out: {m.get('skipped_reasons')}" if m.get("n_skipped") else ""
@@ -80,23 +82,26 @@ def _cmd_train(a):
 
 def _cmd_score(a):
     from pdl1_dls.training import load_model
-    model = load_model(a.model)
-    study, left = _checked(a)
-    if _scaled(a): _fill_cache(a, study, model=model, cohorts=a.cohorts)
-    df = model.score(study, a.out, cohorts=a.cohorts, device=a.device, skip_bad=a.skip_bad, left_out=left)
+    with folder_lock(a.out, "output folder"):                 # before any work: a second writer of --out stops at once
+        model = load_model(a.model)
+        study, left = _checked(a)
+        if _scaled(a): _fill_cache(a, study, model=model, cohorts=a.cohorts)
+        df = model.score(study, a.out, cohorts=a.cohorts, device=a.device, skip_bad=a.skip_bad, left_out=left)
     print(f"{int(df['dls'].notna().sum())} patients scored ({int(df['dls_high'].sum())} DLS-high): {Path(a.out) / 'dls.csv'}")
     return 0
 
 def _cmd_predict(a):
     from pdl1_dls.training import load_model
     files = {k: getattr(a, k) for k in ("pet", "ct", "roi", "t1", "t2", "ce_t1") if getattr(a, k) is not None}
-    r = load_model(a.model).predict(a.out, device=a.device, gradcam=not a.no_gradcam, **files)
+    with folder_lock(a.out, "output folder"):
+        r = load_model(a.model).predict(a.out, device=a.device, gradcam=not a.no_gradcam, **files)
     print(f"dls={r['dls']:.4f} ({'high' if r['dls_high'] else 'low'}; cutoff {r['cutoff']:.4f}): {Path(a.out) / 'prediction.json'}")
     return 0
 
 def _cmd_reproduce(a):
     from pdl1_dls.report import run_reproduction
-    r = run_reproduction(a.manifest, a.out, seed=a.seed, n_boot=a.n_boot, quick=a.quick, only=a.only, model=a.model,
+    with folder_lock(a.out, "run folder"):
+        r = run_reproduction(a.manifest, a.out, seed=a.seed, n_boot=a.n_boot, quick=a.quick, only=a.only, model=a.model,
                          workers=a.workers, scheduler=a.scheduler)
     failed = [s["notebook"] for s in r["notebooks"] if not s["ok"]]
     print(f"report: {r['index']}")
@@ -159,6 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Check schema, columns, label and outcome columns, files and checksums; list every problem. Exit 2 if any.")
     s.add_argument("manifest")
     s.add_argument("--no-generate", action="store_true", help="do not generate a declared synthetic study that is absent")
+    s.add_argument("--no-images", action="store_true", help="check the manifest, tables and paths only; do not open the images")
     _scale_args(s, "then fill the per-patient cache on Dask")
     s.set_defaults(func=_cmd_validate)
 

@@ -23,8 +23,8 @@ import numpy as np
 
 # %% auto #0
 __all__ = ['DEFAULT_SETTINGS', 'PDL1Error', 'look_up_option', 'find_settings_file', 'Settings', 'get_settings', 'data_dir',
-           'seed_everything', 'get_device', 'progress', 'atomic_write', 'atomic_path', 'atomic_dir', 'write_json',
-           'sha256']
+           'seed_everything', 'get_device', 'progress', 'atomic_write', 'atomic_path', 'atomic_dir', 'folder_lock',
+           'write_json', 'sha256']
 
 # %% ../nbs/00_core.ipynb #5d7dfb83
 class PDL1Error(ValueError):
@@ -232,19 +232,50 @@ def atomic_path(path: str | os.PathLike):
         with contextlib.suppress(FileNotFoundError): os.unlink(tmp)
         raise
 
+def _exchange(a: Path, b: Path) -> bool:
+    "Swap two paths in one step (Linux renameat2 RENAME_EXCHANGE); False where the system cannot."
+    import ctypes, ctypes.util
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+        f = libc.renameat2
+    except (OSError, AttributeError): return False
+    AT_FDCWD, RENAME_EXCHANGE = -100, 2
+    return f(AT_FDCWD, os.fsencode(a), AT_FDCWD, os.fsencode(b), RENAME_EXCHANGE) == 0
+
 @contextlib.contextmanager
 def atomic_dir(path: str | os.PathLike,  # final folder; replaced only on success
                ):
-    "Yield a temporary folder; on success it replaces `path`, on failure it is removed."
+    "Yield a temporary folder; on success it replaces `path` in one step (no moment without a folder), on failure it is removed."
     path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent))
     try:
         yield tmp
-        if path.exists(): shutil.rmtree(path)
-        _publish(tmp, path, is_dir=True)
+        os.chmod(tmp, 0o777 & ~_umask())
+        if path.exists() and _exchange(tmp, path): shutil.rmtree(tmp)     # tmp now holds the old folder
+        else:
+            if path.exists(): shutil.rmtree(path)
+            _publish(tmp, path, is_dir=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+@contextlib.contextmanager
+def folder_lock(path: str | os.PathLike,  # the folder a command writes (need not exist yet)
+                what: str = "folder",  # what it is, for the message
+               ):
+    "Hold an exclusive lock (`.<name>.lock` beside the folder) while writing it; a second writer gets a one-line 'in use' error."
+    p = Path(path); p.parent.mkdir(parents=True, exist_ok=True)
+    try: import fcntl
+    except ImportError: yield; return                                   # no advisory locks on this system
+    lf = p.parent / f".{p.name}.lock"
+    fd = os.open(lf, os.O_CREAT | os.O_RDWR, 0o666)
+    try: fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise PDL1Error(f"{what} is in use by another pdl1-dls command (lock {lf.name}); wait for it to finish or use another folder", file=p) from None
+    try: yield
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN); os.close(fd)
 
 def write_json(obj, path: str | os.PathLike):
     "Write `obj` as indented JSON, atomically."

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage, optimize, special, stats
 
-from .core import PDL1Error, atomic_dir, progress, sha256
+from .core import PDL1Error, atomic_dir, folder_lock, progress, sha256
 
 # %% auto #0
 __all__ = ['PETCT_COHORTS', 'MRI_COHORTS', 'PETCT_NOISE', 'MRI_NOISE', 'SCALES', 'GENERATOR_VERSIONS', 'PFS_SHAPE', 'OS_SHAPE',
@@ -474,9 +474,14 @@ def _manifest(kind: str, scale: str, seed: int) -> dict:
 
 # %% ../nbs/03_synth.ipynb #4f7944f0
 def _make_study(kind, root, scale, seed, overwrite, workers, _fail_after=None):
-    import yaml
     if scale not in SCALES: raise ValueError(f"scale must be one of {SCALES}, not {scale!r}")
-    root = Path(root).expanduser(); manifest = root / "study.yaml"
+    root = Path(root).expanduser()
+    with folder_lock(root, "study folder"):                   # a second `synth` into the same folder stops; no check-then-act race
+        return _make_study_locked(kind, root, scale, seed, overwrite, workers, _fail_after)
+
+def _make_study_locked(kind, root, scale, seed, overwrite, workers, _fail_after):
+    import yaml
+    manifest = root / "study.yaml"
     if root.exists() and not overwrite:
         if manifest.is_file():
             try: syn = (yaml.safe_load(manifest.read_text()) or {}).get("synthetic")

@@ -205,3 +205,24 @@ def test_bad_input_battery_refused_before_training(tmp_path):
     assert f"--skip-bad: {len(broken)} patient(s) left out:" in r2.stderr and all(pid in r2.stderr for pid in broken)
     met = json.loads((out / "metrics.json").read_text())
     assert met["n_patients"]["fit"] + met["n_patients"]["inner"] == len(tr) - 2           # two of the broken were training patients
+
+
+def test_two_writers_of_one_folder(tmp_path):
+    "Two `synth` into one folder, and two `score` into one folder, at once: one succeeds, the other stops with a clear error."
+    import os
+    env = dict(os.environ, PDL1_DLS_PROGRESS="0")
+    cmd = [sys.executable, "-c", "import sys; from pdl1_dls.cli import main; sys.exit(main(sys.argv[1:]))"]
+    synth = cmd + ["synth", "--kind", "petct", "--scale", "tiny", "--seed", "3", "--out", str(tmp_path / "s")]
+    ps = [subprocess.Popen(synth, stderr=subprocess.PIPE, text=True, env=env) for _ in range(2)]
+    res = [(p.wait(600), p.stderr.read()) for p in ps]
+    assert sorted(rc for rc, _ in res) == [0, 2], res
+    err = next(e for rc, e in res if rc == 2)
+    assert "study folder is in use by another pdl1-dls command" in err and "Traceback" not in err
+    from pdl1_dls.manifest import validate_study
+    assert validate_study(tmp_path / "s" / "study.yaml") == []          # the finished study is whole
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".part")]
+    from pdl1_dls.core import folder_lock
+    with folder_lock(tmp_path / "scores", "output folder"):               # a score already writing there
+        r = run("score", "--model", str(tmp_path / "nobundle"), "--manifest", str(tmp_path / "s" / "study.yaml"),
+                "--out", str(tmp_path / "scores"), env=env)
+    assert r.returncode == 2 and "output folder is in use by another pdl1-dls command" in r.stderr and "Traceback" not in r.stderr
