@@ -78,6 +78,8 @@ def test_retrain_or_refuse(toy, tmp_path):
         _train(tab, tmp_path / "r", d / "cache", backbone="resnet34", retrain=False)
     with pytest.raises(PDL1Error, match="config.lr: 0.01 -> 0.02"):
         _train(tab, tmp_path / "r", d / "cache", lr=0.02, retrain=False)
+    with pytest.raises(PDL1Error, match="config.epochs: 1 -> 2"):
+        _train(tab, tmp_path / "r", d / "cache", epochs=2, retrain=False)
     assert json.loads((tmp_path / "r" / "model.json").read_text())["identity"] == ident
     _train(tab, tmp_path / "r", d / "cache", lr=0.02)
     meta = json.loads((tmp_path / "r" / "model.json").read_text())
