@@ -176,7 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "with its reason (exit 2); every other patient's entry is kept.")
     s.add_argument("--manifest", required=True)
     s.add_argument("--cohorts", nargs="*", default=None, help="only these cohorts (default: every patient)")
-    s.add_argument("--profile", default=None, choices=["paper", "cpu", "quick"], help="MRI: the training profile whose inputs to build")
+    s.add_argument("--profile", default=None, choices=["paper", "robust", "cpu", "quick"], help="MRI: the training profile whose inputs to build")
     s.add_argument("--quick", action="store_true", help="MRI: the inputs of `train --quick`")
     s.add_argument("--cache-dir", default=None, help="cache folder (default: settings cache_dir/petct or mri/<study name>, where train reads)")
     _scale_args(s, "", workers_default="one per core")
@@ -193,8 +193,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--permute-labels", action="store_true", help="train on permuted labels: the null control")
     s.add_argument("--channels", choices=["hyper", "pet", "ct"], default=None, help="PET/CT input: hyper-image (default), PET only or CT only (ablation)")
     s.add_argument("--epochs", type=_positive_int, default=None, help="maximum training epochs (at least 1)")
-    s.add_argument("--backbone", default=None, help="MRI backbone (resnet18, resnet50, resnet101); default: the manifest's, else resnet18")
-    s.add_argument("--profile", default=None, choices=["paper", "cpu", "quick"],
+    s.add_argument("--backbone", default=None, help="MRI backbone (resnet18, resnet50, resnet101); default: the manifest's, else the profile's (paper: resnet101; cpu, quick: resnet18)")
+    s.add_argument("--profile", default=None, choices=["paper", "robust", "cpu", "quick"],
                    help="MRI training profile; default: the manifest's train.profile, else paper")
     s.add_argument("--weights", default=None, help="MRI: local file of ImageNet weights for the backbone (never downloaded)")
     s.add_argument("--quick", action="store_true", help="short training for smoke tests")

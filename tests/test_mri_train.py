@@ -190,3 +190,20 @@ def test_demo_mri_null_control_centred(tmp_path):
         warnings.simplefilter("ignore")
         aucs = [train_mri_study(man, tmp_path / f"s{s}", seed=s, permute_labels=True, device="cpu")["val_auc"] for s in (0, 1, 2)]
     assert abs(np.mean(aucs) - 0.5) <= 0.1, aucs   # measured: 0.568, 0.461, 0.652 (nbs/30_train.ipynb, "The null control, measured")
+
+
+def test_paper_profile_is_the_papers_method():
+    "`train --profile paper` resolves to ResNet-101, 224 px, one fit, one fusion; other profiles name their deviations."
+    from pdl1_dls.mri.pipeline import MRITrainConfig, deviations
+    p = MRITrainConfig.make(profile="paper")
+    assert (p.backbone, p.size, p.input_size, p.crossfit, p.fusion_inits, p.lr, p.batch_size, p.n_components) == \
+        ("resnet101", 224, 224, 1, 1, 0.01, 32, 128)
+    assert deviations(MRITrainConfig.make(profile="paper", weights="w.pth")) == []
+    r = {x["setting"]: (x["paper"], x["this"]) for x in deviations(MRITrainConfig.make(profile="robust"))}
+    assert r == {"crossfit": (1, 2), "fusion_inits": (1, 5), "weights": ("ImageNet", "random initialisation")}
+    cpu = {x["setting"] for x in deviations(MRITrainConfig.make(profile="cpu"))}
+    assert cpu == {"backbone", "size", "input_size", "crossfit", "fusion_inits", "weights"}
+    # the CLI resolves the same: the demo manifest with --profile paper (config only, nothing trained)
+    from pdl1_dls.cli import build_parser
+    a = build_parser().parse_args(["train", "--manifest", "m.yaml", "--out", "o", "--profile", "paper"])
+    assert a.profile == "paper" and MRITrainConfig.make(profile=a.profile).backbone == "resnet101"

@@ -28,8 +28,8 @@ from .preprocess import PLANES, SEQUENCES, MRIParams, augment_batch, mri_augment
 from .models import FeatureReducer, FusionTransformer, SequenceNet, extract_features, focal_loss
 
 # %% auto #0
-__all__ = ['MRITRAIN_PROFILES', 'PIPELINE', 'toy_mri_table', 'MRITrainConfig', 'fit_sequence', 'fit_fusion', 'MRIMember',
-           'MRIRun', 'n_members', 'crossfit_plan', 'train_mri_study', 'MRIPipeline']
+__all__ = ['PAPER_METHOD', 'MRITRAIN_PROFILES', 'PIPELINE', 'toy_mri_table', 'MRITrainConfig', 'deviations', 'fit_sequence',
+           'fit_fusion', 'MRIMember', 'MRIRun', 'n_members', 'crossfit_plan', 'train_mri_study', 'MRIPipeline']
 
 # %% ../../nbs/mri/22_pipeline.ipynb #18c77e5a
 def toy_mri_table(root,  # folder for the NIfTI files
@@ -99,7 +99,7 @@ class MRITrainConfig:
 
     @classmethod
     def make(cls, quick: bool = False,  # the `quick` profile (smoke tests)
-             profile: str | None = None,  # "paper" (default), "cpu" or "quick"
+             profile: str | None = None,  # "paper" (default), "robust", "cpu" or "quick"
              **kw,  # any field; None values are ignored
             ) -> "MRITrainConfig":
         "The settings of a profile (see `MRITRAIN_PROFILES`) with `kw` overriding."
@@ -115,11 +115,22 @@ class MRITrainConfig:
         if isinstance(base.get("sequences"), list): base["sequences"] = tuple(base["sequences"])
         return cls(**base)
 
+PAPER_METHOD = dict(backbone="resnet101", size=224, input_size=224, crossfit=1, fusion_inits=1, lr=0.01, batch_size=32,
+                    n_components=128)  # what Ding 2025 states (ImageNet weights too: `weights`); everything else it leaves open
+
 MRITRAIN_PROFILES = {
-    "paper": {},  # 224 px, 40 epochs (the paper's inputs; use a GPU)
-    "cpu": dict(size=64, input_size=48, epochs=40, patience=10),  # 2-core CPU: minutes for the paper-size demo
-    "quick": dict(size=64, input_size=48, epochs=20, patience=6, fusion_inits=2, fusion_epochs=200),  # smoke tests
+    "paper": dict(PAPER_METHOD),  # the paper's method: ResNet-101 at 224 px, one fit, one fusion (use a GPU and --weights)
+    "robust": dict(PAPER_METHOD, crossfit=2, fusion_inits=5),  # + cross-fitting and a 5-fusion ensemble (see "Cross-fitting")
+    "cpu": dict(backbone="resnet18", size=64, input_size=48, epochs=40, patience=10, crossfit=2, fusion_inits=5),  # 2-core CPU demo
+    "quick": dict(backbone="resnet18", size=64, input_size=48, epochs=20, patience=6, crossfit=2, fusion_inits=2,
+                  fusion_epochs=200),  # smoke tests
 }
+
+def deviations(cfg: "MRITrainConfig") -> list[dict]:
+    "Every setting of `cfg` that differs from what the paper states (PAPER_METHOD, ImageNet weights), with both values."
+    out = [dict(setting=k, paper=v, this=getattr(cfg, k)) for k, v in PAPER_METHOD.items() if getattr(cfg, k) != v]
+    if cfg.weights is None: out.append(dict(setting="weights", paper="ImageNet", this="random initialisation"))
+    return out
 
 # %% ../../nbs/mri/22_pipeline.ipynb #b3d676e0
 def _resize(x: torch.Tensor, size: int) -> torch.Tensor:
