@@ -155,7 +155,7 @@ def rqs_table(path: str | Path | None = None,  # a checklist YAML; default the p
     out.attrs.update(total=total, percent=pct, max_total=mx)
     return out
 
-# %% ../../nbs/papers/62_mu2021.ipynb #a8345571
+# %% ../../nbs/papers/62_mu2021.ipynb #b2da3489
 PDL1_COHORTS = ("sph_train", "sph_val", "mcc_pdl1", "va")   # the paper's PD-L1 cohorts (Table 1, Figure 3)
 ICI_COHORTS = ("mcc_ici_retro", "mcc_ici_pro", "va")        # the paper's ICI-treated cohorts (Figure 4, Table 2)
 
@@ -170,7 +170,7 @@ def load(manifest,  # study manifest (path or `Study`)
                            rec=partial(record, out_dir, "mu2021"))
 
 
-# %% ../../nbs/papers/62_mu2021.ipynb #1319e6ca
+# %% ../../nbs/papers/62_mu2021.ipynb #1beaa1c8
 def record_published(r: SimpleNamespace,  # `load`
                      key: str,  # the published key, e.g. "median_pfs_high.va"
                      value, lo=None, hi=None,  # the reproduced number and its CI (None: not estimable)
@@ -196,7 +196,7 @@ def _labelled(r, k, cols=("dls",)) -> pd.DataFrame:
     return d.dropna(subset=list(cols))
 
 
-# %% ../../nbs/papers/62_mu2021.ipynb #f454b6fc
+# %% ../../nbs/papers/62_mu2021.ipynb #ad386daa
 T1_CONT, T1_CAT = ("age", "suvmax", "bmi"), ("sex", "stage", "smoking", "ecog", "histology", "egfr")
 
 def _n_pct(k, n): return f"{k} ({100 * k / n:.2f})" if n else f"{k} (-)"
@@ -264,7 +264,7 @@ def table1(r: SimpleNamespace,  # `load`
     return prev, t1
 
 
-# %% ../../nbs/papers/62_mu2021.ipynb #70094193
+# %% ../../nbs/papers/62_mu2021.ipynb #0eeb56f0
 def roc_panels(r: SimpleNamespace,  # `load`
                curves: dict,  # paper cohort key -> [(label, patients, score column)]: one ROC curve each
                name: str,  # figure file stem
@@ -282,7 +282,7 @@ def roc_panels(r: SimpleNamespace,  # `load`
     return finish(fig, name, r.out_dir, title=title)
 
 
-# %% ../../nbs/papers/62_mu2021.ipynb #44ce3ad2
+# %% ../../nbs/papers/62_mu2021.ipynb #feb5b3e4
 _F3 = (("ACC", "accuracy"), ("SEN", "sensitivity"), ("SPEC", "specificity"))
 
 def _fig3_row(r, k, d, n_boot, seed) -> tuple:
@@ -338,7 +338,7 @@ def fig3_performance(r: SimpleNamespace,  # `load`
     return auc_tab, met_tab
 
 
-# %% ../../nbs/papers/62_mu2021.ipynb #b46fa890
+# %% ../../nbs/papers/62_mu2021.ipynb #45c82669
 def plot_fig3(r: SimpleNamespace,  # `load`
               auc_tab: pd.DataFrame,  # `fig3_performance`'s AUC table
               met_tab: pd.DataFrame,  # `fig3_performance`'s metrics
@@ -369,7 +369,7 @@ def plot_fig3(r: SimpleNamespace,  # `load`
     finish(fig, "mu2021_fig3c_metrics", r.out_dir)
 
 
-# %% ../../nbs/papers/62_mu2021.ipynb #41c261bc
+# %% ../../nbs/papers/62_mu2021.ipynb #262f5a48
 ABLATION = (("dls", "hyper-image"), ("dls_pet", "PET only"), ("dls_ct", "CT only"))
 
 def ablation(r: SimpleNamespace,  # `load`
@@ -408,7 +408,7 @@ def ablation(r: SimpleNamespace,  # `load`
     return abl
 
 
-# %% ../../nbs/papers/62_mu2021.ipynb #283ca40c
+# %% ../../nbs/papers/62_mu2021.ipynb #465d9675
 ADVANCED = ("III", "IIIA", "IIIB", "IIIC", "IV", "IVA", "IVB")   # the paper's 'advanced stage' (threshold not given): TNM III-IV
 
 def _splits(t) -> list:
@@ -465,7 +465,7 @@ def subgroups(r: SimpleNamespace,  # `load`
     return sg
 
 
-# %% ../../nbs/papers/62_mu2021.ipynb #f9ef0762
+# %% ../../nbs/papers/62_mu2021.ipynb #4ab5cb9a
 STAGE_NUM = {"I": 1, "II": 2, "III": 3, "IV": 4}
 
 def association_data(r: SimpleNamespace,  # `load`
@@ -492,7 +492,7 @@ def _rec_na(r, keys, cohorts, g, why):
     for k in keys: record_published(r, f"{k}.{g}", None, cohort="+".join(cohorts), note=why)
 
 
-# %% ../../nbs/papers/62_mu2021.ipynb #a5bade58
+# %% ../../nbs/papers/62_mu2021.ipynb #d0a46387
 _TPS_KEYS = ["spearman_dls_tps", "spearman_dls_tps_p", "spearman_suvmax_tps", "spearman_suvmax_tps_p"]
 
 def assoc_tps(r: SimpleNamespace,  # `load`
@@ -520,7 +520,7 @@ def assoc_tps(r: SimpleNamespace,  # `load`
     return tab
 
 
-# %% ../../nbs/papers/62_mu2021.ipynb #119f1339
+# %% ../../nbs/papers/62_mu2021.ipynb #01f30099
 _LSD = {frozenset({">=50%", "1-49%"}): "lsd_dls_tps50_vs_1to49_p", frozenset({">=50%", "<1%"}): "lsd_dls_tps50_vs_neg_p"}
 
 def _anova_rows(r, g, cohorts, d, present, ax) -> list:
@@ -558,7 +558,7 @@ def assoc_anova(r: SimpleNamespace,  # `load`
     return tab
 
 
-# %% ../../nbs/papers/62_mu2021.ipynb #db0e6a9f
+# %% ../../nbs/papers/62_mu2021.ipynb #88ffac26
 META_BIN = (("scc", "pb_dls_scc"), ("male", "pb_dls_male"), ("smoking", "pb_dls_smoking"), ("egfr", "pb_dls_egfr"))
 META_CONT = (("suvmax", "spearman_dls_suvmax"), ("age", None), ("bmi", None), ("stage_num", None), ("ecog", None))
 
@@ -586,7 +586,7 @@ def assoc_metadata(r: SimpleNamespace,  # `load`
     return tab
 
 
-# %% ../../nbs/papers/62_mu2021.ipynb #c0fda907
+# %% ../../nbs/papers/62_mu2021.ipynb #61987de6
 OLS_COV = ("suvmax", "age", "bmi", "stage_num", "ecog", "scc", "male", "smoking", "egfr")
 
 def _zols(d, y, cov):
@@ -623,7 +623,7 @@ def assoc_ols(r: SimpleNamespace,  # `load`
     return tab
 
 
-# %% ../../nbs/papers/62_mu2021.ipynb #1174448a
+# %% ../../nbs/papers/62_mu2021.ipynb #7359bc4b
 def necrosis(r: SimpleNamespace,  # `load`
              t: pd.DataFrame, groups: dict,  # `association_data`
             ) -> pd.DataFrame:
@@ -651,7 +651,7 @@ def necrosis(r: SimpleNamespace,  # `load`
     return nec
 
 
-# %% ../../nbs/papers/62_mu2021.ipynb #8fcae37b
+# %% ../../nbs/papers/62_mu2021.ipynb #cabb3243
 _NEC_KEYS = ["spearman_dls_necrosis", "spearman_dls_necrosis_p", "necrosis_ols_adj_r2", "necrosis_ols_f", "necrosis_ols_p",
              "necrosis_ols_coef", "necrosis_ols_coef_p"]
 
@@ -700,7 +700,7 @@ def assoc_necrosis(r: SimpleNamespace,  # `load`
     return tab
 
 
-# %% ../../nbs/papers/62_mu2021.ipynb #c8c3e7aa
+# %% ../../nbs/papers/62_mu2021.ipynb #796c57d6
 def _one_group_empty(d, groups, ec) -> bool:
     "True when a level (0 or 1) of one of `groups` has no patient or no event: its Cox HR is not estimable."
     return min(d.groupby(v)[ec].sum().reindex([0.0, 1.0]).fillna(0).min() for v in groups) == 0
@@ -756,7 +756,7 @@ def dls_vs_ihc_dcb(r: SimpleNamespace,  # `load`
     return tab, used
 
 
-# %% ../../nbs/papers/62_mu2021.ipynb #03aaf76a
+# %% ../../nbs/papers/62_mu2021.ipynb #600f0512
 def dls_vs_ihc_hr(r: SimpleNamespace,  # `load`
                   used: dict,  # `dls_vs_ihc_dcb`'s patients per cohort
                   n_boot: int = 1000,  # bootstrap replicates of the HR difference (two Cox fits each)
@@ -796,7 +796,7 @@ def dls_vs_ihc_hr(r: SimpleNamespace,  # `load`
     return tab
 
 
-# %% ../../nbs/papers/62_mu2021.ipynb #da92508a
+# %% ../../nbs/papers/62_mu2021.ipynb #88bfdfbb
 def reader_icc(r: SimpleNamespace,  # `load`
               ) -> pd.DataFrame | None:
     "ICC(2,1) and ICC(3,1) of the DLS from two readers' ROIs (`dls`, `dls_reader2`) in the SPH validation cohort, with agreement at the cutoff; recorded, written, scatter and Bland-Altman plots. None without a second reader."
@@ -830,7 +830,7 @@ def reader_icc(r: SimpleNamespace,  # `load`
     return tab
 
 
-# %% ../../nbs/papers/62_mu2021.ipynb #922e7221
+# %% ../../nbs/papers/62_mu2021.ipynb #5ab515d0
 def bootstrap_mean(r: SimpleNamespace,  # `load`
                    n_boot: int = 10000,  # bootstrap replicates
                    seed: int = 0,
@@ -860,7 +860,7 @@ def bootstrap_mean(r: SimpleNamespace,  # `load`
     return boot
 
 
-# %% ../../nbs/papers/62_mu2021.ipynb #e7f31e7e
+# %% ../../nbs/papers/62_mu2021.ipynb #64cd6ff6
 MEDIAN_CI = "plain"   # the paper's (SPSS) median CIs are the plain symmetric ones; R's default is "log"
 DLS_GROUP = {1.0: "high DLS", 0.0: "low DLS"}
 
@@ -945,7 +945,7 @@ def fig4_prognosis(r: SimpleNamespace,  # `load`
     return fig4
 
 
-# %% ../../nbs/papers/62_mu2021.ipynb #8408c52f
+# %% ../../nbs/papers/62_mu2021.ipynb #65ca8207
 def _mean_sd(x):
     x = pd.Series(x).dropna()
     return f"{x.mean():.2f} ± {x.std(ddof=1):.2f}" if len(x) > 1 else "-"
@@ -1012,7 +1012,7 @@ def table2(r: SimpleNamespace,  # `load`
     return tab
 
 
-# %% ../../nbs/papers/62_mu2021.ipynb #604eb442
+# %% ../../nbs/papers/62_mu2021.ipynb #691cdf9c
 HIST_STRATA = ["HADC", "LADC", "HSCC", "LSCC"]
 
 def _fisher_dcb(d, strat) -> float:
@@ -1069,7 +1069,7 @@ def fig5_dcb_rates(r: SimpleNamespace,  # `load`
     return rates
 
 
-# %% ../../nbs/papers/62_mu2021.ipynb #4484b916
+# %% ../../nbs/papers/62_mu2021.ipynb #63a3078f
 def _strata_km(r, key, name, de, ep, ax, km_rows, hr_rows):
     "KM of one cohort's `ep` in the four DLS x histology strata (log-rank across them) and the Cox HR of high vs low DLS within each histology."
     tc, ec = f"{ep}_months", f"{ep}_event"
@@ -1110,7 +1110,7 @@ def fig5_km_histology(r: SimpleNamespace,  # `load`
     return kmh, hrh
 
 
-# %% ../../nbs/papers/62_mu2021.ipynb #e965cd2b
+# %% ../../nbs/papers/62_mu2021.ipynb #b4d266f2
 def _ecog_row(r, key, name, de, eg) -> dict:
     "One ECOG stratum's DCB rates by DLS group (Fisher p) and PFS/OS Cox HR of high vs low DLS (log-rank p)."
     row = dict(cohort_key=key, cohort=name, ecog=eg, n=len(de), n_high=int((de["dls_high"] == 1).sum()), n_low=int((de["dls_high"] == 0).sum()))
@@ -1142,7 +1142,7 @@ def s10_ecog(r: SimpleNamespace,  # `load`
     return tab
 
 
-# %% ../../nbs/papers/62_mu2021.ipynb #8b921fc1
+# %% ../../nbs/papers/62_mu2021.ipynb #db3b534f
 MV_FULL, MV_CLIN = ["dls", "adc", "ecog_ge1"], ["adc", "ecog_ge1"]
 MV_MODELS = (("DLS + histology + ECOG", MV_FULL), ("histology + ECOG", MV_CLIN))
 UNI_COVS = ("age", "sex", "bmi", "stage", "smoking", "ecog", "histology", "egfr", "suvmax", "dls", "dls_high")
@@ -1160,7 +1160,7 @@ def multivariable_data(r: SimpleNamespace,  # `load`
     return SimpleNamespace(t=t, train=train, apply=r.ici, endpoints=eps, models={}, not_estimable={})
 
 
-# %% ../../nbs/papers/62_mu2021.ipynb #b9fd306c
+# %% ../../nbs/papers/62_mu2021.ipynb #a12dbb2c
 def univariable(r: SimpleNamespace,  # `load`
                 m: SimpleNamespace,  # `multivariable_data`
                ) -> pd.DataFrame:
@@ -1188,7 +1188,7 @@ def univariable(r: SimpleNamespace,  # `load`
     return tab
 
 
-# %% ../../nbs/papers/62_mu2021.ipynb #3d321918
+# %% ../../nbs/papers/62_mu2021.ipynb #43b9fa5f
 def _fit(m, tr, ep, covs) -> tuple:
     "(fit, (intercept, coefficients), table with ratio/lo/hi) of the logistic (DCB) or Cox model of `ep` on `covs`."
     if ep == "dcb":
@@ -1230,7 +1230,7 @@ def model_score(m: SimpleNamespace,  # `multivariable_data` after `fit_models`
     return a + linear_predictor(d[MV_FULL if mname.startswith("DLS") else MV_CLIN].astype(float).to_numpy(), b)
 
 
-# %% ../../nbs/papers/62_mu2021.ipynb #fa78d5e0
+# %% ../../nbs/papers/62_mu2021.ipynb #7951a085
 def _c_row(m, ep, d) -> tuple:
     "(C, lo, hi, p vs 0.5, clinical-model columns, (y, p) for calibration or None) of the full model in one cohort; ValueError when not estimable."
     full, clin = MV_MODELS[0][0], MV_MODELS[1][0]
@@ -1284,7 +1284,7 @@ def cindex(r: SimpleNamespace,  # `load`
     return tab, calib
 
 
-# %% ../../nbs/papers/62_mu2021.ipynb #ead920cc
+# %% ../../nbs/papers/62_mu2021.ipynb #c3e24afb
 def calibration_dcb(r: SimpleNamespace,  # `load`
                     calib: dict,  # `cindex`'s {cohort key: (y, predicted probability)}
                    ) -> pd.DataFrame:
@@ -1308,7 +1308,7 @@ def calibration_dcb(r: SimpleNamespace,  # `load`
     return tab
 
 
-# %% ../../nbs/papers/62_mu2021.ipynb #2c1eb14b
+# %% ../../nbs/papers/62_mu2021.ipynb #b76f7f15
 def plot_rqs(rqs: pd.DataFrame,  # `rqs_table`
              out_dir,  # the run folder
             ):
