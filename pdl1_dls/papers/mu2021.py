@@ -1,4 +1,4 @@
-"""Paper-specific helpers for the Mu 2021 reproduction notebooks: PD-L1 TPS groups, the numbers of Table 2, and the radiomics quality score (RQS) checklist. (The ROC and Kaplan-Meier plots are in `pdl1_dls.plots`, the AUC test against 0.5 in `pdl1_dls.stats.roc`.)
+"""The Mu 2021 reproduction's analyses, one function per table or figure (Table 1, Figures 3-5, the associations, DLS vs IHC, reliability, Table 2, the multivariable models), called by the notebooks `nbs/reproduce/mu2021_*` with their parameters, and the paper's helpers: PD-L1 TPS groups, the numbers of Table 2, and the radiomics quality score (RQS) checklist. (The ROC and Kaplan-Meier plots are in `pdl1_dls.plots`, the AUC test against 0.5 in `pdl1_dls.stats.roc`.)
 
 Docs: https://pdl1-dls.github.io/pdl1_dls/papers/mu2021.html.md"""
 
@@ -7,18 +7,36 @@ Docs: https://pdl1-dls.github.io/pdl1_dls/papers/mu2021.html.md"""
 # %% ../../nbs/papers/62_mu2021.ipynb #bff4478d
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
+import statsmodels.api as sm
 import yaml
+from scipy import stats as sst
 
 import pdl1_dls
-from ..stats.association import fisher_exact, mann_whitney
-from ..stats.survival import at_risk, kaplan_meier
+from ..analysis import load_scores, paper_cohorts
+from ..plots import finish, panels, plot_box_strip, plot_calibration, plot_km, plot_roc
+from ..report import published, record, write_table
+from ..stats.association import (anova_lsd, compare_correlations, fisher_exact, icc, mann_whitney, point_biserial,
+                                        spearman)
+from ..stats.roc import auc_ci, auc_test, binary_metrics, calibration, delong_ci, delong_test, delong_test_unpaired
+from ..stats.survival import (compare_c, cox, harrell_c, hr_difference, km_median, linear_predictor, logistic,
+                                     logistic_univariable, logrank)
+
 
 # %% auto #0
-__all__ = ['TPS_GROUPS', 'TABLE2_LEVELS', 'tps_group', 'fisher_rxc', 'table2_numbers', 'rqs_checklist', 'rqs_table']
+__all__ = ['TPS_GROUPS', 'TABLE2_LEVELS', 'PDL1_COHORTS', 'ICI_COHORTS', 'T1_CONT', 'T1_CAT', 'ABLATION', 'ADVANCED', 'STAGE_NUM',
+           'META_BIN', 'META_CONT', 'OLS_COV', 'MEDIAN_CI', 'DLS_GROUP', 'HIST_STRATA', 'MV_FULL', 'MV_CLIN',
+           'MV_MODELS', 'UNI_COVS', 'tps_group', 'fisher_rxc', 'table2_numbers', 'rqs_checklist', 'rqs_table', 'load',
+           'record_published', 'table1', 'roc_panels', 'fig3_performance', 'plot_fig3', 'ablation', 'subgroups',
+           'association_data', 'assoc_tps', 'assoc_anova', 'assoc_metadata', 'assoc_ols', 'necrosis', 'assoc_necrosis',
+           'dls_vs_ihc_dcb', 'dls_vs_ihc_hr', 'reader_icc', 'bootstrap_mean', 'fig4_prognosis', 'table2',
+           'fig5_dcb_rates', 'fig5_km_histology', 's10_ecog', 'multivariable_data', 'univariable', 'fit_models',
+           'model_score', 'cindex', 'calibration_dcb', 'plot_rqs']
 
 # %% ../../nbs/papers/62_mu2021.ipynb #6b339f3e
 TPS_GROUPS = ("<1%", "1-49%", ">=50%")
@@ -136,3 +154,1173 @@ def rqs_table(path: str | Path | None = None,  # a checklist YAML; default the p
     out = pd.concat([df, pd.DataFrame([tot])], ignore_index=True)
     out.attrs.update(total=total, percent=pct, max_total=mx)
     return out
+
+# %% ../../nbs/papers/62_mu2021.ipynb #b2da3489
+PDL1_COHORTS = ("sph_train", "sph_val", "mcc_pdl1", "va")   # the paper's PD-L1 cohorts (Table 1, Figure 3)
+ICI_COHORTS = ("mcc_ici_retro", "mcc_ici_pro", "va")        # the paper's ICI-treated cohorts (Figure 4, Table 2)
+
+def load(manifest,  # study manifest (path or `Study`)
+         out_dir,  # the run folder with scores.csv and scores.json
+        ) -> SimpleNamespace:
+    "The scored run the notebooks share: t (clinical + scores, `dls_high`), cutoff, study, pc (paper cohort -> study cohort), lab, keys and ici (the PD-L1 and ICI paper cohorts present), pub (the published keys), out_dir, rec (`record` for mu2021)."
+    t, cutoff, study = load_scores(manifest, out_dir)
+    pc = paper_cohorts(study)
+    return SimpleNamespace(t=t, cutoff=cutoff, study=study, pc=pc, lab=study.label_column, keys=[k for k in PDL1_COHORTS if k in pc],
+                           ici=[k for k in ICI_COHORTS if k in pc], pub=set(published("mu2021")), out_dir=out_dir,
+                           rec=partial(record, out_dir, "mu2021"))
+
+
+# %% ../../nbs/papers/62_mu2021.ipynb #1beaa1c8
+def record_published(r: SimpleNamespace,  # `load`
+                     key: str,  # the published key, e.g. "median_pfs_high.va"
+                     value, lo=None, hi=None,  # the reproduced number and its CI (None: not estimable)
+                     cohort: str | None = None,  # the study cohort(s) it comes from
+                     note: str = "",
+                     why: str | None = None,  # the note of a missing value; None: `note` plus 'not reached'
+                    ) -> dict | None:
+    "Record `key` only when the paper publishes it; a NaN or infinite value (a median not reached) is recorded as missing with `why` (or 'not reached'), an infinite CI bound as 'CI bound not reached'. The row, or None."
+    if key not in r.pub: return None
+    bad = lambda v: v is not None and not np.isfinite(v)
+    fin = lambda v: None if v is None or not np.isfinite(v) else float(v)
+    if bad(value): note = why if why is not None else (note + "; " if note else "") + "not reached"
+    if why is None and (bad(lo) or bad(hi)): note = (note + "; " if note else "") + "CI bound not reached"
+    return r.rec(key, fin(value), fin(lo), fin(hi), cohort=cohort, note=note)
+
+def _rec_p(r, key, p, cohort, note=""):
+    "Record a published p value when it is finite (the paper gives p for some groups only)."
+    if np.isfinite(p): record_published(r, key, float(p), cohort=cohort, note=note)
+
+def _labelled(r, k, cols=("dls",)) -> pd.DataFrame:
+    "Cohort `k`'s patients with an IHC label and every column of `cols`."
+    d = r.t[(r.t["cohort"] == r.pc[k]) & r.t[r.lab].notna()]
+    return d.dropna(subset=list(cols))
+
+
+# %% ../../nbs/papers/62_mu2021.ipynb #ad386daa
+T1_CONT, T1_CAT = ("age", "suvmax", "bmi"), ("sex", "stage", "smoking", "ecog", "histology", "egfr")
+
+def _n_pct(k, n): return f"{k} ({100 * k / n:.2f})" if n else f"{k} (-)"
+
+def _table1_cohort(d, lab, cont, cat) -> pd.DataFrame:
+    "Rows variable/level; columns PD-L1+, PD-L1-, p, test for one cohort's labelled patients."
+    pos, neg = d[d[lab] == 1], d[d[lab] == 0]
+    rows = [dict(variable="No (%)", level="", pos=_n_pct(len(pos), len(d)), neg=_n_pct(len(neg), len(d)), p=np.nan, test="")]
+    for v in cont:
+        a, b = pos[v].dropna().to_numpy(float), neg[v].dropna().to_numpy(float)
+        p = mann_whitney(a, b).p if len(a) and len(b) else np.nan
+        rows.append(dict(variable=v, level="mean ± SD", pos=f"{a.mean():.2f} ± {a.std(ddof=1):.2f}" if len(a) > 1 else "-",
+                         neg=f"{b.mean():.2f} ± {b.std(ddof=1):.2f}" if len(b) > 1 else "-", p=p, test="Wilcoxon rank-sum"))
+    for v in cat:
+        ok = d[d[v].notna()]
+        ct = pd.crosstab(ok[v], ok[lab]).reindex(columns=[1, 0], fill_value=0)
+        try: levels = sorted(ct.index)
+        except TypeError: levels = list(ct.index)
+        ct = ct.loc[levels]
+        p = fisher_exact(None, None, table=ct.to_numpy()).p if len(ct) >= 2 else np.nan
+        for i, lev in enumerate(levels):
+            rows.append(dict(variable=v, level=str(lev), pos=_n_pct(int(ct.loc[lev, 1]), int(ct[1].sum())),
+                             neg=_n_pct(int(ct.loc[lev, 0]), int(ct[0].sum())), p=p if i == 0 else np.nan,
+                             test=("Fisher exact" if i == 0 else "")))
+    return pd.DataFrame(rows)
+
+def _record_prevalence(r, k, c, n_pos, n_lab):
+    "Record cohort k's size, PD-L1 prevalence and counts (the paper gives the VA counts as shares)."
+    r.rec(f"n_patients.{k}", len(c), cohort=r.pc[k])
+    if n_lab:
+        r.rec(f"pdl1_prevalence.{k}", n_pos / n_lab, cohort=r.pc[k], note=f"{n_pos}/{n_lab} with IHC")
+        if k != "va":
+            r.rec(f"n_pdl1_pos.{k}", n_pos, cohort=r.pc[k]); r.rec(f"n_pdl1_neg.{k}", n_lab - n_pos, cohort=r.pc[k])
+    if k == "va" and len(c):
+        r.rec(f"pdl1_positive_share.{k}", n_pos / len(c), cohort=r.pc[k], note=f"{n_pos}/{len(c)}, all patients (unlabelled ones included)")
+
+def table1(r: SimpleNamespace,  # `load`
+          ) -> tuple:
+    "(prevalence per PD-L1 cohort, Table 1 or None): PD-L1+ vs PD-L1- per cohort, Wilcoxon rank-sum (continuous) and Fisher (categorical); recorded and written."
+    t, pc, lab = r.t, r.pc, r.lab
+    for k in ("mcc_ici_retro", "mcc_ici_pro"):          # the ICI cohorts' sizes (Table 2 describes them)
+        if k in pc: r.rec(f"n_patients.{k}", int((t["cohort"] == pc[k]).sum()), cohort=pc[k])
+    cont, cat = [c for c in T1_CONT if c in t.columns], [c for c in T1_CAT if c in t.columns]
+    parts, prev = [], []
+    for k in r.keys:
+        c = t[t["cohort"] == pc[k]]
+        d = c[c[lab].notna()]
+        n_pos, n_lab = int((d[lab] == 1).sum()), len(d)
+        prev.append(dict(cohort_key=k, cohort=pc[k], n=len(c), n_labelled=n_lab, n_unlabelled=len(c) - n_lab,
+                         n_pos=n_pos, n_neg=n_lab - n_pos, prevalence=n_pos / n_lab if n_lab else np.nan))
+        _record_prevalence(r, k, c, n_pos, n_lab)
+        if d[lab].nunique() < 2:
+            print(f"{k}: a single PD-L1 class among labelled patients: no comparison"); continue
+        tab = _table1_cohort(d, lab, cont, cat)
+        tab.columns = ["variable", "level"] + [f"{pc[k]} {x}" for x in ("PD-L1+", "PD-L1-", "p", "test")]
+        parts.append(tab.set_index(["variable", "level"]))
+    prev = pd.DataFrame(prev)
+    write_table(prev, "mu2021_table1_prevalence", r.out_dir, title="PD-L1 prevalence by cohort (IHC TPS >= 1 %)")
+    if not parts:
+        print("no cohort with both PD-L1 classes: Table 1 skipped"); return prev, None
+    order = list(dict.fromkeys(k for d in parts for k in d.index))      # first cohort's row order, then new levels
+    t1 = pd.concat([d.reindex(order) for d in parts], axis=1).reset_index()
+    write_table(t1, "mu2021_table1", r.out_dir,
+                title="Table 1: characteristics by PD-L1 status (Wilcoxon rank-sum for continuous, Fisher's exact for categorical)")
+    return prev, t1
+
+
+# %% ../../nbs/papers/62_mu2021.ipynb #0eeb56f0
+def roc_panels(r: SimpleNamespace,  # `load`
+               curves: dict,  # paper cohort key -> [(label, patients, score column)]: one ROC curve each
+               name: str,  # figure file stem
+               title: str,  # figure title
+               titles: dict | None = None,  # paper cohort key -> text after the cohort's name in its panel title
+              ):
+    "One ROC panel per cohort (`plot_roc`, DeLong CI in the legend), a curve per (label, patients, score) with both classes; saved and shown."
+    fig, axes = panels(len(curves))
+    for ax, (k, cs) in zip(axes, curves.items()):
+        drawn = 0
+        for i, (label, d, col) in enumerate(cs):
+            d = d.dropna(subset=[col])
+            if d[r.lab].nunique() == 2: plot_roc(ax, d[r.lab], d[col], label, color=f"C{i}"); drawn += 1
+        ax.set_title(r.pc[k] + (titles or {}).get(k, "") if drawn else f"{r.pc[k]}: one class only", fontsize=9)
+    return finish(fig, name, r.out_dir, title=title)
+
+
+# %% ../../nbs/papers/62_mu2021.ipynb #feb5b3e4
+_F3 = (("ACC", "accuracy"), ("SEN", "sensitivity"), ("SPEC", "specificity"))
+
+def _fig3_row(r, k, d, n_boot, seed) -> tuple:
+    "Cohort k's Figure 3 numbers: (AUC row: DLS and SUVmax AUC with p against 0.5, DeLong test; metric rows at the cutoff), recorded."
+    pc, lab, cutoff = r.pc, r.lab, r.cutoff
+    y, s = d[lab].astype(int).to_numpy(), d["dls"].to_numpy()
+    a = auc_test(y, s)                                       # auc_ci with the p of AUC = 0.5 (DeLong z)
+    row = dict(cohort_key=k, cohort=pc[k], n=a["n"], n_pos=a["n_pos"], n_neg=a["n_neg"], dls_auc=a["auc"], dls_lo=a["lo"], dls_hi=a["hi"],
+               dls_p=a["p"], mw_p=mann_whitney(s[y == 1], s[y == 0]).p if a["n_pos"] and a["n_neg"] else np.nan, note=a["note"])
+    if k != "va": r.rec(f"dls_pos_vs_neg_p.{k}", row["mw_p"], cohort=pc[k],
+                        note="Wilcoxon rank-sum, PD-L1+ vs PD-L1-" if np.isfinite(row["mw_p"]) else "no Wilcoxon test: one PD-L1 class or a constant DLS")
+    r.rec(f"dls_auc.{k}", a["auc"], lo=a["lo"], hi=a["hi"], cohort=pc[k], note=a["note"])   # NaN: the note says why
+    r.rec(f"dls_auc_p.{k}", a["p"], cohort=pc[k], note=a["note"] or "DeLong z of AUC - 0.5")
+    if "suvmax" in d and d["suvmax"].notna().sum():
+        ds = d.dropna(subset=["suvmax"])
+        b = auc_test(ds[lab], ds["suvmax"])
+        row.update(suvmax_auc=b["auc"], suvmax_lo=b["lo"], suvmax_hi=b["hi"], suvmax_p=b["p"])
+        r.rec(f"suvmax_auc.{k}", b["auc"], lo=b["lo"], hi=b["hi"], cohort=pc[k], note=b["note"])
+        r.rec(f"suvmax_auc_p.{k}", b["p"], cohort=pc[k], note=b["note"] or "DeLong z of AUC - 0.5")
+        try:
+            dt = delong_test(ds[lab].astype(int), ds["dls"], ds["suvmax"])
+            row.update(delong_diff=dt.diff, delong_z=dt.z, delong_p=dt.p)
+        except ValueError as e:
+            row.update(delong_p=np.nan); row["note"] = (row["note"] + f"; no DeLong test: {e}").strip("; ")
+    mets = []
+    if a["n_pos"] and a["n_neg"]:
+        m = binary_metrics(y, s, cutoff, n_boot=n_boot, seed=seed)
+        for met, mr in m.iterrows():
+            mets.append(dict(cohort_key=k, cohort=pc[k], metric=met, value=mr["value"], lo=mr["lo"], hi=mr["hi"],
+                             n_undefined=int(mr["n_undefined"]), **m.attrs["counts"]))
+        for met, key in _F3:
+            r.rec(f"{key}.{k}", m.loc[met, "value"], lo=m.loc[met, "lo"], hi=m.loc[met, "hi"], cohort=pc[k],
+                  note=f"cutoff {cutoff:.3f}; {n_boot} stratified bootstrap replicates")
+    else:
+        for _, key in _F3: r.rec(f"{key}.{k}", None, cohort=pc[k], note=a["note"])
+    return row, mets
+
+def fig3_performance(r: SimpleNamespace,  # `load`
+                     n_boot: int = 10000,  # bootstrap replicates of the metrics' CIs
+                     seed: int = 0,
+                    ) -> tuple:
+    "Figure 3B-C's numbers per PD-L1 cohort: (AUC table: DLS and SUVmax with DeLong CIs, paired DeLong, Mann-Whitney; metrics at the training cutoff with stratified bootstrap CIs); recorded and written."
+    r.rec("cutoff", r.cutoff, cohort=r.pc.get("sph_train", ""), note="Youden on the training cohort")
+    rows, mets = [], []
+    for k in r.keys:
+        row, m = _fig3_row(r, k, _labelled(r, k), n_boot, seed)
+        rows.append(row); mets += m
+    auc_tab, met_tab = pd.DataFrame(rows), pd.DataFrame(mets)
+    write_table(auc_tab, "mu2021_fig3_auc", r.out_dir, title="Figure 3B: AUC of the DLS and SUVmax (DeLong 95 % CI), paired DeLong test DLS vs SUVmax")
+    if len(met_tab):
+        write_table(met_tab, "mu2021_fig3_metrics", r.out_dir,
+                    title=f"Figure 3C: metrics at the training cutoff {r.cutoff:.3f} (stratified bootstrap, {n_boot} replicates, seed {seed})")
+    return auc_tab, met_tab
+
+
+# %% ../../nbs/papers/62_mu2021.ipynb #45c82669
+def plot_fig3(r: SimpleNamespace,  # `load`
+              auc_tab: pd.DataFrame,  # `fig3_performance`'s AUC table
+              met_tab: pd.DataFrame,  # `fig3_performance`'s metrics
+              seed: int = 0,  # the jitter of the points
+             ):
+    "Figure 3A (DLS by PD-L1 status), 3B (ROC of the DLS and SUVmax) and 3C (ACC, SEN, SPEC at the cutoff): saved and shown."
+    keys, pc, lab, cutoff = r.keys, r.pc, r.lab, r.cutoff
+    at = auc_tab.set_index("cohort_key") if len(auc_tab) else auc_tab
+    fig, axes = panels(len(keys), width=3.2, height=3.4)
+    for ax, k in zip(axes, keys):
+        d = _labelled(r, k)
+        plot_box_strip(ax, [d.loc[d[lab] == 1, "dls"], d.loc[d[lab] == 0, "dls"]], ["PD-L1+", "PD-L1-"], seed=seed, hline=cutoff)
+        ax.set_title(f"{pc[k]} (p={at.loc[k, 'mw_p']:.2g})", fontsize=9); ax.set_ylabel("DLS")
+    finish(fig, "mu2021_fig3a_dls_distribution", r.out_dir, title="Figure 3A: DLS by PD-L1 status (dotted: training cutoff)")
+    p = {k: at.loc[k].get("delong_p", np.nan) for k in keys}
+    roc_panels(r, {k: [("DLS", _labelled(r, k), "dls"), ("SUVmax", _labelled(r, k), "suvmax")] if "suvmax" in r.t else
+                      [("DLS", _labelled(r, k), "dls")] for k in keys}, "mu2021_fig3b_roc", "Figure 3B: ROC of the DLS and SUVmax",
+               titles={k: "" if pd.isna(p[k]) else f" (DeLong p={p[k]:.2g})" for k in keys})
+    if not len(met_tab): return
+    show = met_tab[met_tab["metric"].isin(["ACC", "SEN", "SPEC"])]
+    fig, axes = panels(1, width=1.8 + 1.6 * len(keys), height=3.4); ax = axes[0]
+    for j, met in enumerate(["ACC", "SEN", "SPEC"]):
+        m = show[show["metric"] == met].set_index("cohort_key").reindex(keys)
+        err = np.vstack([m["value"] - m["lo"], m["hi"] - m["value"]])
+        ax.bar(np.arange(len(keys)) + (j - 1) * 0.25, m["value"], 0.25, yerr=np.nan_to_num(err), capsize=3, label=met)
+    ax.set_xticks(np.arange(len(keys)), [pc[k] for k in keys]); ax.set_ylim(0, 1.05); ax.legend(fontsize=8)
+    ax.set_title(f"Figure 3C: at the training cutoff {cutoff:.2f}", fontsize=10)
+    finish(fig, "mu2021_fig3c_metrics", r.out_dir)
+
+
+# %% ../../nbs/papers/62_mu2021.ipynb #262f5a48
+ABLATION = (("dls", "hyper-image"), ("dls_pet", "PET only"), ("dls_ct", "CT only"))
+
+def ablation(r: SimpleNamespace,  # `load`
+            ) -> pd.DataFrame:
+    "PET-only and CT-only against the hyper-image DLS per PD-L1 cohort: AUC (DeLong CI), paired DeLong test vs hyper-image; recorded, written, ROC figure."
+    t, pc, lab = r.t, r.pc, r.lab
+    models = [(c, n) for c, n in ABLATION if c in t and t[c].notna().any()]
+    print("models:", [n for _, n in models])
+    rows = []
+    for k in r.keys:
+        d = _labelled(r, k, [c for c, _ in models])
+        for c, name in models:
+            a = auc_ci(d[lab], d[c])
+            row = dict(cohort_key=k, cohort=pc[k], model=name, n=a["n"], n_pos=a["n_pos"], auc=a["auc"], lo=a["lo"], hi=a["hi"],
+                       diff_vs_hyper=np.nan, delong_p=np.nan, note=a["note"])
+            if c != "dls":
+                pkey = f"delong_p_dls_vs_{c[4:]}.{k}" if k in ("sph_train", "sph_val") else None   # the paper gives it for SPH only
+                try:
+                    if np.isnan(a["auc"]): raise ValueError(a["note"])
+                    dt = delong_test(d[lab].astype(int), d["dls"], d[c])
+                    row.update(diff_vs_hyper=dt.diff, delong_p=dt.p)
+                    if pkey: r.rec(pkey, dt.p, cohort=pc[k], note=f"paired DeLong, hyper-image vs {name}")
+                except ValueError as e:
+                    row["note"] = (row["note"] + f"; no DeLong test: {e}").strip("; ")
+                    if pkey: r.rec(pkey, None, cohort=pc[k], note=f"no DeLong test: {e}")
+                r.rec(f"{c}_auc.{k}", a["auc"], lo=a["lo"], hi=a["hi"], cohort=pc[k], note=a["note"])
+            rows.append(row)
+    abl = pd.DataFrame(rows)
+    if len(abl):
+        write_table(abl, "mu2021_ablation", r.out_dir,
+                    title="PET-only and CT-only vs hyper-image DLS: AUC (DeLong 95 % CI) and paired DeLong test vs hyper-image")
+    if len(models) > 1 and r.keys:
+        roc_panels(r, {k: [(n, _labelled(r, k, [c for c, _ in models]), c) for c, n in models] for k in r.keys}, "mu2021_ablation_roc",
+                   "Ablation: ROC of the hyper-image, PET-only and CT-only models")
+    else: print("fewer than two models scored: no ablation figure")
+    return abl
+
+
+# %% ../../nbs/papers/62_mu2021.ipynb #465d9675
+ADVANCED = ("III", "IIIA", "IIIB", "IIIC", "IV", "IVA", "IVB")   # the paper's 'advanced stage' (threshold not given): TNM III-IV
+
+def _splits(t) -> list:
+    "(split, column, [(value, subgroup, published AUC key)], published p key) of the EGFR and histology subgroups the study has."
+    s = []
+    if "egfr" in t: s.append(("EGFR", "egfr", [(1, "mutant", "dls_auc_egfr_mut"), (0, "wild-type", "dls_auc_egfr_wt")], "delong_p_egfr"))
+    if "histology" in t: s.append(("histology", "histology", [("ADC", "ADC", None), ("SCC", "SCC", None)], None))
+    return s
+
+def _subgroup_rows(r, k, d, split, col, levels, pkey) -> list:
+    "The AUCs of one cohort's two subgroups and their unpaired DeLong test (on the second row), recorded."
+    rows, sub = [], {}
+    for val, name, key in levels:
+        s = d[d[col] == val]
+        a = auc_ci(s[r.lab], s["dls"])
+        sub[name] = s
+        rows.append(dict(cohort_key=k, cohort=r.pc[k], split=split, subgroup=name, n=a["n"], n_pos=a["n_pos"], n_neg=a["n_neg"],
+                         auc=a["auc"], lo=a["lo"], hi=a["hi"], delong_p=np.nan, note=a["note"]))
+        if key: record_published(r, f"{key}.{k}", a["auc"], a["lo"], a["hi"], cohort=r.pc[k], note=a["note"], why=a["note"])
+    (na, sa), (nb, sb) = list(sub.items())
+    lab, last = r.lab, rows[-1]
+    try:
+        dt = delong_test_unpaired(sa[lab].astype(int), sa["dls"], sb[lab].astype(int), sb["dls"])
+        last["delong_p"] = dt.p; last["delong_df"] = dt.df
+        last["note"] = (last["note"] + f"; p: {na} vs {nb}, unpaired DeLong (t, Welch df {dt.df:.1f}, as pROC)").strip("; ")
+        note = f"unpaired DeLong (pROC: t with Welch df {dt.df:.1f}), mutant vs wild-type"
+        if pkey: record_published(r, f"{pkey}.{k}", dt.p, cohort=r.pc[k], note=note, why=note)
+    except ValueError as e:
+        last["note"] = (last["note"] + f"; no unpaired DeLong test: {e}").strip("; ")
+        if pkey: record_published(r, f"{pkey}.{k}", None, cohort=r.pc[k], note=f"no unpaired DeLong test: {e}")
+    return rows
+
+def subgroups(r: SimpleNamespace,  # `load`
+             ) -> pd.DataFrame:
+    "The DLS's AUC in EGFR and histology subgroups per PD-L1 cohort (unpaired DeLong between the two) and in advanced stage (SPH pooled); recorded, written, ROC figures."
+    t, pc, lab = r.t, r.pc, r.lab
+    rows = []
+    for k in r.keys:
+        for sp in _splits(t): rows += _subgroup_rows(r, k, _labelled(r, k), *sp)
+    sph = [pc[k] for k in ("sph_train", "sph_val") if k in pc]
+    if sph and "stage" in t:
+        s = t[t["cohort"].isin(sph) & t[lab].notna() & t["dls"].notna() & t["stage"].astype(str).str.upper().isin(ADVANCED)]
+        a = auc_test(s[lab], s["dls"])
+        rows.append(dict(cohort_key="sph", cohort="+".join(sph), split="stage", subgroup="advanced (III-IV)", n=a["n"], n_pos=a["n_pos"],
+                         n_neg=a["n_neg"], auc=a["auc"], lo=a["lo"], hi=a["hi"], delong_p=np.nan, p_vs_0_5=a["p"], note=a["note"]))
+        r.rec("dls_auc_advanced.sph", a["auc"], lo=a["lo"], hi=a["hi"], cohort="+".join(sph), note=f"stage III-IV, n={a['n']}; {a['note']}".strip("; "))
+        r.rec("dls_auc_advanced_p.sph", a["p"], cohort="+".join(sph), note=a["note"] or "DeLong z of AUC - 0.5")
+    sg = pd.DataFrame(rows)
+    if len(sg):
+        write_table(sg, "mu2021_subgroups", r.out_dir, title="DLS AUC for PD-L1 status by EGFR and histology subgroup (DeLong CI; unpaired DeLong test between the two subgroups)")
+    for split, col, levels, _ in _splits(t):
+        roc_panels(r, {k: [(name, _labelled(r, k)[lambda d: d[col] == val], "dls") for val, name, _ in levels] for k in r.keys},
+                   f"mu2021_subgroups_{split.lower()}_roc", f"DLS ROC by {split} subgroup")
+    return sg
+
+
+# %% ../../nbs/papers/62_mu2021.ipynb #4ab5cb9a
+STAGE_NUM = {"I": 1, "II": 2, "III": 3, "IV": 4}
+
+def association_data(r: SimpleNamespace,  # `load`
+                    ) -> tuple:
+    "(scored patients with numeric stage and 0/1 scc and male columns, analysis groups): `sph` is SPH training + validation pooled, `mcc_pdl1` the MCC PD-L1 test cohort."
+    pc, groups = r.pc, {}
+    sph = [pc[k] for k in ("sph_train", "sph_val") if k in pc]
+    if sph: groups["sph"] = sph
+    if "mcc_pdl1" in pc: groups["mcc_pdl1"] = [pc["mcc_pdl1"]]
+    t = r.t[r.t["dls"].notna()].copy()
+    if "stage" in t: t["stage_num"] = t["stage"].map(lambda v: STAGE_NUM.get(str(v).upper(), np.nan) if pd.notna(v) else np.nan)
+    if "histology" in t: t["scc"] = np.where(t["histology"].isna(), np.nan, (t["histology"] == "SCC").astype(float))
+    if "sex" in t: t["male"] = np.where(t["sex"].isna(), np.nan, (t["sex"].astype(str).str.lower() == "male").astype(float))
+    return t, groups
+
+def _safe(f, *a):
+    "f(*a), or None (the reason printed) when the statistic is undefined."
+    try: return f(*a)
+    except ValueError as e:
+        print(f"  skipped ({e})"); return None
+
+def _rec_na(r, keys, cohorts, g, why):
+    "Record the published numbers of group g that this study cannot give, with the reason."
+    for k in keys: record_published(r, f"{k}.{g}", None, cohort="+".join(cohorts), note=why)
+
+
+# %% ../../nbs/papers/62_mu2021.ipynb #d0a46387
+_TPS_KEYS = ["spearman_dls_tps", "spearman_dls_tps_p", "spearman_suvmax_tps", "spearman_suvmax_tps_p"]
+
+def assoc_tps(r: SimpleNamespace,  # `load`
+              t: pd.DataFrame, groups: dict,  # `association_data`
+             ) -> pd.DataFrame:
+    "Spearman of the DLS and of SUVmax with the PD-L1 TPS per group, and the cocor comparison of the two dependent correlations (Steiger, Meng-Rosenthal-Rubin); recorded and written."
+    rows = []
+    for g, cohorts in groups.items():
+        d = t[t["cohort"].isin(cohorts)].dropna(subset=["pdl1_tps", "suvmax"]) if {"pdl1_tps", "suvmax"} <= set(t) else t.iloc[0:0]
+        if len(d) < 4:
+            print(f"{g}: too few patients with TPS and SUVmax"); _rec_na(r, _TPS_KEYS, cohorts, g, f"{len(d)} patients with TPS and SUVmax (< 4)"); continue
+        r1, r2, r3 = _safe(spearman, d["dls"], d["pdl1_tps"]), _safe(spearman, d["suvmax"], d["pdl1_tps"]), _safe(spearman, d["dls"], d["suvmax"])
+        if not (r1 and r2 and r3): _rec_na(r, _TPS_KEYS, cohorts, g, "a Spearman correlation undefined (constant values)"); continue
+        cc = compare_correlations(r1.r, r2.r, r3.r, len(d))    # j = TPS, k = DLS, h = SUVmax
+        rows.append(dict(group=g, n=len(d), rho_dls_tps=r1.r, p_dls_tps=r1.p, rho_suvmax_tps=r2.r, p_suvmax_tps=r2.p,
+                         rho_dls_suvmax=r3.r, steiger_z=cc.steiger_z, steiger_p=cc.steiger_p, mrr_z=cc.mrr_z, mrr_p=cc.mrr_p))
+        c = "+".join(cohorts)
+        r.rec(f"spearman_dls_tps.{g}", r1.r, lo=r1.lo, hi=r1.hi, cohort=c)
+        r.rec(f"spearman_suvmax_tps.{g}", r2.r, lo=r2.lo, hi=r2.hi, cohort=c)
+        _rec_p(r, f"spearman_dls_tps_p.{g}", r1.p, cohort=c)
+        _rec_p(r, f"spearman_suvmax_tps_p.{g}", r2.p, cohort=c)
+    tab = pd.DataFrame(rows)
+    if len(tab):
+        write_table(tab, "mu2021_assoc_tps", r.out_dir, title="Spearman of DLS and SUVmax with PD-L1 TPS; cocor comparison (Steiger, Meng-Rosenthal-Rubin)")
+    return tab
+
+
+# %% ../../nbs/papers/62_mu2021.ipynb #01f30099
+_LSD = {frozenset({">=50%", "1-49%"}): "lsd_dls_tps50_vs_1to49_p", frozenset({">=50%", "<1%"}): "lsd_dls_tps50_vs_neg_p"}
+
+def _anova_rows(r, g, cohorts, d, present, ax) -> list:
+    "One group's ANOVA and LSD rows (recorded) and its box plot; [] when no ANOVA."
+    a = _safe(anova_lsd, d["dls"], d["tps_group"].astype(str)) if len(present) >= 2 else None
+    missing = {v for k_, v in _LSD.items() if not k_ <= set(present)}
+    _rec_na(r, sorted(missing), cohorts, g, f"TPS groups with patients: {present}")
+    if a is None:
+        _rec_na(r, ["anova_dls_tps_p"] + sorted(set(_LSD.values()) - missing), cohorts, g, f"no ANOVA: TPS groups with patients {present}"); return []
+    c = "+".join(cohorts)
+    rows = [dict(group=g, comparison="ANOVA", n=len(d), statistic=a.f, df=f"{a.df_between}, {a.df_within}", diff=np.nan, p=a.p)]
+    _rec_p(r, f"anova_dls_tps_p.{g}", a.p, cohort=c, note=f"F({a.df_between}, {a.df_within}) = {a.f:.3g}")
+    for _, x in a.posthoc.iterrows():
+        rows.append(dict(group=g, comparison=f"LSD {x.group_a} vs {x.group_b}", n=np.nan, statistic=x.t, df=str(a.df_within), diff=x["diff"], p=x.p))
+        lsd = _LSD.get(frozenset({x.group_a, x.group_b}))
+        if lsd: _rec_p(r, f"{lsd}.{g}", x.p, cohort=c, note="Fisher LSD (unadjusted pooled-variance t)")
+    plot_box_strip(ax, [d.loc[d["tps_group"] == p, "dls"] for p in present], [f"TPS {p}" for p in present], points=False, fontsize=8)
+    ax.set_title(f"{g} (ANOVA p={a.p:.2g})", fontsize=9); ax.set_ylabel("DLS")
+    return rows
+
+def assoc_anova(r: SimpleNamespace,  # `load`
+                t: pd.DataFrame, groups: dict,  # `association_data`
+               ) -> pd.DataFrame:
+    "One-way ANOVA of the DLS across PD-L1 TPS groups (<1 %, 1-49 %, >=50 %) with Fisher's LSD post hoc per group; recorded, written, box plots."
+    rows = []
+    fig, axes = panels(len(groups), height=3.2)
+    for ax, (g, cohorts) in zip(axes, groups.items()):
+        d = t[t["cohort"].isin(cohorts) & t["pdl1_tps"].notna()].copy() if "pdl1_tps" in t else t.iloc[0:0]
+        if d.empty: continue
+        d["tps_group"] = tps_group(d["pdl1_tps"])
+        rows += _anova_rows(r, g, cohorts, d, [c for c in d["tps_group"].cat.categories if (d["tps_group"] == c).any()], ax)
+    finish(fig, "mu2021_assoc_tps_groups", r.out_dir)
+    tab = pd.DataFrame(rows)
+    if len(tab): write_table(tab, "mu2021_assoc_anova_lsd", r.out_dir, title="DLS across PD-L1 TPS groups: one-way ANOVA and Fisher LSD")
+    return tab
+
+
+# %% ../../nbs/papers/62_mu2021.ipynb #88ffac26
+META_BIN = (("scc", "pb_dls_scc"), ("male", "pb_dls_male"), ("smoking", "pb_dls_smoking"), ("egfr", "pb_dls_egfr"))
+META_CONT = (("suvmax", "spearman_dls_suvmax"), ("age", None), ("bmi", None), ("stage_num", None), ("ecog", None))
+
+def assoc_metadata(r: SimpleNamespace,  # `load`
+                   t: pd.DataFrame, groups: dict,  # `association_data`
+                  ) -> pd.DataFrame:
+    "Correlation of the DLS with each characteristic per group: point-biserial for binary ones, Spearman otherwise (Fisher-z CIs); recorded and written."
+    rows = []
+    for g, cohorts in groups.items():
+        d = t[t["cohort"].isin(cohorts)]
+        for v, key in META_BIN + META_CONT:
+            if v not in d: continue
+            dd = d.dropna(subset=[v])
+            f = point_biserial if (v, key) in META_BIN else spearman
+            x = _safe(f, dd[v], dd["dls"]) if len(dd) >= 4 else None
+            if x is None:
+                if key: _rec_na(r, [key, f"{key}_p"], cohorts, g, f"no correlation: {len(dd)} patients with {v}, or constant values")
+                continue
+            rows.append(dict(group=g, variable=v, method=x.method, n=x.n, r=x.r, lo=x.lo, hi=x.hi, p=x.p))
+            if key:
+                r.rec(f"{key}.{g}", x.r, lo=x.lo, hi=x.hi, cohort="+".join(cohorts))
+                _rec_p(r, f"{key}_p.{g}", x.p, cohort="+".join(cohorts))
+    tab = pd.DataFrame(rows)
+    if len(tab): write_table(tab, "mu2021_assoc_metadata", r.out_dir, title="Correlation of the DLS with metadata (point-biserial for binary, Spearman otherwise; Fisher-z CI)")
+    return tab
+
+
+# %% ../../nbs/papers/62_mu2021.ipynb #61987de6
+OLS_COV = ("suvmax", "age", "bmi", "stage_num", "ecog", "scc", "male", "smoking", "egfr")
+
+def _zols(d, y, cov):
+    "OLS of z-scored y on z-scored covariates (standardised betas)."
+    z = (d[cov + [y]] - d[cov + [y]].mean()) / d[cov + [y]].std()
+    return sm.OLS(z[y], sm.add_constant(z[cov])).fit()
+
+def assoc_ols(r: SimpleNamespace,  # `load`
+              t: pd.DataFrame, groups: dict,  # `association_data`
+             ) -> pd.DataFrame:
+    "Multivariable linear regression of the DLS on the characteristics per group (standardised OLS: betas, adjusted R2, F); recorded and written."
+    COV = [c for c in OLS_COV if c in t]
+    rows = []
+    for g, cohorts in groups.items():
+        d = t[t["cohort"].isin(cohorts)].dropna(subset=COV + ["dls"])
+        cov, c = [v for v in COV if d[v].std() > 0], "+".join(cohorts)
+        if len(d) <= len(cov) + 2:
+            print(f"{g}: too few complete patients for the regression")
+            _rec_na(r, ["ols_adj_r2", "ols_f", "ols_p", "ols_coef_suvmax", "ols_coef_suvmax_p"], cohorts, g, f"{len(d)} complete patients for {len(cov)} covariates")
+            continue
+        fit = _zols(d, "dls", cov)
+        ci = fit.conf_int()
+        for v in cov:
+            rows.append(dict(group=g, term=v, beta=fit.params[v], lo=ci.loc[v, 0], hi=ci.loc[v, 1], p=fit.pvalues[v],
+                             n=int(fit.nobs), adj_r2=fit.rsquared_adj, F=fit.fvalue, F_p=fit.f_pvalue))
+        r.rec(f"ols_adj_r2.{g}", fit.rsquared_adj, cohort=c, note=f"{len(cov)} covariates, all entered")
+        r.rec(f"ols_f.{g}", fit.fvalue, cohort=c, note=f"F({int(fit.df_model)}, {int(fit.df_resid)})")
+        _rec_p(r, f"ols_p.{g}", fit.f_pvalue, cohort=c, note="F-test of the regression")
+        if "suvmax" in cov:
+            r.rec(f"ols_coef_suvmax.{g}", fit.params["suvmax"], lo=ci.loc["suvmax", 0], hi=ci.loc["suvmax", 1], cohort=c, note="standardised beta")
+            _rec_p(r, f"ols_coef_suvmax_p.{g}", fit.pvalues["suvmax"], cohort=c, note="t test of the coefficient")
+    tab = pd.DataFrame(rows)
+    if len(tab): write_table(tab, "mu2021_assoc_ols", r.out_dir, title="Multivariable OLS of the DLS on metadata (standardised betas)")
+    return tab
+
+
+# %% ../../nbs/papers/62_mu2021.ipynb #7359bc4b
+def necrosis(r: SimpleNamespace,  # `load`
+             t: pd.DataFrame, groups: dict,  # `association_data`
+            ) -> pd.DataFrame:
+    "Per patient of the groups: the PET necrosis ratio and global and necrotic volumes (`necrosis_ratio`), cached in out_dir/necrosis.csv keyed by patient and file paths; unusable patients are printed and left out."
+    from ..core import PDL1Error, atomic_path, progress
+    from ..io import read_image, read_pet_suv
+    from ..petct.preprocess import necrosis_ratio
+    cache = Path(r.out_dir) / "necrosis.csv"
+    need = t[t["cohort"].isin([c for cs in groups.values() for c in cs])][["patient_id", "pet", "roi"]].dropna()
+    old = pd.read_csv(cache, dtype={"patient_id": str}) if cache.is_file() else pd.DataFrame(columns=["patient_id", "pet", "roi"])
+    old = old.merge(need, on=["patient_id", "pet", "roi"], how="inner")
+    todo = need[~need["patient_id"].isin(old["patient_id"])]
+    new, bad = [], []
+    for x in progress(list(todo.itertuples(index=False)), desc="necrosis", unit="patient"):
+        try:
+            n = necrosis_ratio(read_pet_suv(x.pet, x.patient_id), read_image(x.roi, x.patient_id), patient=x.patient_id)
+            new.append(dict(patient_id=x.patient_id, pet=x.pet, roi=x.roi, **n))
+        except (PDL1Error, ValueError, RuntimeError) as e:
+            bad.append(dict(patient_id=x.patient_id, reason=str(e)))
+    nec = pd.concat([old, pd.DataFrame(new)], ignore_index=True) if new else old
+    if new:
+        with atomic_path(cache) as p: nec.to_csv(p, index=False)
+    if bad: print("left out:", pd.DataFrame(bad).to_string(index=False))
+    print(f"necrosis: {len(nec)} patients ({len(new)} computed now, {len(old)} from the cache)")
+    return nec
+
+
+# %% ../../nbs/papers/62_mu2021.ipynb #cabb3243
+_NEC_KEYS = ["spearman_dls_necrosis", "spearman_dls_necrosis_p", "necrosis_ols_adj_r2", "necrosis_ols_f", "necrosis_ols_p",
+             "necrosis_ols_coef", "necrosis_ols_coef_p"]
+
+def _necrosis_row(r, g, cohorts, d, ax) -> dict:
+    "One group's DLS vs necrosis ratio (Spearman among patients with necrosis, univariable standardised OLS) and vs volume, recorded; its scatter plot."
+    dn, c = d[d["ratio"] > 0], "+".join(cohorts)
+    x = _safe(spearman, dn["ratio"], dn["dls"]) if len(dn) >= 4 else None
+    row = dict(group=g, n=len(d), n_with_necrosis=len(dn))
+    if x:
+        fit = _zols(dn, "dls", ["ratio"])
+        row.update(rho_necrosis=x.r, lo=x.lo, hi=x.hi, p_necrosis=x.p, ols_beta=fit.params.iloc[1], ols_p=fit.pvalues.iloc[1],
+                   ols_adj_r2=fit.rsquared_adj, ols_F=fit.fvalue)
+        r.rec(f"spearman_dls_necrosis.{g}", x.r, lo=x.lo, hi=x.hi, cohort=c, note=f"{len(dn)} patients with necrosis")
+        r.rec(f"necrosis_ols_adj_r2.{g}", fit.rsquared_adj, cohort=c)
+        r.rec(f"necrosis_ols_f.{g}", fit.fvalue, cohort=c)
+        r.rec(f"necrosis_ols_coef.{g}", fit.params.iloc[1], cohort=c, note="standardised beta")
+        _rec_p(r, f"spearman_dls_necrosis_p.{g}", x.p, cohort=c)
+        _rec_p(r, f"necrosis_ols_p.{g}", fit.f_pvalue, cohort=c, note="F-test of the regression")
+        _rec_p(r, f"necrosis_ols_coef_p.{g}", fit.pvalues.iloc[1], cohort=c, note="t test of the coefficient")
+        ax.scatter(dn["ratio"], dn["dls"], s=10); ax.set_xlabel("necrosis / global tumour volume (PET)"); ax.set_ylabel("DLS")
+        ax.set_title(f"{g}: rho={x.r:.2f} (n={len(dn)})", fontsize=9)
+    else:
+        print(f"{g}: fewer than 4 patients with necrosis")
+        _rec_na(r, _NEC_KEYS, cohorts, g, f"{len(dn)} patients with necrosis (< 4) or constant values")
+    v = _safe(spearman, d["global_ml"], d["dls"]) if len(d) >= 4 else None
+    if v:
+        row.update(rho_volume=v.r, volume_lo=v.lo, volume_hi=v.hi, p_volume=v.p)
+        r.rec(f"spearman_dls_volume.{g}", v.r, lo=v.lo, hi=v.hi, cohort=c, note="global tumour volume of the PET segmentation")
+        _rec_p(r, f"spearman_dls_volume_p.{g}", v.p, cohort=c)
+    else:
+        _rec_na(r, ["spearman_dls_volume", "spearman_dls_volume_p"], cohorts, g, f"{len(d)} patients with a PET volume (< 4) or constant values")
+    return row
+
+def assoc_necrosis(r: SimpleNamespace,  # `load`
+                   t: pd.DataFrame, groups: dict,  # `association_data`
+                   nec: pd.DataFrame,  # `necrosis`: patient_id, ratio, global_ml, necrosis_ml
+                  ) -> pd.DataFrame:
+    "The DLS against the PET necrosis ratio and the tumour volume per group; recorded, written, scatter plots."
+    tn = t.merge(nec[["patient_id", "ratio", "global_ml", "necrosis_ml"]], on="patient_id", how="inner") if len(nec) else t.iloc[0:0]
+    fig, axes = panels(len(groups), height=3.2)
+    rows = [_necrosis_row(r, g, cohorts, tn[tn["cohort"].isin(cohorts)], ax) for ax, (g, cohorts) in zip(axes, groups.items())]
+    finish(fig, "mu2021_assoc_necrosis", r.out_dir)
+    tab = pd.DataFrame(rows)
+    write_table(tab, "mu2021_assoc_necrosis_volume", r.out_dir,
+                title="DLS vs PET necrosis ratio (Spearman, patients with necrosis; univariable standardised OLS) and vs tumour volume (Spearman)")
+    return tab
+
+
+# %% ../../nbs/papers/62_mu2021.ipynb #796c57d6
+def _one_group_empty(d, groups, ec) -> bool:
+    "True when a level (0 or 1) of one of `groups` has no patient or no event: its Cox HR is not estimable."
+    return min(d.groupby(v)[ec].sum().reindex([0.0, 1.0]).fillna(0).min() for v in groups) == 0
+
+def _auc_row(y, s, name) -> dict:
+    a = auc_ci(y, s)
+    if a["note"]: print(f"  {name}: {a['note']}")
+    return dict(score=name, auc=a["auc"], lo=a["lo"], hi=a["hi"], n_pos=a["n_pos"], n_neg=a["n_neg"], note=a["note"])
+
+def _ihc_dcb_rows(r, key, name, d) -> list:
+    "One cohort's DCB AUC of the DLS, of IHC positivity and of the TPS, with paired DeLong tests against the DLS; recorded."
+    y, lab = d["dcb"].astype(int).to_numpy(), r.lab
+    k_dls = "dcb_auc_dls.mcc_pdl1" if key == "mcc_pdl1" else f"dcb_auc_dls_ihc_subset.{key}"
+    if min((y == 1).sum(), (y == 0).sum()) < 2:
+        print(f"{key} ({name}): fewer than 2 patients in a DCB class, skipped")
+        for k_ in (k_dls, f"dcb_auc_ihc.{key}", f"dcb_auc_dls_vs_ihc_p.{key}"):
+            r.rec(k_, None, cohort=name, note=f"fewer than 2 patients in a DCB class ({int(y.sum())} DCB of {len(y)})")
+        return []
+    scores = {"DLS": d["dls"].to_numpy(), "IHC PD-L1 positive": d[lab].to_numpy(float)}
+    if "pdl1_tps" in d and d["pdl1_tps"].notna().all(): scores["IHC TPS (continuous)"] = d["pdl1_tps"].to_numpy(float)
+    rows = []
+    for nm, s in scores.items():
+        x = _auc_row(y, s, nm)
+        if nm != "DLS" and np.isfinite(x["auc"]):
+            try:
+                dt = delong_test(y, scores["DLS"], s)
+                x.update(delong_p_vs_dls=dt.p, diff_vs_dls=dt.diff)
+            except ValueError as e: print(f"  DeLong test DLS vs {nm}: {e}")
+        rows.append(dict(cohort_key=key, cohort=name, n=len(d), **x))
+    r_dls, r_ihc = rows[0], rows[1]
+    r.rec(k_dls, r_dls["auc"], r_dls["lo"], r_dls["hi"], cohort=name, note=r_dls["note"])   # NaN: the note says why
+    r.rec(f"dcb_auc_ihc.{key}", r_ihc["auc"], r_ihc["lo"], r_ihc["hi"], cohort=name, note=r_ihc["note"])
+    r.rec(f"dcb_auc_dls_vs_ihc_p.{key}", r_ihc.get("delong_p_vs_dls"), cohort=name,
+          note="paired DeLong" if "delong_p_vs_dls" in r_ihc else "no paired DeLong test (see the notebook output)")
+    return rows
+
+def dls_vs_ihc_dcb(r: SimpleNamespace,  # `load`
+                  ) -> tuple:
+    "(table, patients used per cohort): the DCB AUC of the DLS against IHC PD-L1 in the MCC PD-L1 and VA cohorts' patients with IHC (DeLong CIs, paired DeLong tests); recorded and written."
+    rows, used = [], {}
+    for key in ("mcc_pdl1", "va"):
+        name = r.pc.get(key)
+        if name is None: print(f"{key}: no such cohort in this study, skipped"); continue
+        d = r.t[(r.t["cohort"] == name)]
+        need = [c for c in ("dcb", r.lab, "dls") if c not in d or d[c].isna().all()]
+        if need: print(f"{key} ({name}): no {need} values, DCB comparison skipped"); continue
+        used[key] = d = d.dropna(subset=["dcb", r.lab, "dls"])
+        rows += _ihc_dcb_rows(r, key, name, d)
+    tab = pd.DataFrame(rows)
+    if len(tab):
+        write_table(tab, "mu2021_dls_vs_ihc_dcb_auc", r.out_dir,
+                    title="DCB: AUC (DeLong 95% CI) of the DLS and of IHC PD-L1; paired DeLong test against the DLS")
+    return tab, used
+
+
+# %% ../../nbs/papers/62_mu2021.ipynb #600f0512
+def dls_vs_ihc_hr(r: SimpleNamespace,  # `load`
+                  used: dict,  # `dls_vs_ihc_dcb`'s patients per cohort
+                  n_boot: int = 1000,  # bootstrap replicates of the HR difference (two Cox fits each)
+                  seed: int = 0,
+                 ) -> pd.DataFrame:
+    "PFS and OS: the Cox HR of high DLS and of IHC-positive status and the percentile bootstrap CI of their difference (`hr_difference`), per cohort; recorded and written."
+    lab, rows = r.lab, []
+    for key, d0 in used.items():
+        name, sfx = d0["cohort"].iloc[0], "" if key == "mcc_pdl1" else "_ihc_subset"
+        for ep in ("pfs", "os"):
+            tc, ec = f"{ep}_months", f"{ep}_event"
+            if tc not in d0 or d0[tc].isna().all(): print(f"{key}: no {ep.upper()} data, skipped"); continue
+            d = d0.dropna(subset=[tc, ec, "dls_high", lab])
+            if _one_group_empty(d, ("dls_high", lab), ec):
+                print(f"{key} {ep.upper()}: a DLS or IHC group without patients or events (HR not estimable), skipped")
+                for k_ in (f"hr_{ep}_dls{sfx}", f"hr_{ep}_ihc", f"hr_{ep}_diff", f"hr_{ep}_dls{sfx}_p", f"hr_{ep}_ihc_p"):
+                    r.rec(f"{k_}.{key}", None, cohort=name, note="a DLS or IHC group without patients or events: HR not estimable")
+                continue
+            ca, cb = cox(d, tc, ec, ["dls_high"]).table.loc["dls_high"], cox(d, tc, ec, [lab]).table.loc[lab]
+            hd = hr_difference(d, tc, ec, "dls_high", lab, n_boot=n_boot, seed=seed)
+            rows.append(dict(cohort_key=key, cohort=name, endpoint=ep.upper(), n=len(d), events=int(d[ec].sum()),
+                             hr_dls=ca["hr"], hr_dls_lo=ca["hr_lo"], hr_dls_hi=ca["hr_hi"], p_dls=ca["p"],
+                             hr_ihc=cb["hr"], hr_ihc_lo=cb["hr_lo"], hr_ihc_hi=cb["hr_hi"], p_ihc=cb["p"],
+                             diff=hd.diff, diff_lo=hd.diff_lo, diff_hi=hd.diff_hi, abs_diff=hd.abs_diff, abs_lo=hd.abs_lo, abs_hi=hd.abs_hi,
+                             n_boot=hd.n_boot, n_boot_failed=hd.n_failed))
+            r.rec(f"hr_{ep}_dls{sfx}.{key}", ca["hr"], ca["hr_lo"], ca["hr_hi"], cohort=name)
+            r.rec(f"hr_{ep}_ihc.{key}", cb["hr"], cb["hr_lo"], cb["hr_hi"], cohort=name)
+            r.rec(f"hr_{ep}_dls{sfx}_p.{key}", ca["p"], cohort=name, note="Cox Wald p, high vs low DLS")
+            r.rec(f"hr_{ep}_ihc_p.{key}", cb["p"], cohort=name, note="Cox Wald p, IHC positive vs negative")
+            r.rec(f"hr_{ep}_diff.{key}", hd.abs_diff, hd.abs_lo, hd.abs_hi, cohort=name,
+                  note=f"|HR_DLS - HR_IHC|, percentile bootstrap, {hd.n_boot} replicates")
+    tab = pd.DataFrame(rows)
+    if len(tab):
+        write_table(tab, "mu2021_dls_vs_ihc_hr", r.out_dir,
+                    title=f"Cox HR (95% CI) of high DLS (>= {r.cutoff:.3f}) and of IHC PD-L1 positive; difference with "
+                          f"percentile bootstrap CI ({n_boot} replicates)")
+    return tab
+
+
+# %% ../../nbs/papers/62_mu2021.ipynb #88bfdfbb
+def reader_icc(r: SimpleNamespace,  # `load`
+              ) -> pd.DataFrame | None:
+    "ICC(2,1) and ICC(3,1) of the DLS from two readers' ROIs (`dls`, `dls_reader2`) in the SPH validation cohort, with agreement at the cutoff; recorded, written, scatter and Bland-Altman plots. None without a second reader."
+    key, cutoff = "sph_val", r.cutoff
+    name = r.pc.get(key)
+    if name is None: print("no validation cohort in this study: ICC skipped"); return None
+    if "dls_reader2" not in r.t or r.t.loc[r.t["cohort"] == name, "dls_reader2"].isna().all():
+        print(f"no second-reader DLS in cohort {name!r} (the manifest has no roi_reader2 image): ICC skipped"); return None
+    d = r.t[(r.t["cohort"] == name)].dropna(subset=["dls", "dls_reader2"])
+    X = d[["dls", "dls_reader2"]].to_numpy()
+    tab = icc(X).reset_index()
+    tab.insert(0, "cohort", name); tab.insert(1, "n", len(d))
+    tab["mean_difference"] = float((d["dls_reader2"] - d["dls"]).mean())
+    tab["same_group_at_cutoff"] = float(((d["dls"] >= cutoff) == (d["dls_reader2"] >= cutoff)).mean())
+    write_table(tab, "mu2021_icc_readers", r.out_dir, title="Inter-reader agreement of the DLS (reader 1 ROI vs reader 2 ROI), F-based 95% CI")
+    x = tab.set_index("type").loc["ICC(2,1)"]
+    r.rec(f"icc_dls_readers.{key}", x["icc"], x["lo"], x["hi"], cohort=name,
+          note=f"ICC(2,1) absolute agreement, p={x['p']:.2g}; ICC(3,1)={tab.set_index('type').loc['ICC(3,1)', 'icc']:.3f}")
+    r.rec(f"icc_dls_readers_p.{key}", x["p"], cohort=name, note="F test of ICC(2,1) = 0")
+    fig, ax = panels(2, width=4.5, height=4)
+    ax[0].scatter(d["dls"], d["dls_reader2"], s=14, alpha=0.7)
+    ax[0].plot([0, 1], [0, 1], "k--", lw=0.8); ax[0].axvline(cutoff, color="0.6", lw=0.6); ax[0].axhline(cutoff, color="0.6", lw=0.6)
+    ax[0].set(xlabel="DLS, reader 1 ROI", ylabel="DLS, reader 2 ROI", xlim=(0, 1), ylim=(0, 1),
+              title=f"{name}: ICC(2,1) = {x['icc']:.2f} ({x['lo']:.2f}–{x['hi']:.2f})")
+    m, df_ = X.mean(1), X[:, 1] - X[:, 0]
+    sd = df_.std(ddof=1)
+    ax[1].scatter(m, df_, s=14, alpha=0.7)
+    for v, ls in ((df_.mean(), "-"), (df_.mean() - 1.96 * sd, "--"), (df_.mean() + 1.96 * sd, "--")): ax[1].axhline(v, color="k", ls=ls, lw=0.8)
+    ax[1].set(xlabel="mean DLS of the two readers", ylabel="reader 2 − reader 1", title="Bland–Altman")
+    finish(fig, "mu2021_icc_readers", r.out_dir)
+    return tab
+
+
+# %% ../../nbs/papers/62_mu2021.ipynb #5ab515d0
+def bootstrap_mean(r: SimpleNamespace,  # `load`
+                   n_boot: int = 10000,  # bootstrap replicates
+                   seed: int = 0,
+                  ) -> pd.DataFrame:
+    "Supplementary figure S7: the bootstrapped mean DLS, its SE and percentile 95 % CI in every cohort (patients resampled, vectorised in blocks); written and plotted."
+    rng, rows = np.random.default_rng(seed), []
+    inv = {v: k for k, v in r.pc.items()}
+    for c in r.study.cohorts:
+        x = r.t.loc[r.t["cohort"] == c, "dls"].dropna().to_numpy()
+        if len(x) < 2: print(f"{c}: fewer than 2 scored patients, skipped"); continue
+        means = np.empty(n_boot)
+        for s0 in range(0, n_boot, 2000):     # vectorised in blocks of 2,000 replicates
+            b = min(2000, n_boot - s0)
+            means[s0:s0 + b] = x[rng.integers(0, len(x), size=(b, len(x)))].mean(1)
+        lo, hi = np.quantile(means, [0.025, 0.975])
+        rows.append(dict(cohort=c, paper_cohort=inv.get(c, ""), n=len(x), mean=x.mean(), boot_mean=means.mean(),
+                         boot_se=means.std(ddof=1), lo=lo, hi=hi, analytic_se=x.std(ddof=1) / np.sqrt(len(x)),
+                         median=np.median(x), n_boot=n_boot))
+    boot = pd.DataFrame(rows)
+    write_table(boot, "mu2021_dls_bootstrap_mean", r.out_dir, title=f"Bootstrapped mean DLS per cohort ({n_boot} replicates; percentile 95% CI)")
+    fig, ax = panels(1, width=1.2 * len(boot) + 2, height=3.5); ax = ax[0]
+    ax.errorbar(np.arange(len(boot)), boot["boot_mean"], yerr=boot["boot_se"], fmt="o", capsize=4, label="bootstrap mean ± SE")
+    ax.axhline(r.cutoff, color="0.5", ls="--", lw=0.8, label=f"cutoff {r.cutoff:.2f}")
+    ax.set_xticks(np.arange(len(boot)), [f"{c}\n(n={n})" for c, n in zip(boot["cohort"], boot["n"])], fontsize=8)
+    ax.set(ylabel="DLS", ylim=(0, 1), title="Bootstrapped mean DLS per cohort"); ax.legend(fontsize=8)
+    finish(fig, "mu2021_dls_bootstrap_mean", r.out_dir)
+    return boot
+
+
+# %% ../../nbs/papers/62_mu2021.ipynb #64cd6ff6
+MEDIAN_CI = "plain"   # the paper's (SPSS) median CIs are the plain symmetric ones; R's default is "log"
+DLS_GROUP = {1.0: "high DLS", 0.0: "low DLS"}
+
+def _at_risk_times(tmax: float) -> np.ndarray:
+    "At-risk time points: every 6 months when follow-up reaches 18 months, else 4 points from 0 to the last time."
+    return np.arange(0, 6.0 * np.ceil(tmax / 6.0) + 1e-9, 6.0) if tmax >= 18 else np.linspace(0, tmax, 4)
+
+def _fig4_dcb(r, key, name, d, ax) -> dict | None:
+    "One cohort's DCB ROC (AUC against 0.5) and DLS of DCB vs no DCB, recorded; None when a class has fewer than 2 patients."
+    dd = d.dropna(subset=["dcb"])
+    y = dd["dcb"].astype(int).to_numpy()
+    rec = partial(record_published, r, cohort=name)
+    if not (len(dd) and min((y == 1).sum(), (y == 0).sum()) >= 2):
+        ax.set_axis_off(); print(f"{key}: DCB missing or one class has fewer than 2 patients, ROC skipped")
+        for k_ in ("dcb_auc_dls", "dcb_auc_dls_p", "dls_mean_dcb", "dls_mean_nodcb", "dls_mean_dcb_vs_nodcb_p"):
+            rec(f"{k_}.{key}", None, note=f"{len(dd)} patients with DCB known, {int(y.sum())} DCB: a class has fewer than 2")
+        return None
+    ci = plot_roc(ax, y, dd["dls"], label="DLS")          # auc_test: AUC, DeLong CI, p against 0.5
+    yes, no = dd.loc[dd["dcb"] == 1, "dls"], dd.loc[dd["dcb"] == 0, "dls"]
+    mw = mann_whitney(yes, no)
+    ax.set_title(f"{name}: DCB (n={len(dd)}), AUC vs 0.5 p={ci['p']:.3g}", fontsize=10)
+    rec(f"dcb_auc_dls.{key}", ci["auc"], ci["lo"], ci["hi"], note=ci["note"])
+    rec(f"dcb_auc_dls_p.{key}", ci["p"] if np.isfinite(ci["p"]) else None, note=ci["note"] or "DeLong z of AUC - 0.5")
+    rec(f"dls_mean_dcb.{key}", yes.mean(), note=f"Mann-Whitney p={mw.p:.3g}")
+    rec(f"dls_mean_nodcb.{key}", no.mean())
+    rec(f"dls_mean_dcb_vs_nodcb_p.{key}", mw.p, note="Wilcoxon rank-sum (Mann-Whitney), DCB vs no DCB")
+    return dict(cohort_key=key, cohort=name, analysis="DCB", n=len(dd), events=int(y.sum()), estimate=ci["auc"], lo=ci["lo"], hi=ci["hi"],
+                p=ci["p"], measure="AUC (DeLong)", dls_mean_dcb=yes.mean(), dls_mean_nodcb=no.mean(), p_dls_dcb_vs_no=mw.p)
+
+def _fig4_km(r, key, name, d, ep, ax, out) -> None:
+    "One cohort's KM curves of `ep` by DLS group with the Cox HR, log-rank p and medians; rows added to out['fig4'], out['km'], out['risk'], recorded."
+    tc, ec = f"{ep}_months", f"{ep}_event"
+    de = d.dropna(subset=[tc, ec, "dls_high"])
+    rec = partial(record_published, r, cohort=name)
+    if len(de) == 0 or de.groupby("dls_high")[ec].sum().reindex([0.0, 1.0]).fillna(0).min() == 0:
+        ax.set_axis_off(); print(f"{key} {ep.upper()}: a DLS group without patients or events (HR not estimable): skipped")
+        for k_ in (f"hr_{ep}_dls", f"hr_{ep}_dls_p", f"logrank_{ep}_p", f"median_{ep}", f"median_{ep}_high", f"median_{ep}_low"):
+            rec(f"{k_}.{key}", None, note=f"a DLS group without patients or {ep.upper()} events: not estimable")
+        return
+    kp = plot_km(ax, de[tc], de[ec], de["group"], order=["high DLS", "low DLS"], colors=["C3", "C0"], times=_at_risk_times(float(de[tc].max())),
+                 conf_type=MEDIAN_CI)
+    for g_, r_ in kp.at_risk.iterrows():
+        out["risk"] += [dict(cohort_key=key, cohort=name, endpoint=ep.upper(), group=g_, month=float(tp), at_risk=int(v)) for tp, v in r_.items()]
+    lr = logrank(de[tc], de[ec], de["group"])
+    c = cox(de, tc, ec, ["dls_high"]).table.loc["dls_high"]
+    ax.set_title(f"{name}: {ep.upper()}  HR {c['hr']:.2f} ({c['hr_lo']:.2f}-{c['hr_hi']:.2f}), log-rank p={lr.p:.3g}", fontsize=9)
+    out["fig4"].append(dict(cohort_key=key, cohort=name, analysis=ep.upper(), n=len(de), events=int(de[ec].sum()), estimate=c["hr"],
+                            lo=c["hr_lo"], hi=c["hr_hi"], p=c["p"], measure="HR high vs low DLS (Cox)", logrank_p=lr.p))
+    rec(f"hr_{ep}_dls.{key}", c["hr"], c["hr_lo"], c["hr_hi"], note=f"Cox p={c['p']:.3g}")
+    rec(f"hr_{ep}_dls_p.{key}", c["p"], note="Cox Wald p, high vs low DLS")
+    rec(f"logrank_{ep}_p.{key}", lr.p)
+    note = f"R survfit {MEDIAN_CI} CI (the paper: SPSS)"
+    for _, m in kp.medians.iterrows():
+        out["km"].append(dict(cohort_key=key, cohort=name, endpoint=ep.upper(), group=m["group"], n=m["n"], events=m["events"],
+                              median=m["median"], lo=m["lo"], hi=m["hi"]))
+        rec(f"median_{ep}_{m['group'].split()[0]}.{key}", m["median"], m["lo"], m["hi"], note=note)
+    med_all = km_median(de[tc], de[ec], conf_type=MEDIAN_CI)
+    rec(f"median_{ep}.{key}", med_all.median, med_all.lo, med_all.hi, note=note)
+
+def fig4_prognosis(r: SimpleNamespace,  # `load`
+                  ) -> pd.DataFrame:
+    "Figure 4 per ICI cohort: the DLS's ROC for DCB and KM curves of PFS and OS by DLS group (Cox HR, log-rank p, medians, at risk); recorded, written (with the medians and at-risk tables)."
+    out = dict(fig4=[], km=[], risk=[])
+    fig, axes = panels(3 * max(1, len(r.ici)), width=14 / 3, height=4.6, rows=max(1, len(r.ici)))
+    axes = axes.reshape(-1, 3)
+    for i, key in enumerate(r.ici):
+        name = r.pc[key]
+        d = r.t[(r.t["cohort"] == name) & r.t["dls"].notna()].copy()
+        d["group"] = d["dls_high"].map(DLS_GROUP)
+        row = _fig4_dcb(r, key, name, d, axes[i, 0])
+        if row: out["fig4"].append(row)
+        for j, ep in enumerate(("pfs", "os"), 1): _fig4_km(r, key, name, d, ep, axes[i, j], out)
+    fig.tight_layout(h_pad=4)
+    finish(fig, "mu2021_fig4_prognosis", r.out_dir, tight=False)
+    fig4, kmt = pd.DataFrame(out["fig4"]), pd.DataFrame(out["km"])
+    if len(fig4): write_table(fig4, "mu2021_fig4_prognosis", r.out_dir, title="Figure 4: DCB AUC and Cox HR (high vs low DLS) per ICI cohort")
+    if len(kmt): write_table(kmt, "mu2021_fig4_km_medians", r.out_dir, title=f"Figure 4: median PFS/OS (months; R survfit {MEDIAN_CI} CI, as the paper's SPSS; inf = not reached) by DLS group")
+    if out["risk"]:
+        risk = pd.DataFrame(out["risk"]).pivot_table(index=["cohort", "endpoint", "group"], columns="month", values="at_risk", sort=False)
+        risk.columns = [f"{c:g} mo" for c in risk.columns]
+        write_table(risk.astype("Int64").reset_index(), "mu2021_fig4_at_risk", r.out_dir, title="Figure 4: number at risk by DLS group")
+    return fig4
+
+
+# %% ../../nbs/papers/62_mu2021.ipynb #65ca8207
+def _mean_sd(x):
+    x = pd.Series(x).dropna()
+    return f"{x.mean():.2f} ± {x.std(ddof=1):.2f}" if len(x) > 1 else "-"
+
+def _n_of(x, lev):
+    x = pd.Series(x).dropna()
+    k = int((x == lev).sum())
+    return f"{k} ({100 * k / len(x):.2f})" if len(x) else "-"
+
+def _fmt_med(m):
+    f = lambda v: "NR" if not np.isfinite(v) else f"{v:.2f}"
+    return f"{f(m.median)} ({f(m.lo)} to {f(m.hi)})" if m else "-"
+
+def _table2_rows(r, key, d, n_boot, seed) -> list:
+    "One ICI cohort's Table 2 rows (all, high, low DLS; p and test), its published numbers recorded."
+    name = r.pc[key]
+    hi_, lo_ = d[d["dls_high"] == 1], d[d["dls_high"] == 0]
+    rec = partial(record_published, r, cohort=name)
+    base = dict(cohort=name)
+    rows = [dict(base, variable="n", level="", all=str(len(d)), high=str(len(hi_)), low=str(len(lo_)), p=np.nan, test="")]
+    rec(f"n_dls_high.{key}", len(hi_)); rec(f"n_dls_low.{key}", len(lo_))
+    for x in table2_numbers(d, n_sim=n_boot, seed=seed).itertuples():     # Table 2 under the published keys (NaN: the note says why)
+        fin = lambda v: None if np.isnan(v) else v
+        rec(f"{x.key}.{key}", fin(x.value), fin(x.lo), fin(x.hi), note=x.note)
+    if len(hi_) == 0 or len(lo_) == 0:
+        print(f"{key}: only one DLS group, Table 2 tests skipped"); return rows
+    for v in ("age", "bmi", "suvmax"):
+        if v in d and d[v].notna().sum() > 2:
+            rows.append(dict(base, variable=v, level="mean ± SD", all=_mean_sd(d[v]), high=_mean_sd(hi_[v]), low=_mean_sd(lo_[v]),
+                             p=mann_whitney(hi_[v].dropna(), lo_[v].dropna()).p, test="Wilcoxon rank-sum"))
+    for v in ("sex", "stage", "histology", "egfr", "smoking", "ecog", "dcb"):
+        if v not in d or d[v].notna().sum() == 0: continue
+        ok = d[d[v].notna()]
+        p, test = fisher_rxc(ok[v].astype(str), ok["dls_high"], n_sim=n_boot, seed=seed)
+        for i, lev in enumerate(sorted(ok[v].unique(), key=str)):
+            rows.append(dict(base, variable=v if i == 0 else "", level=str(lev), all=_n_of(d[v], lev), high=_n_of(hi_[v], lev),
+                             low=_n_of(lo_[v], lev), p=p if i == 0 else np.nan, test=test if i == 0 else ""))
+        if v == "dcb":
+            rec(f"dcb_rate.{key}", ok["dcb"].mean()); rec(f"dcb_rate_high.{key}", hi_["dcb"].dropna().mean())
+            rec(f"dcb_rate_low.{key}", lo_["dcb"].dropna().mean()); rec(f"dcb_fisher_p.{key}", p)
+    for ep in ("pfs", "os"):
+        tc, ec = f"{ep}_months", f"{ep}_event"
+        de = d.dropna(subset=[tc, ec])
+        if len(de) == 0 or de[ec].sum() == 0: continue
+        ms = [km_median(x[tc], x[ec], conf_type=MEDIAN_CI) if len(x) else None for x in (de, de[de["dls_high"] == 1], de[de["dls_high"] == 0])]
+        p = logrank(de[tc], de[ec], de["dls_high"]).p if de["dls_high"].nunique() == 2 else np.nan
+        rows.append(dict(base, variable=ep.upper(), level="median (95% CI), months", all=_fmt_med(ms[0]), high=_fmt_med(ms[1]),
+                         low=_fmt_med(ms[2]), p=p, test="log-rank"))
+    q = lambda x: f"{np.median(x):.2f} ({np.percentile(x, 25):.2f}-{np.percentile(x, 75):.2f})"
+    rows.append(dict(base, variable="DLS", level="median (IQR)", all=q(d["dls"]), high=q(hi_["dls"]), low=q(lo_["dls"]),
+                     p=mann_whitney(hi_["dls"], lo_["dls"]).p, test="Wilcoxon rank-sum"))
+    rec(f"dls_median.{key}", float(np.median(d["dls"])))
+    return rows
+
+def table2(r: SimpleNamespace,  # `load`
+           n_boot: int = 10000,  # Fisher Monte-Carlo tables
+           seed: int = 0,
+          ) -> pd.DataFrame:
+    "Table 2: the ICI cohorts by DLS group (n (%), mean ± SD, KM medians) with the footnote's tests; its published numbers (`table2_numbers`) recorded; written."
+    rows = []
+    for key in r.ici: rows += _table2_rows(r, key, r.t[(r.t["cohort"] == r.pc[key]) & r.t["dls"].notna()], n_boot, seed)
+    tab = pd.DataFrame(rows)
+    write_table(tab, "mu2021_table2", r.out_dir, title=f"Table 2: ICI cohorts by DLS group (high: DLS >= {r.cutoff:.3f}); n (%) or mean ± SD")
+    return tab
+
+
+# %% ../../nbs/papers/62_mu2021.ipynb #691cdf9c
+HIST_STRATA = ["HADC", "LADC", "HSCC", "LSCC"]
+
+def _fisher_dcb(d, strat) -> float:
+    "Fisher p of DCB vs DLS group within a stratum (NaN when the 2x2 table is degenerate)."
+    tab = pd.crosstab(d["dls_high"], d["dcb"]).reindex(index=[0.0, 1.0], columns=[0.0, 1.0], fill_value=0)
+    if (tab.sum(0) == 0).any() or (tab.sum(1) == 0).any():
+        print(f"  {strat}: one DLS group or one DCB class is empty, no Fisher test"); return np.nan
+    return fisher_exact(None, None, table=tab.to_numpy()).p
+
+def _mcc_ici(r) -> list:
+    "The MCC ICI cohorts (retrospective, prospective) present, and whether the study has histology; the reasons printed."
+    for k in ("mcc_ici_retro", "mcc_ici_pro"):
+        if k not in r.pc: print(f"{k}: no such cohort in this study, skipped")
+    if not ("histology" in r.t and r.t["histology"].notna().any()): print("no histology column: Figure 5 skipped"); return []
+    return [k for k in ("mcc_ici_retro", "mcc_ici_pro") if k in r.pc]
+
+def _plot_fig5a(r, keys, rates):
+    fig, axes = panels(len(keys), width=4.5, height=3.6)
+    for ax, key in zip(axes, keys):
+        x, rk = np.arange(2), rates[rates["cohort_key"] == key]
+        for j, (g, col) in enumerate((("high", "C3"), ("low", "C0"))):
+            rr = rk[rk["dls_group"] == g].set_index("histology").reindex(["ADC", "SCC"])
+            bars = ax.bar(x + (j - 0.5) * 0.38, 100 * rr["dcb_rate"].fillna(0), 0.38, color=col, label=f"{g} DLS")
+            for b, n, k in zip(bars, rr["n"].fillna(0), rr["dcb"].fillna(0)):
+                ax.text(b.get_x() + b.get_width() / 2, b.get_height() + 1, f"{int(k)}/{int(n)}", ha="center", fontsize=7)
+        ps = rk.groupby("histology")["fisher_p"].first().reindex(["ADC", "SCC"])
+        ax.set_xticks(x, [f"{h}\nFisher p={p:.2g}" for h, p in ps.items()], fontsize=8)
+        ax.set(ylabel="DCB rate (%)", ylim=(0, 110), title=r.pc[key]); ax.legend(fontsize=8)
+    finish(fig, "mu2021_fig5a_dcb_rates", r.out_dir)
+
+def fig5_dcb_rates(r: SimpleNamespace,  # `load`
+                  ) -> pd.DataFrame:
+    "Figure 5A: the DCB rate of high vs low DLS within ADC and within SCC of the MCC ICI cohorts, Fisher's exact test per histology; recorded, written, bar chart."
+    rows, keys = [], _mcc_ici(r)
+    rec = partial(record_published, r)
+    for key in keys:
+        name, t = r.pc[key], r.t
+        d = t[(t["cohort"] == name) & t["dls"].notna() & t["dcb"].notna() & t["histology"].isin(["ADC", "SCC"])]
+        for h in ("ADC", "SCC"):
+            dh = d[d["histology"] == h]
+            p = _fisher_dcb(dh, f"{key} {h}")
+            if h == "ADC": rec(f"dcb_adc_p.{key}", p, cohort=name, note="Fisher exact, DCB vs DLS group among ADC",
+                               why="one DLS group or one DCB class empty among ADC: no Fisher test")
+            for g, lab in ((1.0, "high"), (0.0, "low")):
+                x = dh.loc[dh["dls_high"] == g, "dcb"]
+                rate = x.mean() if len(x) else np.nan
+                rows.append(dict(cohort_key=key, cohort=name, histology=h, dls_group=lab, n=len(x), dcb=int(x.sum()), dcb_rate=rate, fisher_p=p))
+                rec(f"dcb_rate_{h.lower()}_{lab}.{key}", rate, cohort=name, note=f"{int(x.sum())}/{len(x)}" + (f"; Fisher p={p:.3g}" if np.isfinite(p) else ""),
+                    why=f"no {h} patient with {lab} DLS and DCB known")
+    rates = pd.DataFrame(rows)
+    if len(rates):
+        write_table(rates, "mu2021_fig5_dcb_rates", r.out_dir, title="Figure 5A: DCB rate by DLS group within histology (Fisher exact p)")
+        _plot_fig5a(r, keys, rates)
+    return rates
+
+
+# %% ../../nbs/papers/62_mu2021.ipynb #63a3078f
+def _strata_km(r, key, name, de, ep, ax, km_rows, hr_rows):
+    "KM of one cohort's `ep` in the four DLS x histology strata (log-rank across them) and the Cox HR of high vs low DLS within each histology."
+    tc, ec = f"{ep}_months", f"{ep}_event"
+    kp = plot_km(ax, de[tc], de[ec], de["stratum"], order=HIST_STRATA, colors=["C3", "C0", "C1", "C2"], times=_at_risk_times(float(de[tc].max())))
+    lr = logrank(de[tc], de[ec], de["stratum"])
+    ax.set_title(f"{name}: {ep.upper()} by DLS × histology, log-rank p={lr.p:.3g}", fontsize=9)
+    for _, m in kp.medians.iterrows():
+        km_rows.append(dict(cohort_key=key, cohort=name, endpoint=ep.upper(), stratum=m["group"], n=m["n"],
+                            events=m["events"], median=m["median"], lo=m["lo"], hi=m["hi"], logrank_p_4groups=lr.p))
+    for h in ("ADC", "SCC"):
+        dh = de[de["histology"] == h]
+        if _one_group_empty(dh, ("dls_high",), ec):
+            print(f"  {key} {ep.upper()} {h}: a DLS group without patients or events, HR not estimable"); continue
+        c = cox(dh, tc, ec, ["dls_high"]).table.loc["dls_high"]
+        hr_rows.append(dict(cohort_key=key, cohort=name, endpoint=ep.upper(), histology=h, n=len(dh), events=int(dh[ec].sum()),
+                            hr_high_vs_low=c["hr"], lo=c["hr_lo"], hi=c["hr_hi"], p=c["p"], logrank_p=logrank(dh[tc], dh[ec], dh["dls_high"]).p))
+
+def fig5_km_histology(r: SimpleNamespace,  # `load`
+                     ) -> tuple:
+    "Figure 5B-C and supplementary S9: (KM medians of PFS and OS in the strata HADC, LADC, HSCC, LSCC with log-rank across the four; Cox HR of high vs low DLS within histology), written, KM figure."
+    keys, km_rows, hr_rows = _mcc_ici(r), [], []
+    if keys:
+        fig, axes = panels(2 * len(keys), width=5.5, height=4.8, rows=len(keys))
+        axes = axes.reshape(-1, 2)
+        for i, key in enumerate(keys):
+            name, t = r.pc[key], r.t
+            d = t[(t["cohort"] == name) & t["dls"].notna() & t["histology"].isin(["ADC", "SCC"])].copy()
+            d["stratum"] = np.where(d["dls_high"] == 1, "H", "L") + d["histology"].astype(str)
+            for j, ep in enumerate(("pfs", "os")):
+                de = d.dropna(subset=[f"{ep}_months", f"{ep}_event"])
+                if de["stratum"].nunique() < 2 or de[f"{ep}_event"].sum() == 0:
+                    axes[i, j].set_axis_off(); print(f"{key} {ep.upper()}: fewer than two strata or no events, skipped"); continue
+                _strata_km(r, key, name, de, ep, axes[i, j], km_rows, hr_rows)
+        fig.tight_layout(h_pad=4); finish(fig, "mu2021_fig5bc_km_histology", r.out_dir, tight=False)
+    kmh, hrh = pd.DataFrame(km_rows), pd.DataFrame(hr_rows)
+    if len(kmh): write_table(kmh, "mu2021_fig5_km_strata", r.out_dir, title="Figure 5B-C: median PFS/OS (months; inf = not reached) by DLS × histology, log-rank across the four strata")
+    if len(hrh): write_table(hrh, "mu2021_s9_hr_by_histology", r.out_dir, title="Supplementary S9: Cox HR of high vs low DLS within histology")
+    return kmh, hrh
+
+
+# %% ../../nbs/papers/62_mu2021.ipynb #b4d266f2
+def _ecog_row(r, key, name, de, eg) -> dict:
+    "One ECOG stratum's DCB rates by DLS group (Fisher p) and PFS/OS Cox HR of high vs low DLS (log-rank p)."
+    row = dict(cohort_key=key, cohort=name, ecog=eg, n=len(de), n_high=int((de["dls_high"] == 1).sum()), n_low=int((de["dls_high"] == 0).sum()))
+    dd = de.dropna(subset=["dcb"])
+    row.update(dcb_rate_high=dd.loc[dd["dls_high"] == 1, "dcb"].mean(), dcb_rate_low=dd.loc[dd["dls_high"] == 0, "dcb"].mean(),
+               dcb_fisher_p=_fisher_dcb(dd, f"{key} {eg}") if len(dd) else np.nan)
+    for ep in ("pfs", "os"):
+        tc, ec = f"{ep}_months", f"{ep}_event"
+        dx = de.dropna(subset=[tc, ec])
+        if _one_group_empty(dx, ("dls_high",), ec):   # a group without events: HR not estimable
+            row.update({f"{ep}_hr": np.nan, f"{ep}_hr_lo": np.nan, f"{ep}_hr_hi": np.nan, f"{ep}_logrank_p": np.nan}); continue
+        c = cox(dx, tc, ec, ["dls_high"]).table.loc["dls_high"]
+        row.update({f"{ep}_hr": c["hr"], f"{ep}_hr_lo": c["hr_lo"], f"{ep}_hr_hi": c["hr_hi"], f"{ep}_logrank_p": logrank(dx[tc], dx[ec], dx["dls_high"]).p})
+    return row
+
+def s10_ecog(r: SimpleNamespace,  # `load`
+            ) -> pd.DataFrame:
+    "Supplementary S10: per MCC ICI cohort and ECOG stratum (0 vs >= 1), DCB rates by DLS group with Fisher's test and the PFS/OS Cox HR of high vs low DLS; written."
+    if "ecog" not in r.t or r.t["ecog"].isna().all(): print("no ECOG column: S10 skipped"); return pd.DataFrame()
+    rows = []
+    for key in [k for k in ("mcc_ici_retro", "mcc_ici_pro") if k in r.pc]:
+        name, t = r.pc[key], r.t
+        d = t[(t["cohort"] == name) & t["dls"].notna() & t["ecog"].notna()].copy()
+        d["ecog_group"] = np.where(d["ecog"] >= 1, "ECOG>=1", "ECOG 0")
+        rows += [_ecog_row(r, key, name, d[d["ecog_group"] == eg], eg) for eg in ("ECOG 0", "ECOG>=1")]
+    tab = pd.DataFrame(rows)
+    if len(tab):
+        write_table(tab, "mu2021_s10_ecog", r.out_dir, title="Supplementary S10: DLS by ECOG stratum (DCB rate, Fisher p; Cox HR high vs low DLS, log-rank p)")
+    return tab
+
+
+# %% ../../nbs/papers/62_mu2021.ipynb #db3b534f
+MV_FULL, MV_CLIN = ["dls", "adc", "ecog_ge1"], ["adc", "ecog_ge1"]
+MV_MODELS = (("DLS + histology + ECOG", MV_FULL), ("histology + ECOG", MV_CLIN))
+UNI_COVS = ("age", "sex", "bmi", "stage", "smoking", "ecog", "histology", "egfr", "suvmax", "dls", "dls_high")
+
+def multivariable_data(r: SimpleNamespace,  # `load`
+                      ) -> SimpleNamespace:
+    "The ICI patients with `adc` (adenocarcinoma vs not) and `ecog_ge1` (ECOG >= 1) columns, the fitting cohort (retrospective MCC ICI), the cohorts the models are applied to, and the endpoints the study has."
+    t = r.t.copy()
+    t["adc"] = np.where(t["histology"].isna(), np.nan, (t["histology"] == "ADC").astype(float)) if "histology" in t else np.nan
+    t["ecog_ge1"] = np.where(t["ecog"].isna(), np.nan, (t["ecog"] >= 1).astype(float)) if "ecog" in t else np.nan
+    train = r.pc.get("mcc_ici_retro")
+    if train is None: print("no retrospective ICI cohort (first cohort with role 'ici'): the models cannot be fitted")
+    eps = {"dcb": None, "pfs": ("pfs_months", "pfs_event"), "os": ("os_months", "os_event")}
+    eps = {k: v for k, v in eps.items() if (k == "dcb" and "dcb" in t) or (v and v[0] in t)}
+    return SimpleNamespace(t=t, train=train, apply=r.ici, endpoints=eps, models={}, not_estimable={})
+
+
+# %% ../../nbs/papers/62_mu2021.ipynb #a12dbb2c
+def univariable(r: SimpleNamespace,  # `load`
+                m: SimpleNamespace,  # `multivariable_data`
+               ) -> pd.DataFrame:
+    "Supplementary S5-S8: univariable logistic (DCB; OR) and Cox (PFS, OS; HR) regressions on each characteristic in the fitting cohort; written."
+    rows = []
+    if m.train is not None:
+        tr = m.t[(m.t["cohort"] == m.train) & m.t["dls"].notna()]
+        covs = [c for c in UNI_COVS if c in tr and tr[c].notna().sum() > 2 and tr[c].nunique() > 1]
+        if "dcb" in m.endpoints and tr["dcb"].notna().any():
+            for c in covs:
+                try: u = logistic_univariable(tr, "dcb", [c])
+                except ValueError as e: print(f"DCB ~ {c}: {e}"); continue
+                for term, x in u.iterrows():
+                    rows.append(dict(endpoint="DCB", model="logistic", variable=c, term=term, n=x["n"], estimate=x["or"],
+                                     lo=x["or_lo"], hi=x["or_hi"], p=x["p"], measure="OR", warning=x["warning"]))
+        for ep in [e for e in ("pfs", "os") if e in m.endpoints]:
+            for c in covs:
+                try: f = cox(tr, *m.endpoints[ep], [c], missing="drop")
+                except ValueError as e: print(f"{ep.upper()} ~ {c}: {e}"); continue
+                for term, x in f.table.iterrows():
+                    rows.append(dict(endpoint=ep.upper(), model="Cox", variable=c, term=term, n=f.n, estimate=x["hr"],
+                                     lo=x["hr_lo"], hi=x["hr_hi"], p=x["p"], measure="HR", warning=x["warning"]))
+    tab = pd.DataFrame(rows)
+    if len(tab): write_table(tab, "mu2021_univariable", r.out_dir, title=f"Univariable logistic (DCB) and Cox (PFS, OS) regressions, {m.train}")
+    return tab
+
+
+# %% ../../nbs/papers/62_mu2021.ipynb #43b9fa5f
+def _fit(m, tr, ep, covs) -> tuple:
+    "(fit, (intercept, coefficients), table with ratio/lo/hi) of the logistic (DCB) or Cox model of `ep` on `covs`."
+    if ep == "dcb":
+        f = logistic(tr, "dcb", covs, missing="drop")
+        b = f.table["coef"]
+        return f, (float(b["const"]), b[covs].to_numpy(float)), f.table.rename(columns={"or": "ratio", "or_lo": "lo", "or_hi": "hi"})
+    f = cox(tr, *m.endpoints[ep], covs, missing="drop")
+    return f, (0.0, f.table.loc[covs, "coef"].to_numpy(float)), f.table.rename(columns={"hr": "ratio", "hr_lo": "lo", "hr_hi": "hi"})
+
+def fit_models(r: SimpleNamespace,  # `load`
+               m: SimpleNamespace,  # `multivariable_data`; its `models` and `not_estimable` are filled
+              ) -> pd.DataFrame:
+    "Supplementary S11: the DLS + histology + ECOG and the clinical-only models of DCB (logistic), PFS and OS (Cox) fitted on the fitting cohort; a separated or non-converged fit is kept out of `m.models` with its reason; coefficients written."
+    rows = []
+    if m.train is not None:
+        tr = m.t[m.t["cohort"] == m.train]
+        for ep in m.endpoints:
+            for mname, covs in MV_MODELS:
+                try: f, fitted, tab = _fit(m, tr, ep, covs)
+                except ValueError as e: print(f"{ep.upper()} {mname}: cannot fit on {m.train} ({e})"); continue
+                if f.separation or not f.converged:
+                    m.not_estimable[(ep, mname)] = f.warning
+                    print(f"{ep.upper()} {mname} on {m.train}: {f.warning}; not applied to the other cohorts")
+                else: m.models[(ep, mname)] = fitted
+                for term, x in tab.iterrows():
+                    rows.append(dict(endpoint=ep.upper(), model=mname, term=term, coef=x["coef"], se=x["se"], ratio=x["ratio"], lo=x["lo"],
+                                     hi=x["hi"], p=x["p"], n=f.n, measure="OR" if ep == "dcb" else "HR", warning=x["warning"]))
+    tab = pd.DataFrame(rows)
+    if len(tab):
+        write_table(tab, "mu2021_multivariable_models", r.out_dir, title=f"Multivariable models fitted on {m.train} (supplementary S11): OR for DCB, HR for PFS/OS")
+    return tab
+
+def model_score(m: SimpleNamespace,  # `multivariable_data` after `fit_models`
+                ep: str, mname: str,  # endpoint ('dcb', 'pfs', 'os') and model name
+                d: pd.DataFrame,  # patients with the model's covariates
+               ) -> np.ndarray:
+    "The fitted model's linear predictor (log-odds of DCB, or Cox risk), computed once per distinct covariate row so ties stay ties."
+    a, b = m.models[(ep, mname)]
+    return a + linear_predictor(d[MV_FULL if mname.startswith("DLS") else MV_CLIN].astype(float).to_numpy(), b)
+
+
+# %% ../../nbs/papers/62_mu2021.ipynb #7951a085
+def _c_row(m, ep, d) -> tuple:
+    "(C, lo, hi, p vs 0.5, clinical-model columns, (y, p) for calibration or None) of the full model in one cohort; ValueError when not estimable."
+    full, clin = MV_MODELS[0][0], MV_MODELS[1][0]
+    sf = model_score(m, ep, full, d)
+    sc = model_score(m, ep, clin, d) if (ep, clin) in m.models else None
+    if ep == "dcb":
+        y = d["dcb"].astype(int).to_numpy()
+        x = auc_test(y, sf)                               # AUC, DeLong CI and the p of AUC = 0.5
+        if not np.isfinite(x["lo"]): raise ValueError(x["note"])
+        rc = delong_ci(y, sc) if sc is not None and np.ptp(sc) > 0 else None
+        cmp = delong_test(y, sf, sc) if rc is not None else None
+        return (x["auc"], x["lo"], x["hi"], x["p"], dict(c_clinical=rc.auc if rc else np.nan, c_clinical_lo=rc.lo if rc else np.nan,
+                c_clinical_hi=rc.hi if rc else np.nan, p_vs_clinical=cmp.p if cmp else np.nan, measure="AUC (DeLong)"), (y, 1 / (1 + np.exp(-sf))), x["note"])
+    tc, ec = m.endpoints[ep]
+    x = harrell_c(d[tc], d[ec], sf)
+    p0 = float(2 * sst.norm.sf(abs((x.c - 0.5) / x.se))) if x.se > 0 else np.nan
+    ok_c = sc is not None and np.ptp(sc) > 0
+    rc = harrell_c(d[tc], d[ec], sc) if ok_c else None
+    cmp = compare_c(d[tc], d[ec], sf, sc) if ok_c else None
+    return (x.c, x.lo, x.hi, p0, dict(c_clinical=rc.c if rc else np.nan, c_clinical_lo=rc.lo if rc else np.nan, c_clinical_hi=rc.hi if rc else np.nan,
+            p_vs_clinical=cmp.p if cmp else np.nan, measure="Harrell's C (IJ)"), None, "SE of the C-index is 0: no z")
+
+def cindex(r: SimpleNamespace,  # `load`
+           m: SimpleNamespace,  # `multivariable_data` after `fit_models`
+          ) -> tuple:
+    "Supplementary S12: (C-indices of the full model per cohort and endpoint, applied unchanged, against the clinical-only model: DeLong for DCB, `compare_c` for PFS/OS; {cohort key: (y, predicted DCB probability)}); recorded, written."
+    rows, calib, full = [], {}, MV_MODELS[0][0]
+    for key in m.apply:
+        name = r.pc[key]
+        role = "training" if name == m.train else "applied unchanged"
+        rec = partial(record_published, r, cohort=name)
+        na = lambda why: [rec(f"cindex_{ep}_model{s}.{key}", None, note=why) for s in ("", "_p")]
+        for ep, cols in m.endpoints.items():
+            if (ep, full) in m.not_estimable:
+                rows.append(dict(cohort_key=key, cohort=name, role=role, endpoint=ep.upper(), n=np.nan, c=np.nan, lo=np.nan, hi=np.nan,
+                                 p_vs_0_5=np.nan, warning=f"model not estimable on {m.train}: {m.not_estimable[(ep, full)]}"))
+                na(rows[-1]["warning"]); continue
+            if (ep, full) not in m.models: na(f"the model could not be fitted on {m.train}"); continue
+            d = m.t[m.t["cohort"] == name].dropna(subset=MV_FULL + (["dcb"] if ep == "dcb" else list(cols)))
+            if len(d) < 5: print(f"{key} {ep.upper()}: {len(d)} complete patients, skipped"); na(f"{len(d)} complete patients (< 5)"); continue
+            try: c, lo, hi, p0, row_c, cal, why0 = _c_row(m, ep, d)
+            except ValueError as e: print(f"{key} {ep.upper()}: {e}"); na(f"no C-index: {e}"); continue
+            if cal is not None: calib[key] = cal
+            rows.append(dict(cohort_key=key, cohort=name, role=role, endpoint=ep.upper(), n=len(d), c=c, lo=lo, hi=hi, p_vs_0_5=p0, **row_c, warning=""))
+            note = ("fitted here" if name == m.train else f"model fitted on {m.train}") + f"; vs clinical-only p={row_c['p_vs_clinical']:.3g}"
+            rec(f"cindex_{ep}_model.{key}", c, lo, hi, note=note, why=note)
+            rec(f"cindex_{ep}_model_p.{key}", p0 if np.isfinite(p0) else None, note="z = (C - 0.5) / SE, two-sided" if np.isfinite(p0) else why0)
+    tab = pd.DataFrame(rows)
+    if len(tab):
+        write_table(tab, "mu2021_cindex", r.out_dir, title="C-indices (95% CI) of the DLS + histology + ECOG models vs clinical-only (histology + ECOG) models (S12)")
+    return tab, calib
+
+
+# %% ../../nbs/papers/62_mu2021.ipynb #c3e24afb
+def calibration_dcb(r: SimpleNamespace,  # `load`
+                    calib: dict,  # `cindex`'s {cohort key: (y, predicted probability)}
+                   ) -> pd.DataFrame:
+    "Supplementary figure S9: calibration of the DCB model per cohort (binned observed rate with Wilson CIs, recalibration slope and intercept, CITL, Brier); written and plotted."
+    rows = []
+    if not calib: return pd.DataFrame()
+    fig, axes = panels(len(calib), width=4.2, height=4.2)
+    for ax, (key, (y, p)) in zip(axes, calib.items()):
+        try: cb = calibration(y, p, n_bins=5 if len(y) < 100 else 10)
+        except ValueError as e: ax.set_axis_off(); print(f"{key}: {e}"); continue
+        plot_calibration(ax, cb.table, fmt="-")
+        ax.set(xlabel="predicted probability of DCB", ylabel="observed DCB rate",
+               title=f"{r.pc[key]}: slope {cb.slope:.2f}, intercept {cb.intercept_recal:.2f}, CITL {cb.citl:.2f}\nBrier {cb.brier:.3f}")
+        ax.title.set_fontsize(9)
+        summ = {k: getattr(cb, k) for k in ("slope", "slope_lo", "slope_hi", "intercept_recal", "intercept_recal_lo", "intercept_recal_hi",
+                                             "citl", "citl_lo", "citl_hi", "brier")}
+        rows += [dict(cohort=r.pc[key], **x.to_dict(), **summ) for _, x in cb.table.iterrows()]
+    finish(fig, "mu2021_calibration_dcb", r.out_dir)
+    tab = pd.DataFrame(rows)
+    if len(tab): write_table(tab, "mu2021_calibration_dcb", r.out_dir, title="Calibration of the DLS + histology + ECOG logistic model (fitted on the retrospective ICI cohort)")
+    return tab
+
+
+# %% ../../nbs/papers/62_mu2021.ipynb #b76f7f15
+def plot_rqs(rqs: pd.DataFrame,  # `rqs_table`
+             out_dir,  # the run folder
+            ):
+    "Each RQS item's points against its possible range, as horizontal bars; saved and shown."
+    items = rqs[rqs["item"] != "Total"]
+    fig, ax = panels(1, width=7, height=5.5)
+    ax = ax[0]; y = np.arange(len(items))[::-1]
+    ax.barh(y, items["max"] - items["min"], left=items["min"], color="0.9", edgecolor="0.6", label="possible range")
+    ax.barh(y, items["points"], color=np.where(items["points"] < 0, "C3", "C0"), height=0.5, label="points given")
+    ax.set_yticks(y, [f"{int(i)}. {n}" for i, n in zip(items["id"], items["item"])], fontsize=7)
+    ax.axvline(0, color="k", lw=0.6)
+    ax.set(xlabel="points", title=f"RQS: {rqs.attrs['total']} / {rqs.attrs['max_total']} ({rqs.attrs['percent']:.1f} %)")
+    ax.legend(fontsize=7, loc="lower right")
+    return finish(fig, "mu2021_rqs", out_dir)
+
