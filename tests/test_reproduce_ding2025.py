@@ -244,3 +244,12 @@ def test_computable_keys_are_recorded(ding_run):
     from test_report import assert_keys_recorded
     study, out, res = ding_run
     assert assert_keys_recorded(out, study, res["notebooks"]) >= 50
+
+
+def test_report_lists_the_profiles_deviations(ding_run):
+    "A quick/cpu-profile run names every setting that differs from the paper's method, in a table the report lists."
+    _, out, _ = ding_run
+    dev = pd.read_csv(out / "tables" / "ding2025_deviations.csv")
+    assert {"backbone", "size", "crossfit", "weights"} <= set(dev["setting"])
+    assert dev.set_index("setting").loc["backbone", "paper"] == "resnet101"
+    assert "ding2025_deviations" in (out / "index.html").read_text()
