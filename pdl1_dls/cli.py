@@ -56,9 +56,10 @@ def _cmd_validate(a):
 
 def _cmd_train(a):
     from pdl1_dls.manifest import load_study
-    from pdl1_dls.training import pipeline
+    from pdl1_dls.training import dist_context, pipeline
+    main = dist_context(join=False).main     # under torchrun (DDP training): rank 0 fills the cache and prints; one process: True
     study = load_study(a.manifest)
-    if _scaled(a): _fill_cache(a, study, quick=a.quick, profile=a.profile)   # the trainer then reads the filled cache
+    if _scaled(a) and main: _fill_cache(a, study, quick=a.quick, profile=a.profile)   # the trainer then reads the filled cache
     given = dict(channels=a.channels, epochs=a.epochs, backbone=a.backbone, profile=a.profile, weights=a.weights)
     kw = {k: v for k, v in given.items() if v is not None}          # a setting this pipeline does not have is refused by its trainer
     if a.no_resume: kw["resume"] = False
@@ -67,7 +68,7 @@ def _cmd_train(a):
     auc = m.get("val_auc")
     shown = f"{auc:.3f}" if isinstance(auc, (int, float)) and auc == auc else "n/a (no validation cohort with both classes)"
     skipped = f"; {m['n_skipped']} patient(s) left out: {m.get('skipped_reasons')}" if m.get("n_skipped") else ""
-    print(f"val_auc={shown}  cutoff={m.get('cutoff'):.4f}  bundle: {Path(a.out)}{skipped}")
+    if main: print(f"val_auc={shown}  cutoff={m.get('cutoff'):.4f}  bundle: {Path(a.out)}{skipped}  world_size={m.get('world_size', 1)}")
     return 0
 
 def _cmd_score(a):

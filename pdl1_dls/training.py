@@ -91,6 +91,7 @@ class DistContext:
     def active(self) -> bool: return self.world_size > 1
 
 def dist_context(device=None,  # the device training asks for: CUDA joins with nccl, anything else with gloo
+                 join: bool = True,  # join the process group (False: only read the environment)
                 ) -> DistContext:
     "This process's rank and world size (`RANK`, `WORLD_SIZE`, `LOCAL_RANK`); joins the process group on the first call under torchrun."
     import torch.distributed as dist
@@ -98,7 +99,7 @@ def dist_context(device=None,  # the device training asks for: CUDA joins with n
         return DistContext(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)))
     env = os.environ
     ctx = DistContext(int(env.get("RANK", 0)), int(env.get("WORLD_SIZE", 1)), int(env.get("LOCAL_RANK", 0)))
-    if ctx.active:
+    if ctx.active and join:
         cuda = device is not None and torch.device(device).type == "cuda"
         if cuda: torch.cuda.set_device(ctx.local_rank)
         dist.init_process_group("nccl" if cuda else "gloo")
