@@ -58,7 +58,7 @@ def main():
     args = ap.parse_args()
     if args.worker: return _worker(args)
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
-    env.update(PDL1_DLS_PROGRESS="0", PYTHONPATH=str(REPO))
+    env.update(PDL1_DLS_PROGRESS="0", PYTHONPATH=str(REPO), OMP_WAIT_POLICY="PASSIVE")  # spinning OpenMP threads of one process starve the other
     me = [__file__, "--worker", "--patients", str(args.patients), "--epochs", str(args.epochs)]
     paths = {"1 process": [sys.executable, *me],
              "2 processes (torchrun, gloo)": [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", *me]}
