@@ -55,29 +55,31 @@ def _cmd_validate(a):
     if _scaled(a) and not _fill_cache(a, study)["ok"].all(): return 2
     return 0
 
-def _checked(a):
+def _checked(a, quiet: bool = False):
     "The study after validation with every image opened: refused (exit 2, every problem) unless --skip-bad leaves those patients out."
     from pdl1_dls.manifest import checked_study
     study, left = checked_study(a.manifest, skip_bad=a.skip_bad, cache_dir=get_settings().cache_dir)
-    if left:
+    if left and not quiet:
         print(f"--skip-bad: {len({p.patient for p in left})} patient(s) left out:", file=sys.stderr)
         for p in left: print(f"  {p.line()}", file=sys.stderr)
     return study, left
 
 def _cmd_train(a):
-    from pdl1_dls.training import pipeline
-    study, _ = _checked(a)
-    if _scaled(a): _fill_cache(a, study, quick=a.quick, profile=a.profile)   # the trainer then reads the filled cache
+    from pdl1_dls.training import dist_context, pipeline
+    main = dist_context(join=False).main     # under torchrun (DDP training): rank 0 fills the cache and prints; one process: True
+    study, _ = _checked(a, quiet=not main)
+    if _scaled(a) and main: _fill_cache(a, study, quick=a.quick, profile=a.profile)   # the trainer then reads the filled cache
     given = dict(channels=a.channels, epochs=a.epochs, backbone=a.backbone, profile=a.profile, weights=a.weights)
     kw = {k: v for k, v in given.items() if v is not None}          # a setting this pipeline does not have is refused by its trainer
     if a.no_resume: kw["resume"] = False
-    with folder_lock(a.out, "bundle folder"):                  # a second writer of the same folder stops with a clear error
+    import contextlib                                          # a second writer of the same folder stops with a clear error
+    with folder_lock(a.out, "bundle folder") if main else contextlib.nullcontext():   # (DDP ranks > 0 write nothing)
         m = pipeline(study.modality).train(study, a.out, seed=a.seed, permute_labels=a.permute_labels, quick=a.quick, device=a.device,
                                            retrain=not a.no_retrain, skip_bad=a.skip_bad, **kw)
     auc = m.get("val_auc")
     shown = f"{auc:.3f}" if isinstance(auc, (int, float)) and auc == auc else "n/a (no validation cohort with both classes)"
     skipped = f"; {m['n_skipped']} patient(s) left out: {m.get('skipped_reasons')}" if m.get("n_skipped") else ""
-    print(f"val_auc={shown}  cutoff={m.get('cutoff'):.4f}  bundle: {Path(a.out)}{skipped}")
+    if main: print(f"val_auc={shown}  cutoff={m.get('cutoff'):.4f}  bundle: {Path(a.out)}{skipped}  world_size={m.get('world_size', 1)}")
     return 0
 
 def _cmd_score(a):

@@ -7,12 +7,14 @@ Docs: https://pdl1-dls.github.io/pdl1_dls/training.html.md"""
 # %% ../nbs/30_training.ipynb #ce9ae5f1
 from __future__ import annotations
 
+import atexit
 import hashlib
 import importlib
 import json
 import math
 import os
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -27,9 +29,11 @@ from .core import PDL1Error, atomic_path, atomic_write, look_up_option, progress
 
 # %% auto #0
 __all__ = ['BUNDLE_FORMAT', 'MODEL_JSON', 'CITATIONS', 'PIPELINES', 'split_inner', 'permute_patient_labels', 'save_state',
-           'load_state', 'EarlyStopping', 'fit_epochs', 'config_hash', 'config_diff', 'reuse_or_clear',
-           'refuse_skipped', 'manifest_train_settings', 'write_bundle', 'read_bundle', 'model_card', 'pipeline',
-           'Model', 'load_model', 'write_scores']
+           'load_state', 'DistContext', 'dist_context', 'dist_teardown', 'rank_device', 'shard', 'rank_batch',
+           'merge_shards', 'gather_patients', 'shard_map', 'broadcast_stop', 'sync_buffers', 'all_sum', 'ddp_wrap',
+           'barrier', 'main_first', 'on_main', 'EarlyStopping', 'fit_epochs', 'config_hash', 'config_diff',
+           'reuse_or_clear', 'refuse_skipped', 'manifest_train_settings', 'write_bundle', 'read_bundle', 'model_card',
+           'pipeline', 'Model', 'load_model', 'write_scores']
 
 # %% ../nbs/30_training.ipynb #e4b6801d
 def split_inner(labels: dict,  # patient_id -> 0/1 (training patients)
@@ -73,6 +77,164 @@ def save_state(obj, path):
 def load_state(path, map_location="cpu"):
     "torch.load with `weights_only=True`: tensors and plain containers only, no pickled code."
     return torch.load(path, map_location=map_location, weights_only=True)
+
+# %% ../nbs/30_training.ipynb #65809deb
+@dataclass(frozen=True)
+class DistContext:
+    "Where this process stands in a torchrun job (without torchrun: rank 0 of 1)."
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    @property
+    def main(self) -> bool: return self.rank == 0
+    @property
+    def active(self) -> bool: return self.world_size > 1
+
+def dist_context(device=None,  # the device training asks for: CUDA joins with nccl, anything else with gloo
+                 join: bool = True,  # join the process group (False: only read the environment)
+                ) -> DistContext:
+    "This process's rank and world size (`RANK`, `WORLD_SIZE`, `LOCAL_RANK`); joins the process group on the first call under torchrun."
+    import torch.distributed as dist
+    if dist.is_available() and dist.is_initialized():
+        return DistContext(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)))
+    env = os.environ
+    ctx = DistContext(int(env.get("RANK", 0)), int(env.get("WORLD_SIZE", 1)), int(env.get("LOCAL_RANK", 0)))
+    if ctx.active and join:
+        cuda = device is not None and torch.device(device).type == "cuda"
+        if cuda: torch.cuda.set_device(ctx.local_rank)
+        dist.init_process_group("nccl" if cuda else "gloo")
+        atexit.register(dist_teardown)
+    return ctx
+
+def dist_teardown():
+    "Leave the process group (if joined); registered at exit by `dist_context`."
+    import torch.distributed as dist
+    if dist.is_available() and dist.is_initialized(): dist.destroy_process_group()
+
+def rank_device(device: torch.device) -> torch.device:
+    "This rank's device: under torchrun a plain 'cuda' is GPU `LOCAL_RANK`; otherwise `device` itself."
+    device = torch.device(device)
+    ctx = dist_context(device)
+    if ctx.active and device.type == "cuda" and device.index is None: return torch.device("cuda", ctx.local_rank)
+    return device
+
+# %% ../nbs/30_training.ipynb #b0456290
+def shard(items,  # list, numpy array or tensor (e.g. an epoch's permutation, or patient ids)
+          rank: int | None = None, world_size: int | None = None,  # default: this process's (`dist_context`)
+         ):
+    "This rank's share as `DistributedSampler` deals it: padded by repeating the first items to a multiple of the world size, then every world_size-th from the rank. One process: `items` itself."
+    if rank is None or world_size is None:
+        ctx = dist_context(); rank, world_size = ctx.rank, ctx.world_size
+    if world_size <= 1: return items
+    n = len(items)
+    if n == 0: return items[:0]
+    idx = [i % n for i in range(math.ceil(n / world_size) * world_size)][rank::world_size]
+    if isinstance(items, torch.Tensor): return items[torch.as_tensor(idx, dtype=torch.long)]
+    if isinstance(items, np.ndarray): return items[np.asarray(idx)]
+    return [items[i] for i in idx]
+
+def rank_batch(batch_size: int) -> int:
+    "Samples per rank and step, so that one step over all ranks sees `batch_size` samples (one process: `batch_size`)."
+    return max(1, math.ceil(int(batch_size) / dist_context().world_size))
+
+# %% ../nbs/30_training.ipynb #d59a236a
+def _rows(v, idx):
+    "Rows `idx` of an array, tensor, or dict of them (first axis = patients)."
+    if isinstance(v, dict): return {k: _rows(x, idx) for k, x in v.items()}
+    if isinstance(v, torch.Tensor): v = v.detach().cpu().numpy()
+    return np.asarray(v)[idx]
+
+def merge_shards(parts: list,  # [(ids, values)] from each rank; values: array, tensor, or dict of them, first axis = ids
+                 all_ids,  # every patient, in the order wanted
+                ):
+    "The ranks' values in the order of `all_ids`, each patient once (a padded duplicate is dropped); a patient no rank scored is an error."
+    offset, where = 0, {}
+    for ids, _ in parts:                           # position of each patient's first copy in the ranks' values, end to end
+        for j, p in enumerate(ids): where.setdefault(p, offset + j)
+        offset += len(ids)
+    missing = [p for p in all_ids if p not in where]
+    if missing: raise PDL1Error(f"{len(missing)} patient(s) scored by no rank (first: {missing[0]})")
+    vals = [_rows(v, slice(None)) for _, v in parts]
+    cat = lambda xs: {k: cat([x[k] for x in xs]) for k in xs[0]} if isinstance(xs[0], dict) else np.concatenate(xs)
+    return _rows(cat(vals), np.array([where[p] for p in all_ids], dtype=int))
+
+def gather_patients(ids,  # this rank's patients (its `shard`)
+                    values,  # their values: array, tensor, or dict of them (first axis = ids)
+                    all_ids,  # every patient, in the order wanted
+                   ):
+    "Every rank's per-patient values, gathered on every rank in the order of `all_ids`, each patient once. One process: `values` itself."
+    ctx = dist_context()
+    if not ctx.active: return values
+    import torch.distributed as dist
+    parts = [None] * ctx.world_size
+    dist.all_gather_object(parts, (list(ids), _rows(values, slice(None))))
+    return merge_shards(parts, all_ids)
+
+def shard_map(fn: Callable,  # f(this rank's ids) -> values for them (first axis = ids)
+              ids,  # every patient (list or array)
+             ):
+    "Each rank computes `fn` on its share of `ids`; every rank gets the values of all `ids` back, each once. One process: `fn(ids)`."
+    sub = shard(ids)
+    return gather_patients(sub, fn(sub), ids)
+
+# %% ../nbs/30_training.ipynb #be2709d6
+def broadcast_stop(flag: bool) -> bool:
+    "Rank 0's decision (e.g. early stopping), the same on every rank. One process: `flag`."
+    ctx = dist_context()
+    if not ctx.active: return bool(flag)
+    import torch.distributed as dist
+    box = [bool(flag)]
+    dist.broadcast_object_list(box, src=0)
+    return bool(box[0])
+
+def sync_buffers(model: torch.nn.Module):
+    "Copy rank 0's buffers (batch-norm statistics) to every rank; parameters are kept identical by DDP. One process: nothing."
+    if not dist_context().active: return
+    import torch.distributed as dist
+    for b in model.buffers(): dist.broadcast(b, src=0)
+
+def all_sum(*values: float) -> tuple:
+    "Sums over ranks of a few numbers (e.g. a loss total for the log). One process: `values`."
+    if not dist_context().active: return values
+    import torch.distributed as dist
+    t = torch.tensor(values, dtype=torch.float64)
+    dist.all_reduce(t)
+    return tuple(t.tolist())
+
+def ddp_wrap(model: torch.nn.Module) -> torch.nn.Module:
+    "`DistributedDataParallel(model)` under torchrun (gradients averaged over ranks); one process: `model` itself."
+    if not dist_context().active: return model
+    dev = next(model.parameters()).device
+    return torch.nn.parallel.DistributedDataParallel(model, device_ids=[dev] if dev.type == "cuda" else None)
+
+def barrier():
+    "Wait until every rank gets here. One process: nothing."
+    if dist_context().active:
+        import torch.distributed as dist
+        dist.barrier()
+
+@contextmanager
+def main_first():
+    "Rank 0 runs the block first (e.g. fills a cache), then the other ranks. One process: just the block."
+    ctx = dist_context()
+    if ctx.active and not ctx.main: barrier()
+    try: yield
+    finally:
+        if ctx.active and ctx.main: barrier()
+
+def on_main(fn: Callable, *args, **kw):
+    "`fn(*args, **kw)` on rank 0 only; every rank gets its result, or raises its error. One process: `fn(*args, **kw)`."
+    ctx = dist_context()
+    if not ctx.active: return fn(*args, **kw)
+    import torch.distributed as dist
+    box = [None]
+    if ctx.main:
+        try: box[0] = (True, fn(*args, **kw))
+        except Exception as e: box[0] = (False, e)
+    dist.broadcast_object_list(box, src=0)
+    ok, res = box[0]
+    if not ok: raise res
+    return res
 
 # %% ../nbs/30_training.ipynb #0824637c
 class EarlyStopping:
@@ -121,19 +283,21 @@ def fit_epochs(model: torch.nn.Module,  # the network; holds the best state on r
                desc: str | None = None,  # progress-bar label; None: no bar
                leave: bool = True,  # keep the bar when done
               ) -> list[dict]:
-    "The one training loop with plug-in early stopping and checkpoints; returns the log rows (one per epoch)."
+    "The one training loop with plug-in early stopping and checkpoints (under torchrun: stopping decided on rank 0, checkpoints by rank 0); returns the log rows."
     log = list(log or [])
-    bar = progress(total=max_epochs, initial=start_epoch, desc=desc, unit="epoch", leave=leave) if desc else None
+    main = dist_context().main                      # under torchrun: rank 0 alone checkpoints and shows the bar
+    bar = progress(total=max_epochs, initial=start_epoch, desc=desc, unit="epoch", leave=leave) if desc and main else None
     epoch = start_epoch
-    while epoch < max_epochs and not stopper.stop:
+    while epoch < max_epochs and not broadcast_stop(stopper.stop):
         t0 = time.perf_counter()
         row = dict(train_epoch(epoch))
+        sync_buffers(model)                         # every rank evaluates rank 0's network
         key, fields = evaluate(epoch)
         epoch += 1
         stopper.step(key, model, epoch, fields)
         row.update(fields, best_epoch=stopper.best_epoch, seconds=round(time.perf_counter() - t0, 3))
         log.append(row)
-        if checkpoint is not None: checkpoint(epoch, log)
+        if checkpoint is not None and main: checkpoint(epoch, log)
         if bar is not None:
             bar.update(1); bar.set_postfix({k: f"{v:.3f}" for k, v in fields.items() if isinstance(v, float)})
         if on_epoch_end is not None: on_epoch_end(epoch, row)
@@ -164,7 +328,10 @@ def config_diff(old: dict, new: dict) -> list[str]:
 
 # %% ../nbs/30_training.ipynb #98bb1da5
 def reuse_or_clear(out_dir: Path, identity: str, request: dict, retrain: bool) -> dict | None:
-    "The metrics of a finished bundle with this identity (reused); else clear the folder for a new run, or refuse (retrain=False)."
+    "The metrics of a finished bundle with this identity (reused); else clear the folder for a new run, or refuse (retrain=False). Under torchrun: decided on rank 0."
+    return on_main(_reuse_or_clear, out_dir, identity, request, retrain)
+
+def _reuse_or_clear(out_dir, identity, request, retrain):
     if not (out_dir / MODEL_JSON).is_file(): return None
     old = read_bundle(out_dir, verify=False)
     if old.get("identity") == identity: return json.loads((out_dir / "metrics.json").read_text())

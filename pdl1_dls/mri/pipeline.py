@@ -22,8 +22,9 @@ from torch import nn
 
 from ..core import PDL1Error, atomic_write, get_device, get_settings, progress, seed_everything, write_json
 from ..stats.roc import auc_ci
-from ..training import (EarlyStopping, config_hash, fit_epochs, load_state, manifest_train_settings, permute_patient_labels,
-                               read_bundle, refuse_skipped, reuse_or_clear, save_state, split_inner, write_bundle)
+from ..training import (EarlyStopping, all_sum, barrier, config_hash, ddp_wrap, dist_context, fit_epochs, gather_patients,
+                               load_state, main_first, manifest_train_settings, permute_patient_labels, rank_batch, rank_device,
+                               read_bundle, refuse_skipped, reuse_or_clear, save_state, shard, shard_map, split_inner, write_bundle)
 from .preprocess import PLANES, SEQUENCES, MRIParams, augment_batch, mri_augment, mri_cohort
 from .models import FeatureReducer, FusionTransformer, SequenceNet, extract_features, focal_loss
 
@@ -137,12 +138,12 @@ def _resize(x: torch.Tensor, size: int) -> torch.Tensor:
     if x.shape[-1] == size: return x
     return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
 
-def _inner(model, x, y, cfg) -> tuple[float, float]:
-    "(AUC, focal loss) on the inner split, in eval mode."
+def _inner(model, x, y, cfg, ids) -> tuple[float, float]:
+    "(AUC, focal loss) on the inner split, in eval mode: `x` holds this rank's inner images `ids` (`training.shard`), `y` every inner label."
     from pdl1_dls.stats.roc import auc
     model.eval()
     with torch.no_grad():
-        o = model(x)
+        o = torch.as_tensor(gather_patients(ids, model(x), range(len(y))), device=y.device)  # every inner patient once
         loss = float(focal_loss(o, y, cfg.focal_alpha, cfg.focal_gamma))
     yy = y.cpu().numpy().astype(int)
     return (auc(yy, o.cpu().numpy()) if 0 < yy.sum() < len(yy) else 0.5), loss
@@ -157,8 +158,8 @@ def fit_sequence(x_fit: torch.Tensor,  # (n, 3, size, size) z-scored training im
                  name: str = "",  # sequence name (log)
                  desc: str | None = None,  # progress-bar label (default: name)
                 ) -> tuple[SequenceNet, list[dict]]:
-    "Train a `SequenceNet` with focal loss, SGD, augmentation and early stopping (inner AUC, ties by the loss; `training.fit_epochs`)."
-    dev = device or torch.device("cpu")
+    "Train a `SequenceNet` with focal loss, SGD, augmentation and early stopping (inner AUC, ties by the loss; `training.fit_epochs`; DDP under torchrun)."
+    dev = rank_device(device or torch.device("cpu"))  # under torchrun: this rank's GPU
     seed_everything(seed)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the random-init warning is given once by the caller
@@ -166,21 +167,23 @@ def fit_sequence(x_fit: torch.Tensor,  # (n, 3, size, size) z-scored training im
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     tf = mri_augment(cfg.input_size, cfg.crop_scale)
     yf = torch.as_tensor(y_fit, dtype=torch.float32)
-    xi = _resize(x_inner, cfg.input_size).to(dev); yi = torch.as_tensor(y_inner, dtype=torch.float32).to(dev)
+    sub_inner = shard(np.arange(len(x_inner)))       # this rank's inner patients (all of them in one process)
+    xi = _resize(x_inner[sub_inner], cfg.input_size).to(dev); yi = torch.as_tensor(y_inner, dtype=torch.float32).to(dev)
     g = torch.Generator().manual_seed(seed)
+    net, bs = ddp_wrap(model), rank_batch(cfg.batch_size)   # under torchrun: gradients averaged over ranks
 
     def train_epoch(ep):
-        model.train(); perm = torch.randperm(len(x_fit), generator=g); tot = 0.0
-        for i in range(0, len(perm), cfg.batch_size):
-            idx = perm[i:i + cfg.batch_size]
+        net.train(); perm = shard(torch.randperm(len(x_fit), generator=g)); tot = 0.0   # same permutation, this rank's share
+        for i in range(0, len(perm), bs):
+            idx = perm[i:i + bs]
             if len(idx) < 2: continue  # batch norm needs two images
             xb = augment_batch(x_fit[idx], tf).to(dev)
-            loss = focal_loss(model(xb), yf[idx].to(dev), cfg.focal_alpha, cfg.focal_gamma)
+            loss = focal_loss(net(xb), yf[idx].to(dev), cfg.focal_alpha, cfg.focal_gamma)
             opt.zero_grad(); loss.backward(); opt.step(); tot += float(loss) * len(idx)
-        return dict(sequence=name, epoch=ep, train_loss=tot / len(x_fit))
+        return dict(sequence=name, epoch=ep, train_loss=all_sum(tot)[0] / len(x_fit))
 
     def evaluate(ep):
-        ai, li = _inner(model, xi, yi, cfg)
+        ai, li = _inner(model, xi, yi, cfg, sub_inner)
         return (ai, -li), dict(inner_loss=li, inner_auc=ai)
 
     log = fit_epochs(model, train_epoch, evaluate, EarlyStopping(cfg.patience), cfg.epochs, desc=f"{desc or name} CNN", leave=False)
@@ -399,7 +402,8 @@ def train_mri_study(study_or_path,  # manifest path, `pdl1_dls.manifest.Study`, 
     cfg = MRITrainConfig.make(quick, profile, **{**study_train, **overrides, "backbone": backbone,
                                                  "weights": None if weights is None else str(weights)})
     if cfg.num_threads: torch.set_num_threads(cfg.num_threads)
-    dev = get_device(device) if not isinstance(device, torch.device) else device
+    dev = rank_device(get_device(device) if not isinstance(device, torch.device) else device)
+    ctx = dist_context(dev)                                 # under torchrun: rank, world size; one process: rank 0 of 1
     table, lab, name = _as_table(study_or_path, label_column)
     if lab not in table: raise PDL1Error(f"label column {lab!r} not in the study table", column=lab)
     if not (table["role"] == "train").any(): raise PDL1Error("the study has no cohort with role 'train'")
@@ -408,9 +412,9 @@ def train_mri_study(study_or_path,  # manifest path, `pdl1_dls.manifest.Study`, 
     out_dir = Path(out_dir); out_dir.mkdir(parents=True, exist_ok=True)
     cache = Path(cache_dir) if cache_dir is not None else PIPELINE.cache_dir(name)
     params = MRIParams(size=cfg.size, margin_mm=cfg.margin_mm, sequences=tuple(cfg.sequences))
-    X, meta, skipped = mri_cohort(table, cache, params)
+    with main_first(): X, meta, skipped = mri_cohort(table, cache, params)   # rank 0 fills the cache, the others read it
     refuse_skipped(skipped, skip_bad)
-    if skipped_out is not None:
+    if skipped_out is not None and ctx.main:
         with atomic_write(skipped_out) as f: skipped.to_csv(f, index=False)
     # training cohort, labels (permuted for the null control)
     tr = np.flatnonzero((meta["role"] == "train").to_numpy() & meta[lab].notna().to_numpy())
@@ -427,6 +431,7 @@ def train_mri_study(study_or_path,  # manifest path, `pdl1_dls.manifest.Study`, 
                    weights_sha256=sha256(cfg.weights) if cfg.weights else None, label_column=lab,
                    label_rule=getattr(study_or_path, "label_rule", None),
                    data=config_hash([[p, labels[p]] for p in sorted(labels)], list(X.shape[1:])))
+    if ctx.world_size > 1: request["world_size"] = ctx.world_size   # other batches, other numbers: another run
     identity = config_hash(request)
     done = reuse_or_clear(out_dir, identity, request, retrain)
     if done is not None: return done
@@ -452,11 +457,9 @@ def train_mri_study(study_or_path,  # manifest path, `pdl1_dls.manifest.Study`, 
             fus.append(f); log += [dict(r, member=k, init=j) for r in lg]
         members.append(MRIMember(models, red, fus))
     run = MRIRun(cfg, members, zs)
-    sc = run.score(X)
+    sc = shard_map(lambda ix: run.score(X[ix]), np.arange(len(X)))   # each rank its share, every patient once
     y_train = np.array([labels[p] for p in meta.patient_id.iloc[tr]])
     run.cutoff = float(youden_cutoff(y_train, sc["dls"][tr]).threshold)
-    files = run.save(out_dir)
-    with atomic_write(out_dir / "train_log.csv") as f: pd.DataFrame(log).to_csv(f, index=False)
     dls = _dls_frame(meta, sc, cfg.sequences).assign(role=meta["role"].to_numpy(), **{lab: meta[lab].to_numpy()})
     cols = ["dls"] + [f"dls_{s}" for s in cfg.sequences]
     per_cohort = {}
@@ -488,8 +491,8 @@ def train_mri_study(study_or_path,  # manifest path, `pdl1_dls.manifest.Study`, 
                    cohorts=per_cohort, cutoff=run.cutoff, n_train=int(len(tr)), skipped_reasons=skipped['reason'].value_counts().to_dict() if len(skipped) else {}, crossfit=cfg.crossfit,
                    members=[{f"n_{key}": len(v) for key, v in pl.items()} for pl in plan],
                    n_skipped=int(len(skipped)), backbone=cfg.backbone, pretrained=cfg.weights is not None, quick=quick, profile=cfg.profile,
-                   pca_components=int(members[0].reducer.k_), train_seconds=round(time.time() - t0, 1), device=str(dev))
-    write_json(metrics, out_dir / "metrics.json")
+                   pca_components=int(members[0].reducer.k_), train_seconds=round(time.time() - t0, 1), device=str(dev),
+                   world_size=ctx.world_size)
     trc = sorted(set(meta.cohort.iloc[tr]))
     n_pos = int(sum(labels.values()))
     bmeta = dict(name=f"{getattr(study_or_path, 'paper', None) or 'mri'} MRI fusion ({cfg.backbone}){' null control' if permute_labels else ''}",
@@ -502,8 +505,14 @@ def train_mri_study(study_or_path,  # manifest path, `pdl1_dls.manifest.Study`, 
                                permuted=bool(permute_labels), n_skipped=int(len(skipped)),
                                members=[{f"n_{key}": len(v) for key, v in pl.items()} for pl in plan]),
                  evaluation={c: dict(role=v["role"], **{k: x for k, x in v["dls"].items() if k != "note"}) for c, v in per_cohort.items()},
-                 weights={f: "state dict" if f.endswith(".pt") else "FeatureReducer arrays (npz, no pickles)" for f in files})
-    write_bundle(out_dir, bmeta, files + ["train_log.csv", "metrics.json"])
+                 world_size=ctx.world_size)
+    if ctx.main:                                            # rank 0 alone writes the bundle
+        files = run.save(out_dir)
+        bmeta["weights"] = {f: "state dict" if f.endswith(".pt") else "FeatureReducer arrays (npz, no pickles)" for f in files}
+        with atomic_write(out_dir / "train_log.csv") as f: pd.DataFrame(log).to_csv(f, index=False)
+        write_json(metrics, out_dir / "metrics.json")
+        write_bundle(out_dir, bmeta, files + ["train_log.csv", "metrics.json"])
+    barrier()                                               # every rank returns once the bundle is there
     return metrics
 
 # %% ../../nbs/mri/22_pipeline.ipynb #701afe7f

@@ -23,8 +23,9 @@ import torch.nn.functional as F
 from ..core import PDL1Error, atomic_write, get_device, get_settings, progress, seed_everything, write_json
 from .srescnn import CHANNELS, make_model
 from ..stats.roc import auc_ci
-from ..training import (EarlyStopping, config_hash, fit_epochs, load_state, manifest_train_settings, permute_patient_labels,
-                               refuse_skipped, reuse_or_clear, save_state, split_inner, write_bundle)
+from ..training import (EarlyStopping, all_sum, barrier, config_hash, ddp_wrap, dist_context, fit_epochs, gather_patients,
+                               load_state, main_first, manifest_train_settings, permute_patient_labels, rank_batch, rank_device,
+                               refuse_skipped, reuse_or_clear, save_state, shard, shard_map, split_inner, write_bundle)
 
 # %% auto #0
 __all__ = ['QUICK', 'DIHEDRAL', 'CHECKPOINT_FORMAT', 'PIPELINE', 'toy_patients', 'stack_slices', 'slice_weights', 'augment',
@@ -209,10 +210,11 @@ def fit(data: dict,  # patient_id -> (n, C, 64, 64) float32 slices (training coh
         on_epoch_end: Callable | None = None,  # called as f(epoch, log_row) after each checkpoint (tests interrupt here)
         identity: str | None = None,  # the run's identity; default: hash of cfg and the data fingerprint
        ) -> dict:
-    "Train an SResCNN with early stopping on an inner patient split (`training.fit_epochs`); return the best model and the run's summary."
+    "Train an SResCNN with early stopping on an inner patient split (`training.fit_epochs`; DDP under torchrun); return the best model and the run's summary."
     if cfg.monitor not in ("auc", "loss"): raise ValueError(f"monitor must be 'auc' or 'loss', got {cfg.monitor!r}")
     out_dir = Path(out_dir); out_dir.mkdir(parents=True, exist_ok=True)
-    device = torch.device(device) if device is not None else get_device()
+    device = rank_device(device if device is not None else get_device())   # under torchrun: this rank's GPU
+    ctx = dist_context(device)
     pids = sorted(p for p in labels if p in data)
     if not pids: raise PDL1Error("no training patients with images and labels")
     fit_ids, inner_ids = split_inner({p: labels[p] for p in pids}, cfg.inner_frac, cfg.seed)
@@ -227,7 +229,8 @@ def fit(data: dict,  # patient_id -> (n, C, 64, 64) float32 slices (training coh
     y_pat = np.array([labels[p] for p in fit_ids], int)
     y = torch.from_numpy(y_pat[owner].astype(np.float32))
     w = torch.from_numpy(slice_weights(owner, y_pat))
-    Xi, owner_i = stack_slices(data, inner_ids)
+    sub_inner = shard(inner_ids)                          # this rank's inner patients (all of them in one process)
+    Xi, owner_i = stack_slices(data, sub_inner)
     y_inner = np.array([labels[p] for p in inner_ids], int)
 
     seed_everything(cfg.seed)
@@ -246,23 +249,27 @@ def fit(data: dict,  # patient_id -> (n, C, 64, 64) float32 slices (training coh
         g.set_state(c["generator"]); _set_rng_state(c["rng"], device); stopper.load_state_dict(c["stopper"])
         start, log = c["epoch"], c["log"]
     n = len(X)
+    net = ddp_wrap(model)                                 # under torchrun: gradients averaged over ranks
+    bs = rank_batch(cfg.batch_size)
 
     def train_epoch(e):
-        model.train()
-        order = torch.randperm(n, generator=g)
-        batches = list(torch.split(order, cfg.batch_size))
+        net.train()
+        order = shard(torch.randperm(n, generator=g))     # the same permutation on every rank; each trains on its share
+        batches = list(torch.split(order, bs))
         if len(batches) > 1 and len(batches[-1]) < 2: batches[-2] = torch.cat(batches[-2:]); batches.pop()
         tot, wsum = 0.0, 0.0
         for idx in batches:
             xb = augment(X[idx], g, cfg.flip, cfg.rot90, cfg.jitter).to(device)
             yb, wb = y[idx].to(device), w[idx].to(device)
-            loss = (F.binary_cross_entropy_with_logits(model(xb), yb, reduction="none") * wb).sum() / wb.sum()
+            loss = (F.binary_cross_entropy_with_logits(net(xb), yb, reduction="none") * wb).sum() / wb.sum()
             opt.zero_grad(set_to_none=True); loss.backward(); opt.step()
             tot += loss.item() * wb.sum().item(); wsum += wb.sum().item()
+        tot, wsum = all_sum(tot, wsum)
         return dict(epoch=e + 1, lr=opt.param_groups[0]["lr"], train_loss=tot / wsum)
 
     def evaluate(e):
-        p_inner = patient_mean(predict_slices(model, Xi, device, cfg.eval_batch_size), owner_i, len(inner_ids))
+        p_inner = gather_patients(sub_inner, patient_mean(predict_slices(model, Xi, device, cfg.eval_batch_size), owner_i,
+                                                          len(sub_inner)), inner_ids)   # each inner patient once
         inner_auc = auc_ci(y_inner, p_inner)["auc"]
         eps = 1e-7
         inner_loss = float(-np.mean(y_inner * np.log(p_inner + eps) + (1 - y_inner) * np.log(1 - p_inner + eps)))
@@ -278,8 +285,9 @@ def fit(data: dict,  # patient_id -> (n, C, 64, 64) float32 slices (training coh
 
     log = fit_epochs(model, train_epoch, evaluate, stopper, cfg.epochs, start, log, checkpoint, on_epoch_end,
                      desc=f"train {cfg.channels} seed {cfg.seed}")
-    save_state(stopper.best_state, out_dir / "model.pt")
-    _write_log(log, out_dir / "train_log.csv")
+    if ctx.main:
+        save_state(stopper.best_state, out_dir / "model.pt")
+        _write_log(log, out_dir / "train_log.csv")
     return dict(model=model, fit_patients=fit_ids, inner_patients=inner_ids, best_epoch=stopper.best_epoch,
                 inner_auc=stopper.best_info.get("inner_auc", float("nan")), epochs_run=len(log), log=pd.DataFrame(log),
                 device=device, identity=identity)
@@ -304,6 +312,11 @@ def _hyper(study, table: pd.DataFrame, cache_dir, params: dict | None = None) ->
 def _select(hyper: dict, pids, channels: str) -> dict:
     ch = list(CHANNELS[channels])
     return {p: np.ascontiguousarray(hyper[p].images[:, ch], dtype=np.float32) for p in pids}
+
+def _dls(model, data: dict, pids, device, cfg) -> np.ndarray:
+    "Patient DLS (mean slice probability, with the config's test-time augmentation) of `pids`."
+    X, own = stack_slices(data, pids)
+    return patient_mean(predict_slices(model, X, device, cfg.eval_batch_size, tta=cfg.tta), own, len(pids))
 
 def _write_csv(df: pd.DataFrame, path):
     with atomic_write(path) as f: df.to_csv(f, index=False)
@@ -331,7 +344,7 @@ def train_study(study_or_path,  # manifest path or `pdl1_dls.manifest.Study`
                 on_epoch_end: Callable | None = None,  # f(epoch, log_row) after each epoch's checkpoint
                 **overrides,  # any other `TrainConfig` field (lr, batch_size, patience, ...)
                ) -> dict:
-    "Train the SResCNN on the training cohort, select on an inner split, report AUC on the validation cohort; write the bundle."
+    "Train the SResCNN on the training cohort, select on an inner split, report AUC on the validation cohort; write the bundle (DDP under torchrun)."
     from pdl1_dls.petct.preprocess import DEFAULTS
     from pdl1_dls.stats.roc import youden_cutoff
     study = _as_study(study_or_path)
@@ -351,9 +364,11 @@ def train_study(study_or_path,  # manifest path or `pdl1_dls.manifest.Study`
     if not (t["role"] == "train").any(): raise PDL1Error("the study has no cohort with role 'train'", file=study.path)
     t = t[t[lab].notna()]
     prep = {k: (list(v) if isinstance(v, tuple) else v) for k, v in DEFAULTS.items()}
-    hyper, skipped = _hyper(study, t, cache_dir, DEFAULTS)
+    dev = rank_device(device if device is not None else get_device())
+    ctx = dist_context(dev)                                 # under torchrun: rank, world size; one process: rank 0 of 1
+    with main_first(): hyper, skipped = _hyper(study, t, cache_dir, DEFAULTS)   # rank 0 fills the cache, the others read it
     refuse_skipped(skipped, skip_bad)
-    if skipped_out is not None: _write_csv(skipped, skipped_out)
+    if skipped_out is not None and ctx.main: _write_csv(skipped, skipped_out)
     rows = t[t["patient_id"].isin(list(hyper))]
     tr, va = rows[rows["role"] == "train"], rows[rows["role"] == "validation"]
     true_lab = dict(zip(tr["patient_id"], tr[lab].astype(int)))
@@ -362,14 +377,13 @@ def train_study(study_or_path,  # manifest path or `pdl1_dls.manifest.Study`
     tids = sorted(true_lab)
     request = dict(modality="petct", config=asdict(cfg), preprocessing=prep, label_column=lab, label_rule=study.label_rule,
                    data=_data_id(data, train_lab, tids))
+    if ctx.world_size > 1: request["world_size"] = ctx.world_size   # other batches, other numbers: another run
     identity = config_hash(request)
     done = reuse_or_clear(out_dir, identity, request, retrain)
     if done is not None: return done
-    dev = torch.device(device) if device is not None else get_device()
     res = fit(data, train_lab, cfg, out_dir, dev, resume, on_epoch_end, identity=identity)
     model = res["model"]
-    Xt, ot = stack_slices(data, tids)
-    dls_t = patient_mean(predict_slices(model, Xt, dev, cfg.eval_batch_size, tta=cfg.tta), ot, len(tids))
+    dls_t = shard_map(lambda ids: _dls(model, data, ids, dev, cfg), tids)   # each rank its share, every patient once
     y_t = np.array([train_lab[p] for p in tids])
     cutoff = float(youden_cutoff(y_t, dls_t).threshold)
     ev = {c: dict(role="train", **auc_ci(y_t[np.isin(tids, g.patient_id)], dls_t[np.isin(tids, g.patient_id)]))
@@ -384,21 +398,19 @@ def train_study(study_or_path,  # manifest path or `pdl1_dls.manifest.Study`
              permuted_label_phi=_phi(true_lab, train_lab, tids) if permute_labels else None,
              permuted_label_phi_fit=_phi(true_lab, train_lab, res["fit_patients"]) if permute_labels else None,
              permuted_label_phi_inner=_phi(true_lab, train_lab, res["inner_patients"]) if permute_labels else None,
-             cutoff=cutoff)
+             cutoff=cutoff, world_size=ctx.world_size)
     if len(va):
         vids = va["patient_id"].tolist()
-        Xv, ov = stack_slices(_select(hyper, vids, channels), vids)
-        dls_v = patient_mean(predict_slices(model, Xv, dev, cfg.eval_batch_size, tta=cfg.tta), ov, len(vids))
+        dls_v = shard_map(lambda ids: _dls(model, _select(hyper, ids, channels), ids, dev, cfg), vids)
         yv = va[lab].astype(int).to_numpy()
         a = auc_ci(yv, dls_v)
         m.update(val_auc=a["auc"], val_auc_lo=a["lo"], val_auc_hi=a["hi"])
-        m["n_slices"]["validation"] = int(len(Xv))
+        m["n_slices"]["validation"] = int(sum(len(hyper[p].images) for p in vids))
         for c in va["cohort"].unique():
             k = (va["cohort"] == c).to_numpy(); ev[c] = dict(role="validation", **auc_ci(yv[k], dls_v[k]))
     else:
         m.update(val_auc=None, val_auc_lo=None, val_auc_hi=None)
     m = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in m.items()}
-    write_json(m, out_dir / "metrics.json")
     n_pos = int(sum(true_lab.values()))
     score = PETCTPipeline.scores[channels]
     meta = dict(name=f"{study.paper or 'petct'} SResCNN ({channels}){' null control' if permute_labels else ''}", modality="petct",
@@ -409,9 +421,12 @@ def train_study(study_or_path,  # manifest path or `pdl1_dls.manifest.Study`
                 training=dict(study=study.name, cohorts=sorted(tr["cohort"].unique()), n_patients=len(tids), n_positive=n_pos,
                               n_negative=len(tids) - n_pos, permuted=bool(permute_labels), n_skipped=int(len(skipped))),
                 evaluation={c: {k: v for k, v in e.items() if k != "note"} for c, e in ev.items()},
-                weights={"model.pt": "SResCNN state dict"})
-    write_bundle(out_dir, meta, ["model.pt", "train_log.csv", "metrics.json"])
-    (out_dir / "checkpoint.pt").unlink(missing_ok=True)
+                weights={"model.pt": "SResCNN state dict"}, world_size=ctx.world_size)
+    if ctx.main:                                            # rank 0 alone writes the bundle
+        write_json(m, out_dir / "metrics.json")
+        write_bundle(out_dir, meta, ["model.pt", "train_log.csv", "metrics.json"])
+        (out_dir / "checkpoint.pt").unlink(missing_ok=True)
+    barrier()                                               # every rank returns once the bundle is there
     return m
 
 # %% ../../nbs/petct/12_pipeline.ipynb #ab5c564a
