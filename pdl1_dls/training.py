@@ -436,6 +436,13 @@ def _fmt_auc(a) -> str:
     ci = "" if lo is None or hi is None or any(isinstance(v, float) and math.isnan(v) for v in (lo, hi)) else f" (95 % CI {lo:.3f}-{hi:.3f})"
     return f"{a['auc']:.3f}{ci}"
 
+def _deviations(meta: dict) -> str:
+    "The bundle's deviations from the paper's stated method as a markdown table (or a sentence when there are none)."
+    dv = meta.get("deviations") or []
+    if not dv: return "None recorded: every setting the paper states is used as stated."
+    return "| setting | paper | this model |\n|---|---|---|\n" + "\n".join(f"| {x['setting']} | {x['paper']} | {x['this']} |" for x in dv)
+
+
 # %% ../nbs/30_training.ipynb #7680f956
 def model_card(meta: dict) -> str:
     "MODEL_CARD.md text for a bundle's metadata (`model.json` fields; `meta['evaluation']`: cohort -> AUC dict)."
@@ -472,6 +479,9 @@ DLS-high means `dls >= {cut.get('value')}`: {cut.get('rule')}.
 
 ## Null control
 {null}
+
+## Deviations from the paper's method
+{_deviations(meta)}
 
 ## Limitations
 Trained on {tr.get('n_patients')} patients of one study; scores depend on the scanner, reconstruction and the ROI drawing;

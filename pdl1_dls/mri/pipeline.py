@@ -496,7 +496,7 @@ def train_mri_study(study_or_path,  # manifest path, `pdl1_dls.manifest.Study`, 
     trc = sorted(set(meta.cohort.iloc[tr]))
     n_pos = int(sum(labels.values()))
     bmeta = dict(name=f"{getattr(study_or_path, 'paper', None) or 'mri'} MRI fusion ({cfg.backbone}){' null control' if permute_labels else ''}",
-                 modality="mri", paper=getattr(study_or_path, "paper", None) or "ding2025", score="dls",
+                 modality="mri", paper=getattr(study_or_path, "paper", None) or "ding2025", score="dls", deviations=deviations(cfg),
                  outputs=["dls"] + [f"dls_{s}" for s in cfg.sequences], inputs=list(cfg.sequences) + ["roi"],
                  identity=identity, config_hash=config_hash(asdict(cfg)), request=request, config=asdict(cfg), seed=int(seed),
                  preprocessing=prep, zscore=[list(z) for z in zs], label_column=lab, label_rule=request["label_rule"],

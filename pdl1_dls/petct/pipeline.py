@@ -28,8 +28,8 @@ from ..training import (EarlyStopping, all_sum, barrier, config_hash, ddp_wrap, 
                                refuse_skipped, reuse_or_clear, save_state, shard, shard_map, split_inner, write_bundle)
 
 # %% auto #0
-__all__ = ['QUICK', 'DIHEDRAL', 'CHECKPOINT_FORMAT', 'PIPELINE', 'toy_patients', 'stack_slices', 'slice_weights', 'augment',
-           'TrainConfig', 'predict_slices', 'patient_mean', 'fit', 'train_study', 'PETCTPipeline']
+__all__ = ['QUICK', 'UNSTATED', 'DIHEDRAL', 'CHECKPOINT_FORMAT', 'PIPELINE', 'toy_patients', 'stack_slices', 'slice_weights',
+           'augment', 'TrainConfig', 'predict_slices', 'patient_mean', 'fit', 'train_study', 'PETCTPipeline']
 
 # %% ../../nbs/petct/12_pipeline.ipynb #d8cb7b37
 def toy_patients(n_patients: int = 40,  # number of patients (half positive)
@@ -130,6 +130,8 @@ class TrainConfig:
         return cls(**{k: v for k, v in d.items() if k in names})
 
 QUICK = dict(epochs=8, patience=4, lr_patience=2)  # `quick=True`: a short run for demos and smoke tests
+UNSTATED = ("epochs", "patience", "monitor", "batch_size", "lr", "inner_frac", "dropout", "jitter", "tta")  # the text leaves these to its supplement
+
 
 # %% ../../nbs/petct/12_pipeline.ipynb #02cb13cd
 DIHEDRAL = [(flip, k) for flip in (False, True) for k in range(4)]  # the 8 flips/rotations of a square image
@@ -415,6 +417,7 @@ def train_study(study_or_path,  # manifest path or `pdl1_dls.manifest.Study`
     score = PETCTPipeline.scores[channels]
     meta = dict(name=f"{study.paper or 'petct'} SResCNN ({channels}){' null control' if permute_labels else ''}", modality="petct",
                 paper=study.paper, score=score, outputs=["dls"], inputs=["pet", "ct", "roi"], identity=identity, config_hash=cfg.identity(),
+                deviations=[dict(setting=k, paper="in the paper's supplement (not available here)", this=getattr(cfg, k)) for k in UNSTATED],
                 request=request, config=asdict(cfg), preprocessing=prep, label_column=lab, label_rule=study.label_rule,
                 cutoff=dict(value=cutoff, rule="Youden (pROC best) on the training cohort, against the labels trained on",
                             n=len(tids)),
