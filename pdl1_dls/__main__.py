@@ -12,4 +12,4 @@ import sys
 
 from .cli import main
 
-if __name__ == "__main__": sys.exit(main())
+if __name__ == "__main__": sys.exit(main())  # (not run here: a notebook kernel is also `__main__`; the example below runs it)
