@@ -45,7 +45,7 @@ def _cmd_synth(a):
 def _cmd_validate(a):
     from pdl1_dls.manifest import validate_study, load_study
     problems = validate_study(a.manifest, generate=not a.no_generate, open_images=not a.no_images,
-                              cache_dir=get_settings().cache_dir, progress=True)
+                              cache_dir=get_settings().cache_dir, progress=sys.stderr.isatty())
     if problems:
         for p in problems: print(p.line(), file=sys.stderr)
         print(f"{len(problems)} problem(s) in {a.manifest}", file=sys.stderr)

@@ -269,12 +269,15 @@ def folder_lock(path: str | os.PathLike,  # the folder a command writes (need no
     except ImportError: yield; return                                   # no advisory locks on this system
     lf = p.parent / f".{p.name}.lock"
     fd = os.open(lf, os.O_CREAT | os.O_RDWR, 0o666)
-    try: fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        if not lf.exists() or os.stat(lf).st_ino != os.fstat(fd).st_ino: raise BlockingIOError   # a holder just removed it
     except BlockingIOError:
         os.close(fd)
         raise PDL1Error(f"{what} is in use by another pdl1-dls command (lock {lf.name}); wait for it to finish or use another folder", file=p) from None
     try: yield
-    finally:
+    finally:                                                             # removed while still held: nothing is left beside the folder
+        with contextlib.suppress(FileNotFoundError): os.unlink(lf)
         fcntl.flock(fd, fcntl.LOCK_UN); os.close(fd)
 
 def write_json(obj, path: str | os.PathLike):
