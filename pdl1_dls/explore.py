@@ -411,7 +411,11 @@ def survival_app(run_dir: str | os.PathLike | None = None,  # run folder; defaul
         reset.layout.visibility = cutoff.layout.visibility
         v = sx.compute()
         img.value = fig_png(plot_survival(v))
-        stats.value = f"<div class='pdl1-hr-text'><b>{html.escape(v.summary())}</b></div>"
+        warn = ""
+        if sx.grouping == "dls" and abs(cutoff.value - sx.training_cutoff) > 1e-9:   # a cutoff picked after looking inflates false positives
+            warn = (f"<div class='pdl1-cutoff-warning' style='color:#b00'>This cutoff ({cutoff.value:.3f}) is not the training cutoff "
+                    f"({sx.training_cutoff:.3f}): a cutoff chosen after looking at the outcomes makes these p-values too small.</div>")
+        stats.value = f"<div class='pdl1-hr-text'><b>{html.escape(v.summary())}</b></div>{warn}"
         hr = v.hr.rename(columns={"hr": "HR", "hr_lo": "95% CI low", "hr_hi": "95% CI high", "p": "Wald p"}).round(3)
         table.value = (_html_table(v.at_risk, "number at risk (months)") +
                        _html_table(pd.DataFrame([dict(n=k.n, events=k.events, median=round(k.median, 2),

@@ -210,6 +210,7 @@ def test_apps_drive_without_browser(run_dir):
     new = next(float(v) for v in shown[1:] if int((shown >= v).sum()) != now and int((shown >= v).sum()) > 1)
     cut.value = min(max(new, cut.min), cut.max)
     assert hr.value != v0 and img.value != i0 and box.explorer.cutoff == cut.value
+    assert "pdl1-cutoff-warning" not in v0 and "not the training cutoff" in hr.value   # a cutoff chosen by looking is flagged
     (grp,) = find(box, "pdl1-grouping")
     grp.value = "histology"
     assert "vs" in hr.value and cut.layout.visibility == "hidden"
