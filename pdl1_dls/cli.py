@@ -15,11 +15,12 @@ from pathlib import Path
 from .core import PDL1Error, folder_lock, get_settings
 
 # %% auto #0
-__all__ = ['default_out', 'build_parser', 'main']
+__all__ = ['default_out', 'reproduce_outs', 'build_parser', 'main']
 
 # %% ../nbs/70_cli.ipynb #b6a4eb56
 def _scaled(a) -> bool: return getattr(a, "workers", None) is not None or getattr(a, "scheduler", None) is not None
 
+# %% ../nbs/70_cli.ipynb #b5fce09f
 def _fill_cache(a, study, **kw):
     "Fill the study's per-patient cache on Dask (`pdl1_dls.scale.preprocess_study`); print a summary and each failed patient."
     from pdl1_dls.scale import failure_lines, preprocess_study
@@ -30,11 +31,13 @@ def _fill_cache(a, study, **kw):
           f"({rep.attrs['n_workers']} worker(s), {rep.attrs['seconds']:.1f} s){f'; {n_bad} failed' if n_bad else ''}")
     return rep
 
+# %% ../nbs/70_cli.ipynb #cd51160b
 def _cmd_preprocess(a):
     from pdl1_dls.manifest import load_study
     rep = _fill_cache(a, load_study(a.manifest), quick=a.quick, profile=a.profile, cohorts=a.cohorts, cache_dir=a.cache_dir)
     return 2 if not rep["ok"].all() else 0
 
+# %% ../nbs/70_cli.ipynb #c740fbbc
 def _cmd_synth(a):
     from pdl1_dls import synth
     maker = {"petct": synth.make_petct_study, "mri": synth.make_mri_study}[a.kind]
@@ -42,6 +45,7 @@ def _cmd_synth(a):
     print(f"synthetic {a.kind} study written: {p}")
     return 0
 
+# %% ../nbs/70_cli.ipynb #af388d8f
 def _cmd_validate(a):
     from pdl1_dls.manifest import validate_study, load_study
     problems = validate_study(a.manifest, generate=not a.no_generate, open_images=not a.no_images,
@@ -55,6 +59,7 @@ def _cmd_validate(a):
     if _scaled(a) and not _fill_cache(a, study)["ok"].all(): return 2
     return 0
 
+# %% ../nbs/70_cli.ipynb #63082e22
 def _checked(a, quiet: bool = False):
     "The study after validation with every image opened: refused (exit 2, every problem) unless --skip-bad leaves those patients out."
     from pdl1_dls.manifest import checked_study
@@ -64,6 +69,7 @@ def _checked(a, quiet: bool = False):
         for p in left: print(f"  {p.line()}", file=sys.stderr)
     return study, left
 
+# %% ../nbs/70_cli.ipynb #829873a6
 def _cmd_train(a):
     from pdl1_dls.training import dist_context, pipeline
     main = dist_context(join=False).main     # under torchrun (DDP training): rank 0 fills the cache and prints; one process: True
@@ -82,6 +88,7 @@ def _cmd_train(a):
     if main: print(f"val_auc={shown}  cutoff={m.get('cutoff'):.4f}  bundle: {Path(a.out)}{skipped}  world_size={m.get('world_size', 1)}")
     return 0
 
+# %% ../nbs/70_cli.ipynb #7472a8e2
 def _cmd_score(a):
     from pdl1_dls.training import load_model
     with folder_lock(a.out, "output folder"):                 # before any work: a second writer of --out stops at once
@@ -92,6 +99,7 @@ def _cmd_score(a):
     print(f"{int(df['dls'].notna().sum())} patients scored ({int(df['dls_high'].sum())} DLS-high): {Path(a.out) / 'dls.csv'}")
     return 0
 
+# %% ../nbs/70_cli.ipynb #f3a586cf
 def _cmd_predict(a):
     from pdl1_dls.training import load_model
     files = {k: getattr(a, k) for k in ("pet", "ct", "roi", "t1", "t2", "ce_t1") if getattr(a, k) is not None}
@@ -100,18 +108,34 @@ def _cmd_predict(a):
     print(f"dls={r['dls']:.4f} ({'high' if r['dls_high'] else 'low'}; cutoff {r['cutoff']:.4f}): {Path(a.out) / 'prediction.json'}")
     return 0
 
-def _cmd_reproduce(a):
+# %% ../nbs/70_cli.ipynb #d4f28f0b
+def _reproduce_one(a, manifest, out, scheduler):
+    "One manifest's reproduction into `out` (locked while it runs): the names of the notebooks that failed."
     from pdl1_dls.report import run_reproduction
-    with folder_lock(a.out, "run folder"):
-        r = run_reproduction(a.manifest, a.out, seed=a.seed, n_boot=a.n_boot, quick=a.quick, only=a.only, model=a.model,
-                         workers=a.workers, scheduler=a.scheduler)
+    with folder_lock(out, "run folder"):
+        r = run_reproduction(manifest, out, seed=a.seed, n_boot=a.n_boot, quick=a.quick, only=a.only, model=a.model,
+                             workers=None if scheduler else a.workers, scheduler=scheduler)
     failed = [s["notebook"] for s in r["notebooks"] if not s["ok"]]
     print(f"report: {r['index']}")
     if failed:
-        print(f"error: {len(failed)} notebook(s) failed: {', '.join(failed)} (executed copies in {Path(a.out) / 'notebooks'})", file=sys.stderr)
-        return 1
-    return 0
+        print(f"error: {len(failed)} notebook(s) failed: {', '.join(failed)} (executed copies in {Path(out) / 'notebooks'})", file=sys.stderr)
+    return failed
 
+# %% ../nbs/70_cli.ipynb #d06a39ed
+def _cmd_reproduce(a):
+    outs = reproduce_outs(a.manifest, a.out)
+    if len(outs) == 1: return 1 if _reproduce_one(a, a.manifest[0], outs[0], a.scheduler) else 0
+    import contextlib
+    from pdl1_dls.scale import dask_client
+    shared = contextlib.nullcontext(None) if a.workers is None and a.scheduler is None else dask_client(a.workers, a.scheduler)
+    with shared as client:                                   # one cluster serves every manifest
+        addr = None if client is None else client.scheduler.address
+        failed = {m: _reproduce_one(a, m, o, addr) for m, o in zip(a.manifest, outs)}
+    bad = [m for m, f in failed.items() if f]
+    print(f"{len(outs) - len(bad)}/{len(outs)} reproductions without a failed notebook")
+    return 1 if bad else 0
+
+# %% ../nbs/70_cli.ipynb #2b3ddb09
 def _cmd_explore(a):
     from pdl1_dls.explore import serve
     return serve(a.run_dir, port=a.port, max_kernels=a.max_kernels)
@@ -124,6 +148,7 @@ def _positive_int(v: str) -> int:
     if n < 1: raise argparse.ArgumentTypeError(f"must be at least 1, got {n}")
     return n
 
+# %% ../nbs/70_cli.ipynb #c88854df
 def _device_arg(v: str) -> str:
     "argparse type: a device name get_device accepts (checked again, with CUDA's presence, when it is used)."
     import re
@@ -131,12 +156,42 @@ def _device_arg(v: str) -> str:
         raise argparse.ArgumentTypeError(f"must be one of auto, cpu, cuda, cuda:N, got {v!r}")
     return v.strip().lower()
 
+# %% ../nbs/70_cli.ipynb #1d5eae46
+def _common(s, *names, **helps):
+    "Add the options several subcommands share, each defined once (`helps`: a subcommand's own help for one, keyed by dest)."
+    st = get_settings()
+    spec = {"manifest": (("--manifest",), dict(required=True, help="the study manifest (YAML)")),
+            "cohorts": (("--cohorts",), dict(nargs="*", default=None, help="only these cohorts (default: every patient)")),
+            "seed": (("--seed",), dict(type=int, default=st.seed, help=f"seed (default: settings, {st.seed})")),
+            "profile": (("--profile",), dict(default=None, choices=["paper", "robust", "cpu", "quick"], help="MRI training profile")),
+            "quick": (("--quick",), dict(action="store_true", help="short training for smoke tests")),
+            "device": (("--device",), dict(type=_device_arg, default=None, help="auto, cpu, cuda, cuda:N (default: settings)")),
+            "skip_bad": (("--skip-bad",), dict(action="store_true", help="leave out patients whose data cannot be used instead of stopping"))}
+    for n in names:
+        flags, kw = spec[n]
+        s.add_argument(*flags, **{**kw, **({"help": helps[n]} if n in helps else {})})
+
+# %% ../nbs/70_cli.ipynb #e7593c6c
 def default_out(name: str) -> Path:
     "The run folder of a study called `name` under the settings' out_dir, with the name made safe as one folder name."
     import re
     safe = re.sub(r"[^A-Za-z0-9._-]+", "_", str(name)).strip("._") or "study"
     return Path(get_settings().out_dir) / safe
 
+# %% ../nbs/70_cli.ipynb #16043376
+def reproduce_outs(manifests: list,  # one or more manifest paths
+                   out: str | None = None,  # --out: the run folder (one manifest) or the parent of the run folders (several)
+                  ) -> list[Path]:
+    "The run folder of each manifest: `out` itself for one; `out/<study name>` (default out: the settings' out_dir) for several."
+    from pdl1_dls.manifest import _load_yaml
+    names = [_load_yaml(Path(m)).get("name", Path(m).stem) for m in manifests]
+    if len(manifests) == 1: return [Path(out) if out is not None else default_out(names[0])]
+    outs = [Path(out) / default_out(n).name if out is not None else default_out(n) for n in names]
+    dup = sorted({str(o) for o in outs if outs.count(o) > 1})
+    if dup: raise PDL1Error(f"two manifests name the same study: both would write {dup[0]}; give them different names")
+    return outs
+
+# %% ../nbs/70_cli.ipynb #101a10ef
 def _scale_args(s, what: str, workers_default: str | None = None):
     "--workers N | --scheduler ADDRESS on a subcommand (`what`: what they do there; without either, it runs in this process)."
     g = s.add_mutually_exclusive_group()
@@ -146,6 +201,7 @@ def _scale_args(s, what: str, workers_default: str | None = None):
     g.add_argument("--scheduler", default=None, metavar="tcp://HOST:PORT",
                    help=f"{lead}use the running Dask cluster at this address (`dask scheduler` / `dask worker`, dask-jobqueue)")
 
+# %% ../nbs/70_cli.ipynb #827c4674
 def build_parser() -> argparse.ArgumentParser:
     "The argument parser of `pdl1-dls`."
     st = get_settings()
@@ -176,10 +232,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "cluster of single-threaded worker processes (--workers, default one per core) or a running cluster "
                                    "(--scheduler). The same files, byte for byte, whatever the workers. A patient that fails is listed "
                                    "with its reason (exit 2); every other patient's entry is kept.")
-    s.add_argument("--manifest", required=True)
-    s.add_argument("--cohorts", nargs="*", default=None, help="only these cohorts (default: every patient)")
-    s.add_argument("--profile", default=None, choices=["paper", "robust", "cpu", "quick"], help="MRI: the training profile whose inputs to build")
-    s.add_argument("--quick", action="store_true", help="MRI: the inputs of `train --quick`")
+    _common(s, "manifest", "cohorts", "profile", "quick", profile="MRI: the training profile whose inputs to build",
+            quick="MRI: the inputs of `train --quick`")
     s.add_argument("--cache-dir", default=None, help="cache folder (default: settings cache_dir/petct or mri/<study name>, where train reads)")
     _scale_args(s, "", workers_default="one per core")
     s.set_defaults(func=_cmd_preprocess)
@@ -189,21 +243,17 @@ def build_parser() -> argparse.ArgumentParser:
                                    "and write OUT as a self-describing bundle (model.json, weights, train_log.csv, metrics.json, MODEL_CARD.md). "
                                    "OUT holding a bundle of the same settings and data is reused; of other settings, it is trained again "
                                    "(--no-retrain: refused, naming them). A patient that cannot be used stops it (exit 2) unless --skip-bad.")
-    s.add_argument("--manifest", required=True)
+    _common(s, "manifest", "seed")
     s.add_argument("--out", required=True, help="bundle folder (model.json, weights, metrics.json, MODEL_CARD.md)")
-    s.add_argument("--seed", type=int, default=st.seed)
     s.add_argument("--permute-labels", action="store_true", help="train on permuted labels: the null control")
     s.add_argument("--channels", choices=["hyper", "pet", "ct"], default=None, help="PET/CT input: hyper-image (default), PET only or CT only (ablation)")
     s.add_argument("--epochs", type=_positive_int, default=None, help="maximum training epochs (at least 1)")
     s.add_argument("--backbone", default=None, help="MRI backbone (resnet18, resnet50, resnet101); default: the manifest's, else the profile's (paper: resnet101; cpu, quick: resnet18)")
-    s.add_argument("--profile", default=None, choices=["paper", "robust", "cpu", "quick"],
-                   help="MRI training profile; default: the manifest's train.profile, else paper")
     s.add_argument("--weights", default=None, help="MRI: local file of ImageNet weights for the backbone (never downloaded)")
-    s.add_argument("--quick", action="store_true", help="short training for smoke tests")
-    s.add_argument("--device", type=_device_arg, default=None, help="auto, cpu, cuda, cuda:N (default: settings)")
+    _common(s, "profile", "quick", "device", profile="MRI training profile; default: the manifest's train.profile, else paper")
     s.add_argument("--no-resume", action="store_true", help="start afresh even if OUT holds an interrupted run")
     s.add_argument("--no-retrain", action="store_true", help="refuse (exit 2, naming the changed settings) instead of retraining when OUT holds a model of other settings")
-    s.add_argument("--skip-bad", action="store_true", help="leave out patients whose data cannot be used (counted in metrics.json) instead of stopping")
+    _common(s, "skip_bad", skip_bad="leave out patients whose data cannot be used (counted in metrics.json) instead of stopping")
     _scale_args(s, "first fill the per-patient cache on Dask")
     s.set_defaults(func=_cmd_train)
 
@@ -212,11 +262,9 @@ def build_parser() -> argparse.ArgumentParser:
                                    "dls_high at the bundle's cutoff, per-sequence scores for MRI, n_slices), OUT/features.npz (deep features), "
                                    "OUT/skipped.csv and OUT/score.json. Nothing is written into the bundle.")
     s.add_argument("--model", required=True, help="bundle folder written by `pdl1-dls train` (or a reproduction run's models/<name>)")
-    s.add_argument("--manifest", required=True)
     s.add_argument("--out", required=True, help="folder for the scores (never the bundle)")
-    s.add_argument("--cohorts", nargs="*", default=None, help="score only these cohorts")
-    s.add_argument("--device", type=_device_arg, default=None, help="auto, cpu, cuda, cuda:N (default: settings)")
-    s.add_argument("--skip-bad", action="store_true", help="leave out (and list in skipped.csv) patients whose data cannot be used instead of stopping")
+    _common(s, "manifest", "cohorts", "device", "skip_bad", cohorts="score only these cohorts",
+            skip_bad="leave out (and list in skipped.csv) patients whose data cannot be used instead of stopping")
     _scale_args(s, "first fill the per-patient cache on Dask")
     s.set_defaults(func=_cmd_score)
 
@@ -226,15 +274,17 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--model", required=True, help="bundle folder written by `pdl1-dls train`")
     s.add_argument("--out", required=True, help="folder for prediction.json and gradcam.png")
     for k in ("pet", "ct", "t1", "t2", "ce-t1", "roi"): s.add_argument(f"--{k}", default=None, help=f"{k.upper()} image (file or DICOM folder)")
-    s.add_argument("--device", type=_device_arg, default=None, help="auto, cpu, cuda, cuda:N (default: settings)")
+    _common(s, "device")
     s.add_argument("--no-gradcam", action="store_true", help="skip the Grad-CAM figure")
     s.set_defaults(func=_cmd_predict)
 
     s = sub.add_parser("reproduce", help="run the paper's reproduction notebooks with papermill",
-                       description="Execute the reproduction notebooks for the manifest's paper and write OUT/ with notebooks, tables, figures, provenance.json and index.html.")
-    s.add_argument("--manifest", required=True)
-    s.add_argument("--out", default=None, help=f"run folder (default: {st.out_dir}/<study name>)")
-    s.add_argument("--seed", type=int, default=st.seed)
+                       description="Execute the reproduction notebooks for the manifest's paper and write OUT/ with notebooks, tables, figures, "
+                                   "provenance.json and index.html. Several manifests run one after another on one Dask cluster "
+                                   "(--workers/--scheduler), each into OUT/<study name>.")
+    s.add_argument("--manifest", required=True, nargs="+", help="one or more study manifests (YAML)")
+    s.add_argument("--out", default=None, help=f"run folder (default: {st.out_dir}/<study name>); with several manifests, the folder that holds one run folder each")
+    _common(s, "seed")
     s.add_argument("--n-boot", type=int, default=st.n_boot, help="bootstrap replicates")
     s.add_argument("--quick", action="store_true", help="small bootstrap and short training (smoke test)")
     s.add_argument("--only", nargs="*", default=None, help="run only notebooks whose name contains one of these")
@@ -253,10 +303,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=_cmd_explore)
     return p
 
+# %% ../nbs/70_cli.ipynb #003b1b6e
 def main(argv: list[str] | None = None) -> int:
     "Entry point of `pdl1-dls`."
     args = build_parser().parse_args(argv)
-    if getattr(args, "out", "x") is None:
+    if getattr(args, "out", "x") is None and args.command != "reproduce":
         from pdl1_dls.manifest import _load_yaml
         try: args.out = str(default_out(_load_yaml(Path(args.manifest)).get("name", Path(args.manifest).stem)))
         except PDL1Error as e: print(f"error: {e}", file=sys.stderr); return 2

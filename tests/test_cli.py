@@ -226,3 +226,36 @@ def test_two_writers_of_one_folder(tmp_path):
         r = run("score", "--model", str(tmp_path / "nobundle"), "--manifest", str(tmp_path / "s" / "study.yaml"),
                 "--out", str(tmp_path / "scores"), env=env)
     assert r.returncode == 2 and "output folder is in use by another pdl1-dls command" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_reproduce_several_manifests_on_one_cluster(shared_data, tmp_path, monkeypatch):
+    "reproduce --manifest A B --workers 1: one local cluster serves both studies, each reported in OUT/<study name>."
+    import os
+    import pdl1_dls.scale as scale
+    from pdl1_dls.cli import main
+    text = (REPO / "data_manifests/loris_nsclc.yaml").read_text()
+    ms = []
+    for n in ("loris_a", "loris_b"):
+        m = tmp_path / f"{n}.yaml"; m.write_text(text.replace("name: loris_nsclc", f"name: {n}")); ms.append(str(m))
+    started, real = [], scale.dask_client
+    def counting(workers=None, scheduler=None):
+        started.append((workers, scheduler)); return real(workers, scheduler)
+    monkeypatch.setattr(scale, "dask_client", counting)
+    monkeypatch.setenv("PDL1_DLS_DATA", str(shared_data))
+    out = tmp_path / "runs"
+    assert main(["reproduce", "--manifest", *ms, "--out", str(out), "--only", "study_summary", "--workers", "1"]) == 0
+    for n in ("loris_a", "loris_b"):
+        prov = json.loads((out / n / "provenance.json").read_text())
+        assert prov["study"] == n and prov["notebooks"][0]["ok"] and (out / n / "index.html").is_file()
+    local = [s for s in started if s[1] is None]
+    assert local == [(1, None)]                      # one cluster started; each study connected to it by address
+    assert len(started) == 3 and all(s[1] == started[1][1] and s[1].startswith("tcp://") for s in started[1:])
+
+
+def test_reproduce_manifests_with_one_name_are_refused(tmp_path):
+    from pdl1_dls.cli import reproduce_outs
+    from pdl1_dls.core import PDL1Error
+    for n in ("a", "b"): (tmp_path / f"{n}.yaml").write_text("name: same\nmodality: petct\n")
+    with pytest.raises(PDL1Error, match="two manifests name the same study"):
+        reproduce_outs([str(tmp_path / "a.yaml"), str(tmp_path / "b.yaml")], str(tmp_path / "o"))
+    assert reproduce_outs([str(tmp_path / "a.yaml")], None)[0].name == "same"
