@@ -15,7 +15,7 @@ import math
 import os
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
@@ -507,6 +507,7 @@ class Model:
     "A trained bundle, checked, ready to apply (see `load_model`)."
     path: Path  # the bundle folder
     meta: dict  # its model.json
+    _nets: dict = field(default_factory=dict, repr=False, compare=False)  # device -> loaded network(s): read once
 
     @property
     def modality(self) -> str: return self.meta["modality"]
@@ -516,8 +517,10 @@ class Model:
     def pipeline(self): return pipeline(self.modality)
 
     def net(self, device=None):
-        "The trained network(s), loaded with weights_only=True (pipeline-specific object)."
-        return self.pipeline.load(self, device)
+        "The trained network(s), loaded with weights_only=True (pipeline-specific object); read from disk once per device."
+        key = str(device)
+        if key not in self._nets: self._nets[key] = self.pipeline.load(self, device)
+        return self._nets[key]
 
     def score(self, study,  # manifest path or Study
               out=None,  # folder for dls.csv, features.npz, skipped.csv, score.json; None: nothing written
