@@ -426,8 +426,10 @@ def read_bundle(run_dir,  # a bundle folder
 # %% ../nbs/30_training.ipynb #f381ccbd
 CITATIONS = {
     "mu2021": "Mu W, Jiang L, Shi Y, et al. Non-invasive measurement of PD-L1 status and prediction of immunotherapy response "
-              "using deep learning of PET/CT images. J Immunother Cancer 2021;9:e002118.",
-    "ding2025": "Ding et al. 2025: MRI deep-learning score of PD-L1 expression and immunotherapy outcome (see ../shared/seeds).",
+              "using deep learning of PET/CT images. J Immunother Cancer 2021;9:e002118. doi:10.1136/jitc-2020-002118",
+    "ding2025": "Ding C, Kang Y, Bai F, Bai G, Xian J. Development and validation of MRI-derived deep learning score for non-invasive "
+                "prediction of PD-L1 expression and prognostic stratification in head and neck squamous cell carcinoma. "
+                "Cancer Imaging 2025. doi:10.1186/s40644-025-00837-5",
 }
 
 def _fmt_auc(a) -> str:
