@@ -40,8 +40,7 @@ def _cmd_preprocess(a):
 # %% ../nbs/70_cli.ipynb #c740fbbc
 def _cmd_synth(a):
     from pdl1_dls import synth
-    maker = {"petct": synth.make_petct_study, "mri": synth.make_mri_study}[a.kind]
-    p = maker(Path(a.out), scale=a.scale, seed=a.seed, overwrite=a.overwrite)
+    p = synth.make_study(a.kind, Path(a.out), scale=a.scale, seed=a.seed, overwrite=a.overwrite)
     print(f"synthetic {a.kind} study written: {p}")
     return 0
 

@@ -15,13 +15,13 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage, optimize, special, stats
 
-from .core import PDL1Error, atomic_dir, folder_lock, progress, sha256
+from .core import PDL1Error, atomic_dir, folder_lock, look_up_option, progress, sha256
 
 # %% auto #0
 __all__ = ['PETCT_COHORTS', 'MRI_COHORTS', 'PETCT_NOISE', 'MRI_NOISE', 'SCALES', 'GENERATOR_VERSIONS', 'PFS_SHAPE', 'OS_SHAPE',
            'LOSS_RATE', 'CT_SHAPE', 'CT_SPACING', 'PET_SHAPE', 'PET_SPACING', 'PET_FWHM_MM', 'CE_SHAPE', 'CE_SPACING',
            'T2_SHAPE', 'T2_SPACING', 'CohortSpec', 'tps_from_latent', 'cps_from_latent', 'FieldBank', 'petct_bank',
-           'mri_bank', 'make_petct_study', 'make_mri_study', 'image_features', 'calibration']
+           'mri_bank', 'make_study', 'make_petct_study', 'make_mri_study', 'image_features', 'calibration']
 
 # %% ../nbs/03_synth.ipynb #86e460c0
 @dataclass(frozen=True)
@@ -474,7 +474,7 @@ def _manifest(kind: str, scale: str, seed: int) -> dict:
 
 # %% ../nbs/03_synth.ipynb #4f7944f0
 def _make_study(kind, root, scale, seed, overwrite, workers, _fail_after=None):
-    if scale not in SCALES: raise ValueError(f"scale must be one of {SCALES}, not {scale!r}")
+    look_up_option(scale, SCALES, "scale")
     root = Path(root).expanduser()
     with folder_lock(root, "study folder"):                   # a second `synth` into the same folder stops; no check-then-act race
         return _make_study_locked(kind, root, scale, seed, overwrite, workers, _fail_after)
@@ -511,23 +511,24 @@ def _make_study_locked(kind, root, scale, seed, overwrite, workers, _fail_after)
         _STATE.pop((kind, seed), None)
     return manifest
 
-def make_petct_study(root: str | os.PathLike,  # folder to create (replaced only when overwrite=True)
-                     scale: str = "small",  # "tiny" (8 per cohort), "small" (demo) or "paper" (Mu 2021 sizes)
-                     seed: int = 0,  # seed: the same seed gives the same study
-                     overwrite: bool = False,  # replace an existing folder
-                     workers: int | None = None,  # worker processes (default: up to 2); results do not depend on it
-                    ) -> Path:
-    "Write a synthetic PET/CT NSCLC study (Mu 2021 cohorts) into `root`; return the path of its study.yaml."
-    return _make_study("petct", root, scale, seed, overwrite, workers)
+def make_study(kind: str,  # "petct" (Mu 2021 NSCLC cohorts) or "mri" (Ding 2025 HNSCC cohorts)
+               root: str | os.PathLike,  # folder to create (replaced only when overwrite=True)
+               scale: str = "small",  # "tiny" (8 per cohort), "small" (demo) or "paper" (the paper's sizes)
+               seed: int = 0,  # seed: the same seed gives the same study
+               overwrite: bool = False,  # replace an existing folder
+               workers: int | None = None,  # worker processes (default: up to 2); results do not depend on it
+              ) -> Path:
+    "Write a synthetic study of `kind` into `root` (images, clinical.csv, truth.csv, study.yaml); return the path of its study.yaml."
+    return _make_study(look_up_option(kind, ("petct", "mri"), "synthetic study kind"), root, scale, seed, overwrite, workers)
 
-def make_mri_study(root: str | os.PathLike,  # folder to create (replaced only when overwrite=True)
-                   scale: str = "small",  # "tiny" (8 per cohort), "small" (demo) or "paper" (Ding 2025 sizes)
-                   seed: int = 0,  # seed: the same seed gives the same study
-                   overwrite: bool = False,  # replace an existing folder
-                   workers: int | None = None,  # worker processes (default: up to 2); results do not depend on it
-                  ) -> Path:
-    "Write a synthetic MRI HNSCC study (Ding 2025 cohorts) into `root`; return the path of its study.yaml."
-    return _make_study("mri", root, scale, seed, overwrite, workers)
+def make_petct_study(root, **kw) -> Path:
+    "`make_study('petct', root, **kw)`: a synthetic PET/CT NSCLC study (Mu 2021 cohorts)."
+    return make_study("petct", root, **kw)
+
+def make_mri_study(root, **kw) -> Path:
+    "`make_study('mri', root, **kw)`: a synthetic MRI HNSCC study (Ding 2025 cohorts)."
+    return make_study("mri", root, **kw)
+
 
 # %% ../nbs/03_synth.ipynb #dc85edb2
 def image_features(root: str | os.PathLike,  # folder of a synthetic study
