@@ -9,8 +9,6 @@ are not dependencies of the project), each beside a decoy structure so that `roi
 T1 MR: the MRI study gives the one T1 series as t1, t2 and ce_t1."""
 import json
 import os
-import subprocess
-import sys
 import warnings
 
 import numpy as np
@@ -33,9 +31,13 @@ BQML = "STS_003"                                     # its PET is written as raw
 BQML_TAGS = dict(weight=70.0, dose=3.7e8, half=6586.2, injection="100000", series="110000")
 
 
-def run(*args, **kw):
-    return subprocess.run([sys.executable, "-c", "import sys; from pdl1_dls.cli import main; sys.exit(main(sys.argv[1:]))", *args],
-                          capture_output=True, text=True, **kw)
+def cli(capsys, *args) -> tuple[int, str, str]:
+    "`pdl1-dls ARGS` in this process (the console script's `main`; no second torch import): exit code, stdout, stderr."
+    from pdl1_dls.cli import main
+    capsys.readouterr()
+    rc = main([str(a) for a in args])
+    o = capsys.readouterr()
+    return rc, o.out, o.err
 
 
 def _bqml_tags():
@@ -115,8 +117,14 @@ def studies(ibsi, tmp_path_factory):
                             {**{k: "{patient_id}/mr" for k in ("t1", "t2", "ce_t1")}, "roi": "{patient_id}/mr_roi.dcm"}))
     settings = d / "settings.ini"                                # the CLI's caches and runs stay in the temporary folder
     settings.write_text(f"[pdl1_dls]\ncache_dir = {d / 'cache'}\nout_dir = {d / 'runs'}\n")
-    env = dict(os.environ, PDL1_DLS_PROGRESS="0", PDL1_DLS_SETTINGS=str(settings))
-    return dict(dir=d, dicom=dcm, manifests=m, kinds=kinds, env=env)
+    return dict(dir=d, dicom=dcm, manifests=m, kinds=kinds, settings=settings)
+
+
+@pytest.fixture
+def here(studies, monkeypatch):
+    "The study, with this test's settings pointing caches and runs into its temporary folder."
+    monkeypatch.setenv("PDL1_DLS_SETTINGS", str(studies["settings"]))
+    return studies
 
 
 @pytest.fixture(scope="module")
@@ -173,11 +181,12 @@ def test_dicom_copies_read_back_as_the_originals(studies, ibsi):
         assert ("decay-corrected" in pet.GetMetaData("pdl1_dls|suv")) == (pid == BQML)
 
 
-def test_manifests_validate(studies):
+def test_manifests_validate(here, capsys):
     "`pdl1-dls validate` exits 0 on all four manifests; the DICOM tables carry the series folders and roi_name."
+    studies = here
     for name, m in studies["manifests"].items():
-        r = run("validate", str(m), env=studies["env"])
-        assert r.returncode == 0, (name, r.stderr[-2000:])
+        rc, _, err = cli(capsys, "validate", m)
+        assert rc == 0, (name, err[-2000:])
     t = load_study(studies["manifests"]["petct_dicom"]).table()
     assert t.patient_id.tolist() == PATIENTS and (t.roi_name == ROI).all()
     assert all(os.path.isdir(p) for p in t.pet) and all(io.dicom_modality(p) in ("RTSTRUCT", "SEG") for p in t.roi)
@@ -185,9 +194,9 @@ def test_manifests_validate(studies):
     # a wrong structure name is a validation problem naming the patient and the file
     bad = studies["dir"] / "petct_dicom_bad.yaml"
     bad.write_text(studies["manifests"]["petct_dicom"].read_text().replace(f"roi_name: {ROI}", "roi_name: GTV_Lung"))
-    r = run("validate", str(bad), env=studies["env"])
-    assert r.returncode == 2 and "Traceback" not in r.stderr
-    lines = r.stderr.strip().splitlines()
+    rc, _, err = cli(capsys, "validate", bad)
+    assert rc == 2
+    lines = err.strip().splitlines()
     assert len(lines) == 4 and lines[-1].startswith("3 problem(s)")
     for pid, line in zip(PATIENTS, lines):
         assert f"patient={pid} " in line and "ct_roi.dcm" in line and "ROI 'GTV_Lung' not found; available: GTV_Edema, GTV_Mass" in line
@@ -195,19 +204,18 @@ def test_manifests_validate(studies):
 
 # ---- scoring: DICOM against NIfTI -----------------------------------------------------------------------------
 
-def _score(studies, bundle, manifest_key):
+def _score(studies, capsys, bundle, manifest_key):
     out = studies["dir"] / f"scores_{manifest_key}"
-    r = run("score", "--model", str(bundle), "--manifest", str(studies["manifests"][manifest_key]), "--out", str(out),
-            "--device", "cpu", env=studies["env"])
-    assert r.returncode == 0, (manifest_key, r.stderr[-3000:])
+    rc, stdout, err = cli(capsys, "score", "--model", bundle, "--manifest", studies["manifests"][manifest_key], "--out", out, "--device", "cpu")
+    assert rc == 0 and stdout.startswith(f"{len(PATIENTS)} patients scored"), (manifest_key, err[-3000:])
     dls = pd.read_csv(out / "dls.csv", dtype={"patient_id": str})
     with np.load(out / "features.npz") as z: feats = {k: z[k] for k in z.files}
     return dls, feats, out
 
 
-def _compare(studies, bundles, modality):
-    a, fa, _ = _score(studies, bundles[modality], f"{modality}_nifti")
-    b, fb, out = _score(studies, bundles[modality], f"{modality}_dicom")
+def _compare(studies, capsys, bundles, modality):
+    a, fa, _ = _score(studies, capsys, bundles[modality], f"{modality}_nifti")
+    b, fb, out = _score(studies, capsys, bundles[modality], f"{modality}_dicom")
     assert a.patient_id.tolist() == b.patient_id.tolist() == PATIENTS                     # every patient scored
     assert a.dls.notna().all() and b.dls.notna().all() and pd.read_csv(out / "skipped.csv").empty
     assert (a.n_slices == b.n_slices).all()                                                # the same ROI slices
@@ -215,14 +223,14 @@ def _compare(studies, bundles, modality):
         if f.suffix in (".csv", ".json"): assert SECRET not in f.read_text() and "Doe" not in f.read_text(), f
     diff = np.abs(a.dls.to_numpy() - b.dls.to_numpy())
     fkeys = sorted(k for k in fa if k != "patient_id")
-    fdiff = max(float(np.abs(fa[k] - fb[k]).max()) for k in fkeys)
+    fdiff = {k: float(np.abs(fa[k] - fb[k]).max() / max(np.abs(fa[k]).max(), 1e-12)) for k in fkeys}
     spread = float(a.dls.max() - a.dls.min())
     print(f"{modality}: DLS NIfTI {np.round(a.dls.to_numpy(), 6).tolist()} DICOM {np.round(b.dls.to_numpy(), 6).tolist()}; "
-          f"max |DLS diff| {diff.max():.2e}; max |feature diff| {fdiff:.2e} ({', '.join(fkeys)}); DLS spread between patients {spread:.2e}")
+          f"max |DLS diff| {diff.max():.2e}; max |feature diff| / max |feature|: {', '.join(f'{k} {v:.1e}' for k, v in fdiff.items())}; DLS spread between patients {spread:.2e}")
     return a, b, diff, spread
 
 
-def test_petct_dicom_scores_as_nifti(studies, bundles):
+def test_petct_dicom_scores_as_nifti(here, capsys, bundles):
     """The PET/CT bundle gives the DICOM study the DLS of the NIfTI originals.
 
     Only quantisation separates them: the ROIs are exact (contours through voxel edges; SEG voxels), and int16 with a
@@ -230,16 +238,16 @@ def test_petct_dicom_scores_as_nifti(studies, bundles):
     float rounding of the SUV factor. Measured (tiny 1-epoch bundle): max |DLS diff| < 1e-6 (the DLS agree to the 6
     decimals of dls.csv), against a spread of ~1e-2 between the three patients. Tolerance 1e-4: a hundred times the
     measured difference, a hundredth of the spread."""
-    a, b, diff, spread = _compare(studies, bundles, "petct")
+    a, b, diff, spread = _compare(here, capsys, bundles, "petct")
     assert diff.max() < 1e-4 and spread > 100 * diff.max()
 
 
-def test_mri_dicom_scores_as_nifti(studies, bundles):
+def test_mri_dicom_scores_as_nifti(here, capsys, bundles):
     """The MRI bundle gives the DICOM study (T1 as all three sequences) the DLS and per-sequence scores of the NIfTI.
 
     int16 stores the T1 (0..~1200) to within 0.009; the ROIs are exact. Measured: max |DLS diff| < 1e-6 against a spread
     of ~1e-2 between the patients. Tolerance 1e-4 (see the PET/CT test)."""
-    a, b, diff, spread = _compare(studies, bundles, "mri")
+    a, b, diff, spread = _compare(here, capsys, bundles, "mri")
     for k in ("dls_t1", "dls_t2", "dls_ce_t1"):
         assert np.abs(a[k] - b[k]).max() < 1e-4, k
     assert diff.max() < 1e-4 and spread > 100 * diff.max()
@@ -247,7 +255,7 @@ def test_mri_dicom_scores_as_nifti(studies, bundles):
 
 # ---- the real raw STS_001 PET with its RTSTRUCT -----------------------------------------------------------------
 
-def test_real_sts001_raw_pet_and_rtstruct_in_a_manifest(shared_data, tmp_path):
+def test_real_sts001_raw_pet_and_rtstruct_in_a_manifest(shared_data, tmp_path, capsys):
     """The raw STS_001 PET series (Bq/ml) with its RTSTRUCT, named in a PET/CT manifest with `roi_name: GTV_Mass`.
 
     STS_001 has no CT in the shared data, and a PET/CT model needs one: `validate` refuses the manifest with one
@@ -261,10 +269,9 @@ def test_real_sts001_raw_pet_and_rtstruct_in_a_manifest(shared_data, tmp_path):
     m.write_text(yaml.safe_dump(dict(name="sts001", modality="petct", paper="none", root=str(raw), label=None, roi_name=ROI,
                                      images=dict(pet="image", roi="mask/1-1.dcm"),
                                      cohorts=[dict(name="raw", role="external", patients=["STS_001"])])))
-    r = run("validate", str(m), env=dict(os.environ, PDL1_DLS_PROGRESS="0"))
-    assert r.returncode == 2 and "Traceback" not in r.stderr
-    lines = r.stderr.strip().splitlines()
-    assert len(lines) == 2 and "no image path for 'ct'" in lines[0] and lines[1].startswith("1 problem(s)"), r.stderr
+    rc, _, err = cli(capsys, "validate", m)
+    lines = err.strip().splitlines()
+    assert rc == 2 and len(lines) == 2 and "no image path for 'ct'" in lines[0] and lines[1].startswith("1 problem(s)"), err
     study, _ = read_study(m)
     row = study.table().iloc[0]
     assert row.roi_name == ROI and row.pet == str(raw / "image")
