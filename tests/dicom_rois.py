@@ -100,3 +100,16 @@ def mask_contours(image: sitk.Image, mask: np.ndarray):
             out.append([v for X, Y in keep
                         for v in image.TransformContinuousIndexToPhysicalPoint((X - 1.5, Y - 1.5, float(k)))])
     return out
+
+
+def centre_contours(image: sitk.Image, mask: np.ndarray):
+    """Contours of `mask` through the centres of its boundary voxels, as rt-utils writes them (OpenCV's findContours,
+    tree of outlines and holes). Such a polygon encloses less than the voxels' area: rasterised with the area-exact
+    half-open rule of `pdl1_dls.io.read_rtstruct`, one row and one column of boundary voxels fall outside."""
+    import cv2
+    out = []
+    for k in np.flatnonzero(mask.any((1, 2))):
+        cs, _ = cv2.findContours(mask[k].astype(np.uint8), cv2.RETR_TREE, cv2.CHAIN_APPROX_SIMPLE)
+        out += [[v for x, y in c[:, 0, :].tolist() for v in image.TransformContinuousIndexToPhysicalPoint((float(x), float(y), float(k)))]
+                for c in cs]
+    return out
