@@ -7,7 +7,6 @@ PET as raw Bq/ml with the dose, weight and time tags, the others as SUV, Units G
 through voxel edges, `dicom_rois.mask_contours`) or a DICOM SEG (`dicom_rois.write_seg`, pydicom: highdicom and rt-utils
 are not dependencies of the project), each beside a decoy structure so that `roi_name` must choose. The data has only a
 T1 MR: the MRI study gives the one T1 series as t1, t2 and ce_t1."""
-import json
 import os
 import warnings
 
@@ -63,7 +62,7 @@ def _decoy(mask: np.ndarray) -> np.ndarray:
 
 
 def _write_roi(path, image: sitk.Image, mask: np.ndarray, kind: str):
-    rois = {"GTV_Edema": _decoy(mask), ROI: mask}                  # the tumour second: the default (first) would be wrong
+    rois = {"GTV_Edema": _decoy(mask), ROI: mask}                  # the tumour second: taking the first would be wrong
     if kind == "rtstruct": write_rtstruct(path, {k: mask_contours(image, m) for k, m in rois.items()})
     else: write_seg(path, image, rois)
 
