@@ -105,7 +105,9 @@ def mask_contours(image: sitk.Image, mask: np.ndarray):
 def centre_contours(image: sitk.Image, mask: np.ndarray):
     """Contours of `mask` through the centres of its boundary voxels, as rt-utils writes them (OpenCV's findContours,
     tree of outlines and holes). Such a polygon encloses less than the voxels' area: rasterised with the area-exact
-    half-open rule of `pdl1_dls.io.read_rtstruct`, one row and one column of boundary voxels fall outside."""
+    half-open rule of `pdl1_dls.io.read_rtstruct`, one row and one column of boundary voxels fall outside. (Checked once
+    against rt-utils 1.2.7, not a dependency: its RTSTRUCT of the STS_008 CT mask reads back as 8290 of 8862 voxels,
+    none added; this one as 8297.)"""
     import cv2
     out = []
     for k in np.flatnonzero(mask.any((1, 2))):
