@@ -72,3 +72,46 @@ def box_contours(image: sitk.Image, mask: np.ndarray):
         corners = [(xs.min() - 0.5, ys.min() - 0.5), (xs.max() + 0.5, ys.min() - 0.5), (xs.max() + 0.5, ys.max() + 0.5), (xs.min() - 0.5, ys.max() + 0.5)]
         out.append([v for c in corners for v in image.TransformContinuousIndexToPhysicalPoint((float(c[0]), float(c[1]), float(k)))])
     return out
+
+
+def mask_contours(image: sitk.Image, mask: np.ndarray):
+    """Contours of `mask` ((z, y, x) bool on `image`) through voxel edges: per slice, the boundary between mask and
+    background chained into closed loops (outer outlines and holes alike). Filled even-odd (as RTSTRUCT readers do,
+    XOR of the loops of a slice) they give back exactly the voxels of `mask`; collinear points are dropped."""
+    out = []
+    for k in np.flatnonzero(mask.any((1, 2))):
+        m = np.pad(mask[k], 1)
+        nxt = {}   # directed edges between pixel corners (X, Y) = (col, row) of the padded slice, foreground on one side
+        for (dr, dc), (a, b) in {(-1, 0): ((0, 0), (1, 0)), (0, 1): ((1, 0), (1, 1)),
+                                 (1, 0): ((1, 1), (0, 1)), (0, -1): ((0, 1), (0, 0))}.items():
+            rs, cs = np.nonzero(m & ~np.roll(m, (-dr, -dc), (0, 1)))
+            for r, c in zip(rs.tolist(), cs.tolist()):
+                nxt.setdefault((c + a[0], r + a[1]), []).append((c + b[0], r + b[1]))
+        while nxt:
+            start = next(iter(nxt)); loop, p = [start], start
+            while True:
+                q = nxt[p].pop()
+                if not nxt[p]: del nxt[p]
+                if q == start: break
+                loop.append(q); p = q
+            keep = [v for i, v in enumerate(loop)          # corners only: drop points between two collinear edges
+                    if (np.subtract(v, loop[i - 1]) != np.subtract(loop[(i + 1) % len(loop)], v)).any()]
+            # padded corner (X, Y) is the continuous index (X - 1.5, Y - 1.5) of the slice
+            out.append([v for X, Y in keep
+                        for v in image.TransformContinuousIndexToPhysicalPoint((X - 1.5, Y - 1.5, float(k)))])
+    return out
+
+
+def centre_contours(image: sitk.Image, mask: np.ndarray):
+    """Contours of `mask` through the centres of its boundary voxels, as rt-utils writes them (OpenCV's findContours,
+    tree of outlines and holes). Such a polygon encloses less than the voxels' area: rasterised with the area-exact
+    half-open rule of `pdl1_dls.io.read_rtstruct`, one row and one column of boundary voxels fall outside. (Checked once
+    against rt-utils 1.2.7, not a dependency: its RTSTRUCT of the STS_008 CT mask reads back as 8290 of 8862 voxels,
+    none added; this one as 8297.)"""
+    import cv2
+    out = []
+    for k in np.flatnonzero(mask.any((1, 2))):
+        cs, _ = cv2.findContours(mask[k].astype(np.uint8), cv2.RETR_TREE, cv2.CHAIN_APPROX_SIMPLE)
+        out += [[v for x, y in c[:, 0, :].tolist() for v in image.TransformContinuousIndexToPhysicalPoint((float(x), float(y), float(k)))]
+                for c in cs]
+    return out
