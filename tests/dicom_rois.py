@@ -50,11 +50,11 @@ def write_seg(path, reference: sitk.Image, masks: dict, fractional: bool = False
     ds.save_as(str(path), enforce_file_format=True)
 
 
-def write_rtstruct(path, rois):
-    "An RTSTRUCT of closed planar contours ({name: [flat x,y,z list per contour]})."
+def write_rtstruct(path, rois, first_number: int = 1):
+    "An RTSTRUCT of closed planar contours ({name: [flat x,y,z list per contour]}), ROIs numbered from `first_number`."
     ds = _base(RTSTRUCT_SOP, "RTSTRUCT")
     ds.StructureSetROISequence = Sequence(); ds.ROIContourSequence = Sequence()
-    for n, (name, cs) in enumerate(rois.items(), start=1):
+    for n, (name, cs) in enumerate(rois.items(), start=first_number):
         r = Dataset(); r.ROINumber = n; r.ROIName = name; ds.StructureSetROISequence.append(r)
         rc = Dataset(); rc.ReferencedROINumber = n; rc.ContourSequence = Sequence()
         for pts in cs:

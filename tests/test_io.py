@@ -13,6 +13,8 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from pdl1_dls.core import PDL1Error
 from pdl1_dls import io
 
+from dicom_rois import write_rtstruct as _write_rtstruct
+
 SECRETS = ("Doe^Jane", "Doe", "SECRET123", "19700101")
 PET_SOP = "1.2.840.10008.5.1.4.1.1.128"
 
@@ -360,20 +362,7 @@ def _square(cx, cy, half, z):
 
 
 def write_rtstruct(path, rois):
-    meta = FileMetaDataset(); meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.481.3"
-    meta.MediaStorageSOPInstanceUID = generate_uid(); meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset(); ds.file_meta = meta; ds.Modality = "RTSTRUCT"
-    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
-    ds.PatientName = "Doe^Jane"; ds.PatientID = "SECRET123"; ds.PatientBirthDate = "19700101"
-    ds.StructureSetROISequence = Sequence(); ds.ROIContourSequence = Sequence()
-    for n, (name, cs) in enumerate(rois.items(), start=3):  # ROI numbers need not start at 1
-        r = Dataset(); r.ROINumber = n; r.ROIName = name; ds.StructureSetROISequence.append(r)
-        rc = Dataset(); rc.ReferencedROINumber = n; rc.ContourSequence = Sequence()
-        for pts in cs:
-            c = Dataset(); c.ContourGeometricType = "CLOSED_PLANAR"; c.NumberOfContourPoints = len(pts) // 3
-            c.ContourData = [f"{v:g}" for v in pts]; rc.ContourSequence.append(c)
-        ds.ROIContourSequence.append(rc)
-    ds.save_as(str(path), enforce_file_format=True)
+    return _write_rtstruct(path, rois, first_number=3)  # ROI numbers need not start at 1
 
 
 def test_rtstruct_holes_islands_and_names(tmp_path):
