@@ -31,7 +31,8 @@ ROLES = ("train", "validation", "test", "external", "ici")
 IMAGE_KEYS = {"petct": ("pet", "ct", "roi"), "mri": ("t1", "t2", "ce_t1", "roi"), "clinical": ()}
 OPTIONAL_IMAGE_KEYS = ("roi_reader2",)
 _TOP_KEYS = {"time_unit", "name", "modality", "paper", "root", "synthetic", "id_column", "label", "outcomes",
-             "covariates", "images", "checksums", "cohorts", "description", "notes", "train", "roi_name"}
+             "covariates", "images", "checksums", "cohorts", "description", "notes", "train", "roi_name",
+             "preprocess"}
 _COHORT_KEYS = {"name", "role", "clinical", "where", "images", "label", "outcomes", "description",
                 "read_csv", "id_column", "id_prefix", "patients", "time_unit", "roi_name"}
 _MONTHS_PER = {"months": 1.0, "days": 12 / 365.25, "weeks": 12 * 7 / 365.25, "years": 12.0}
@@ -206,6 +207,11 @@ def read_study(path: str | os.PathLike,  # the manifest YAML
     modality = spec.get("modality")
     if modality not in IMAGE_KEYS:
         P.append(Problem(f"modality must be one of {', '.join(IMAGE_KEYS)}, got {modality!r}", file=f)); modality = None
+    if spec.get("preprocess") is not None and modality != "petct":
+        P.append(Problem("preprocess sets the PET/CT hyper-images; an MRI study's settings go in train:", file=f))
+    elif spec.get("preprocess") is not None:
+        from pdl1_dls.petct.preprocess import preprocess_problems
+        P += [Problem(m, file=f) for m in preprocess_problems(spec["preprocess"])]
     try: root = (path.parent / expand(spec.get("root", "."), "root")).resolve()
     except PDL1Error as e: P.append(Problem(e.problem, file=f)); return None, P
     id_col = spec.get("id_column", "patient_id")
@@ -374,7 +380,8 @@ _TOP_TYPES = {"name": (_SCALAR, "a text"), "modality": ((str,), "a text"), "pape
               "outcomes": ((dict, type(None)), "a mapping"), "covariates": ((list, type(None)), "a list of column names"),
               "images": ((dict, type(None)), "a mapping of image key to path"), "checksums": ((str, type(None)), "a path"),
               "synthetic": ((dict, type(None)), "a mapping"), "time_unit": ((str,), "a text"),
-              "roi_name": (_SCALAR, "a structure name, a label value or a column name")}
+              "roi_name": (_SCALAR, "a structure name, a label value or a column name"),
+              "preprocess": ((dict, type(None)), "a mapping of hyper-image settings")}
 _COHORT_TYPES = {"role": ((str,), "a text"), "clinical": ((str, type(None)), "a path"), "where": ((dict, type(None)), "a mapping"),
                  "images": ((dict, type(None)), "a mapping of image key to path"), "label": ((dict, type(None)), "a mapping"),
                  "outcomes": ((dict, type(None)), "a mapping"), "read_csv": ((dict, type(None)), "a mapping"),
