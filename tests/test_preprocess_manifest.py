@@ -191,3 +191,15 @@ def test_suvmax_cached_by_file_stamps(tmp_path, monkeypatch):
     PP._SUVMAX.clear()                                      # a new session: answered from the JSON in cache_dir
     monkeypatch.setattr(PP, "image_suvmax", lambda *a, **k: (_ for _ in ()).throw(AssertionError("images read again")))
     assert fill_suvmax(t, tmp_path / "c").suvmax[0] == np.float32(7.25)
+
+
+def test_template_block_is_valid_and_the_papers():
+    "The commented `preprocess:` block of the PET/CT template, uncommented, is valid and states the defaults."
+    import re
+    import yaml
+    from pathlib import Path
+    text = (Path(__file__).resolve().parents[1] / "data_manifests/template_petct.yaml").read_text()
+    block = re.search(r"^# preprocess:\n((?:#   .*\n)+)", text, re.M)
+    spec = yaml.safe_load("preprocess:\n" + "".join(l[1:] + "\n" for l in block.group(1).splitlines()))
+    assert set(spec["preprocess"]) == set(PP.PREPROCESS_KEYS)
+    assert preprocess_params(spec["preprocess"]) == preprocess_params()
