@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import logging
 import os
 import re
 from dataclasses import dataclass, field
@@ -21,16 +22,17 @@ import yaml
 from .core import PDL1Error, sha256
 
 # %% auto #0
-__all__ = ['ROLES', 'IMAGE_KEYS', 'OPTIONAL_IMAGE_KEYS', 'ensure_study', 'parse_rule', 'apply_rule', 'expand', 'Cohort', 'Study',
-           'Problem', 'ManifestErrors', 'read_study', 'check_images', 'needs_generation', 'generate_if_needed',
-           'validate_study', 'load_study', 'drop_patients', 'checked_study']
+__all__ = ['ROLES', 'IMAGE_KEYS', 'OPTIONAL_IMAGE_KEYS', 'AUC_ROLES', 'ensure_study', 'parse_rule', 'apply_rule', 'expand',
+           'Cohort', 'Study', 'Problem', 'ManifestErrors', 'read_study', 'table_warnings', 'check_images',
+           'needs_generation', 'generate_if_needed', 'validate_study', 'load_study', 'drop_patients', 'checked_study']
 
 # %% ../nbs/01_manifest.ipynb #8aaec5f5
 ROLES = ("train", "validation", "test", "external", "ici")
 IMAGE_KEYS = {"petct": ("pet", "ct", "roi"), "mri": ("t1", "t2", "ce_t1", "roi"), "clinical": ()}
 OPTIONAL_IMAGE_KEYS = ("roi_reader2",)
 _TOP_KEYS = {"time_unit", "name", "modality", "paper", "root", "synthetic", "id_column", "label", "outcomes",
-             "covariates", "images", "checksums", "cohorts", "description", "notes", "train", "roi_name"}
+             "covariates", "images", "checksums", "cohorts", "description", "notes", "train", "roi_name",
+             "preprocess"}
 _COHORT_KEYS = {"name", "role", "clinical", "where", "images", "label", "outcomes", "description",
                 "read_csv", "id_column", "id_prefix", "patients", "time_unit", "roi_name"}
 _MONTHS_PER = {"months": 1.0, "days": 12 / 365.25, "weeks": 12 * 7 / 365.25, "years": 12.0}
@@ -205,6 +207,11 @@ def read_study(path: str | os.PathLike,  # the manifest YAML
     modality = spec.get("modality")
     if modality not in IMAGE_KEYS:
         P.append(Problem(f"modality must be one of {', '.join(IMAGE_KEYS)}, got {modality!r}", file=f)); modality = None
+    if spec.get("preprocess") is not None and modality != "petct":
+        P.append(Problem("preprocess sets the PET/CT hyper-images; an MRI study's settings go in train:", file=f))
+    elif spec.get("preprocess") is not None:
+        from pdl1_dls.petct.preprocess import preprocess_problems
+        P += [Problem(m, file=f) for m in preprocess_problems(spec["preprocess"])]
     try: root = (path.parent / expand(spec.get("root", "."), "root")).resolve()
     except PDL1Error as e: P.append(Problem(e.problem, file=f)); return None, P
     id_col = spec.get("id_column", "patient_id")
@@ -276,14 +283,17 @@ def read_study(path: str | os.PathLike,  # the manifest YAML
                 bad = df.loc[v.isna() & df[src].notna(), "patient_id"]
                 for pid in bad:
                     P.append(Problem(f"IHC value {df.loc[df.patient_id == pid, src].iloc[0]!r} is not a number", cohort=cname, patient=pid, column=src, file=str(cpath)))
+                P += _score_problems(df["patient_id"], v, cname, src, str(cpath))
+                v = v.where(v.between(0, 100))             # a bad score leaves the patient unlabelled, never 0 or 1
                 df[label_col] = apply_rule(v, rule) if rule else v
             elif src:
                 P.append(Problem("label source column missing from the clinical table", cohort=cname, column=src, file=str(cpath)))
             elif label_col in df.columns:
                 v = pd.to_numeric(df[label_col], errors="coerce")
-                if not set(v.dropna().unique()) <= {0, 1}:
-                    P.append(Problem("label column must be 0/1", cohort=cname, column=label_col, file=str(cpath)))
-                df[label_col] = v
+                for pid, x in zip(df["patient_id"], v):
+                    if x == x and x not in (0, 1):
+                        P.append(Problem(f"label must be 0 or 1, got {x:g}", cohort=cname, patient=pid, column=label_col, file=str(cpath)))
+                df[label_col] = v.where(v.isin([0, 1]))
             else:
                 P.append(Problem("label column missing from the clinical table", cohort=cname, column=label_col, file=str(cpath)))
         # outcomes
@@ -298,16 +308,22 @@ def read_study(path: str | os.PathLike,  # the manifest YAML
                 for pid in df.loc[v.isna() & df[col].notna(), "patient_id"]:
                     P.append(Problem(f"outcome value is not a number", cohort=cname, patient=pid, column=col, file=str(cpath)))
                 if isinstance(o, dict) and col == o.get("event") or isinstance(o, str):
-                    for pid in df.loc[v.notna() & ~v.isin([0, 1]), "patient_id"]:
-                        P.append(Problem("must be 0 or 1", cohort=cname, patient=pid, column=col, file=str(cpath)))
+                    for pid, x in zip(df["patient_id"], v):
+                        if x == x and x not in (0, 1):
+                            P.append(Problem(f"must be 0 or 1, got {x:g}", cohort=cname, patient=pid, column=col, file=str(cpath)))
+                    v = v.where(v.isin([0, 1]))
                 if isinstance(o, dict) and col == o.get("time"):
-                    for pid in df.loc[v < 0, "patient_id"]:
+                    P += _nonfinite_problems(df["patient_id"], v, cname, col, str(cpath), "follow-up time")
+                    for pid in df.loc[np.isfinite(v) & (v < 0), "patient_id"]:
                         P.append(Problem("negative follow-up time", cohort=cname, patient=pid, column=col, file=str(cpath)))
+                    v = v.where(np.isfinite(v) & (v >= 0))
                     unit = cs.get("time_unit", spec.get("time_unit", "months"))
                     if unit not in _MONTHS_PER:
                         P.append(Problem(f"time_unit must be one of {', '.join(_MONTHS_PER)}, got {unit!r}", cohort=cname, file=f))
                     else: v = v * _MONTHS_PER[unit]           # every time is in months from here on
                 df[col] = v
+        for col in [c for c in spec.get("covariates") or [] if c in df.columns]:   # a written inf is an error (text stays text)
+            P += _nonfinite_problems(df["patient_id"], pd.to_numeric(df[col], errors="coerce"), cname, col, str(cpath), "covariate value")
         # images
         images = dict(spec.get("images") or {}); images.update(cs.get("images") or {})
         if modality:
@@ -364,7 +380,8 @@ _TOP_TYPES = {"name": (_SCALAR, "a text"), "modality": ((str,), "a text"), "pape
               "outcomes": ((dict, type(None)), "a mapping"), "covariates": ((list, type(None)), "a list of column names"),
               "images": ((dict, type(None)), "a mapping of image key to path"), "checksums": ((str, type(None)), "a path"),
               "synthetic": ((dict, type(None)), "a mapping"), "time_unit": ((str,), "a text"),
-              "roi_name": (_SCALAR, "a structure name, a label value or a column name")}
+              "roi_name": (_SCALAR, "a structure name, a label value or a column name"),
+              "preprocess": ((dict, type(None)), "a mapping of hyper-image settings")}
 _COHORT_TYPES = {"role": ((str,), "a text"), "clinical": ((str, type(None)), "a path"), "where": ((dict, type(None)), "a mapping"),
                  "images": ((dict, type(None)), "a mapping of image key to path"), "label": ((dict, type(None)), "a mapping"),
                  "outcomes": ((dict, type(None)), "a mapping"), "read_csv": ((dict, type(None)), "a mapping"),
@@ -390,6 +407,35 @@ def _typed(spec: dict, types: dict, f: str, cohort: str | None = None) -> tuple[
                                             for x in v.values()):
             bad(k, "a mapping of column to a value or a list of values")
     return out, P
+
+# %% ../nbs/01_manifest.ipynb #382788c9
+def _nonfinite_problems(pids, v: pd.Series, cohort, column, file, what: str) -> list:
+    "One problem per patient whose value in `v` is infinite (NaN, a missing value, is not one)."
+    return [Problem(f"{what} is {x:g}: give a finite value, or leave the cell empty when unknown",
+                    cohort=cohort, patient=pid, column=column, file=file) for pid, x in zip(pids, v) if np.isinf(x)]
+
+def _score_problems(pids, v: pd.Series, cohort, column, file) -> list:
+    "One problem per patient whose IHC score (TPS or CPS, in %) is infinite or outside 0-100."
+    P = _nonfinite_problems(pids, v, cohort, column, file, "PD-L1 score")
+    return P + [Problem(f"PD-L1 score {x:g} is outside 0-100 (TPS and CPS are percentages)", cohort=cohort, patient=pid,
+                        column=column, file=file) for pid, x in zip(pids, v) if np.isfinite(x) and not 0 <= x <= 100]
+
+
+# %% ../nbs/01_manifest.ipynb #444d0043
+_log = logging.getLogger(__name__)
+AUC_ROLES = ("validation", "test", "external")  # roles whose AUC the reports give
+
+def table_warnings(study: Study) -> list[Problem]:
+    "Problems that do not stop a run: a labelled validation, test or external cohort with fewer than two PD-L1 classes."
+    out = []
+    for c in study.cohorts_with_role(*AUC_ROLES):
+        if not c.labeled or study.label_column not in c.table: continue
+        y = pd.to_numeric(c.table[study.label_column], errors="coerce").dropna()
+        if y.nunique() >= 2: continue
+        which = "no patient has a PD-L1 label" if y.empty else f"all {len(y)} labelled patients are PD-L1 {'positive' if y.iloc[0] == 1 else 'negative'}"
+        out.append(Problem(f"{which}: no AUC can be computed in this {c.role} cohort", cohort=c.name, column=study.label_column))
+    return out
+
 
 # %% ../nbs/01_manifest.ipynb #448237cd
 _SUV_MAX, _HU_RANGE = 200.0, (-2000.0, 5000.0)  # SUVbw above 200 is no tissue's (tumours reach ~60, IBSI PET 53)
@@ -566,13 +612,14 @@ def validate_study(path: str | os.PathLike,  # manifest YAML
                    cache_dir: str | os.PathLike | None = None,  # keep the image checks here too (see `check_images`)
                    progress: bool = False,  # progress bar over the patients while opening images
                   ) -> list[Problem]:
-    "Every problem in a manifest and the files it names, each image opened (empty list: valid)."
+    "Every problem in a manifest and the files it names, each image opened (empty list: valid); `table_warnings` are logged."
     try:
         if generate: generate_if_needed(path)
         study, P = read_study(path)
     except PDL1Error as e:
         return [Problem(e.problem, e.cohort, e.patient, e.column, e.file)]
     if open_images and study is not None: P = P + check_images(study, cache_dir, progress)
+    for w in table_warnings(study) if study is not None else []: _log.warning(w.line())
     return P
 
 def load_study(path: str | os.PathLike,  # manifest YAML

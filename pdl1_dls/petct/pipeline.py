@@ -347,7 +347,7 @@ def train_study(study_or_path,  # manifest path or `pdl1_dls.manifest.Study`
                 **overrides,  # any other `TrainConfig` field (lr, batch_size, patience, ...)
                ) -> dict:
     "Train the SResCNN on the training cohort, select on an inner split, report AUC on the validation cohort; write the bundle (DDP under torchrun)."
-    from pdl1_dls.petct.preprocess import DEFAULTS
+    from pdl1_dls.petct.preprocess import study_preprocessing
     from pdl1_dls.stats.roc import youden_cutoff
     study = _as_study(study_or_path)
     _check_petct(study)
@@ -365,10 +365,10 @@ def train_study(study_or_path,  # manifest path or `pdl1_dls.manifest.Study`
     t = t[t["role"].isin(["train", "validation"])]
     if not (t["role"] == "train").any(): raise PDL1Error("the study has no cohort with role 'train'", file=study.path)
     t = t[t[lab].notna()]
-    prep = {k: (list(v) if isinstance(v, tuple) else v) for k, v in DEFAULTS.items()}
+    prep = study_preprocessing(study)                       # the manifest's `preprocess:` block over the paper's values
     dev = rank_device(device if device is not None else get_device())
     ctx = dist_context(dev)                                 # under torchrun: rank, world size; one process: rank 0 of 1
-    with main_first(): hyper, skipped = _hyper(study, t, cache_dir, DEFAULTS)   # rank 0 fills the cache, the others read it
+    with main_first(): hyper, skipped = _hyper(study, t, cache_dir, prep)   # rank 0 fills the cache, the others read it
     refuse_skipped(skipped, skip_bad)
     if skipped_out is not None and ctx.main: _write_csv(skipped, skipped_out)
     rows = t[t["patient_id"].isin(list(hyper))]
@@ -462,7 +462,8 @@ class PETCTPipeline:
         net, cfg = self.load(model, device)
         t = study.table()
         if cohorts is not None: t = t[t["cohort"].isin(cohorts)]
-        hyper, skipped = _hyper(study, t, cache_dir, model.meta.get("preprocessing"))
+        from pdl1_dls.petct.preprocess import bundle_preprocessing   # the bundle's values; a differing manifest block warns
+        hyper, skipped = _hyper(study, t, cache_dir, bundle_preprocessing(model.meta.get("preprocessing"), study))
         refuse_skipped(skipped, skip_bad)
         t = t[t["patient_id"].isin(list(hyper))]
         pids = t["patient_id"].tolist()

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
+import math
 import os
 import re
 import warnings
@@ -22,13 +24,14 @@ import SimpleITK as sitk
 from scipy import ndimage
 
 import pdl1_dls
-from ..core import PDL1Error, atomic_path, progress, sha256
+from ..core import PDL1Error, atomic_path, look_up_option, progress, sha256
 from ..io import check_overlap, read_image, read_pet_suv, read_roi, resample_to, same_grid
 
 # %% auto #0
-__all__ = ['CHANNELS', 'DEFAULTS', 'CACHE_FORMAT', 'pet_coverage', 'square_masks', 'crop_resize', 'window', 'fuse', 'HyperImages',
-           'hyperimages', 'suvmax', 'tumour_volume', 'necrosis_ratio', 'cache_key', 'patient_hyperimages',
-           'build_hyperimages']
+__all__ = ['CHANNELS', 'DEFAULTS', 'CACHE_FORMAT', 'PREPROCESS_KEYS', 'pet_coverage', 'square_masks', 'crop_resize', 'window',
+           'fuse', 'HyperImages', 'hyperimages', 'suvmax', 'tumour_volume', 'necrosis_ratio', 'cache_key',
+           'patient_hyperimages', 'build_hyperimages', 'preprocess_problems', 'preprocess_params',
+           'study_preprocessing', 'bundle_preprocessing', 'image_suvmax', 'fill_suvmax']
 
 # %% ../../nbs/petct/10_preprocess.ipynb #78a8cfe5
 def _roi_array(roi: sitk.Image, label: int | None) -> np.ndarray:
@@ -410,3 +413,116 @@ def build_hyperimages(table: pd.DataFrame,  # one row per patient: id, cohort, i
             if not skip_bad: raise e.with_context(patient=pid, cohort=cohort) from None
             skipped.append(dict(patient_id=pid, cohort=cohort, file=e.file, reason=e.problem))
     return out, pd.DataFrame(skipped, columns=["patient_id", "cohort", "file", "reason"])
+
+# %% ../../nbs/petct/10_preprocess.ipynb #83e85a2a
+_log = logging.getLogger(__name__)
+
+def _num(v) -> bool: return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+def _window_ok(v) -> bool: return isinstance(v, (list, tuple)) and len(v) == 2 and all(map(_num, v)) and v[0] < v[1]
+
+PREPROCESS_KEYS = {  # what each key of a manifest's `preprocess:` block must be: (check, description, normalise)
+    "suv_window": (_window_ok, "[low, high] in SUV with low < high", lambda v: [float(x) for x in v]),
+    "hu_window": (_window_ok, "[low, high] in HU with low < high", lambda v: [float(x) for x in v]),
+    "dilation_mm": (lambda v: _num(v) and v >= 0, "a number of mm >= 0", float),
+    "keep_fraction": (lambda v: _num(v) and 0 <= v < 1, "a number in [0, 1)", float),
+    "size": (lambda v: isinstance(v, int) and not isinstance(v, bool) and 16 <= v <= 512, "a whole number of pixels, 16 to 512", int),
+    "alpha": (lambda v: _num(v) and 0 <= v <= 1, "a number in [0, 1]", float),
+    "fusion": (lambda v: v in ("add", "over"), "add or over", str),
+}
+
+def preprocess_problems(block) -> list[str]:
+    "Every problem of a manifest's `preprocess:` block, one line each (empty: valid)."
+    if block is None: return []
+    if not isinstance(block, dict): return [f"preprocess must be a mapping of hyper-image settings, got {type(block).__name__}"]
+    out = []
+    for k, v in block.items():
+        try: ok, what, _ = look_up_option(k, PREPROCESS_KEYS, "a preprocess key")
+        except PDL1Error as e: out.append(e.problem); continue
+        if k == "fusion" and isinstance(v, str):
+            try: look_up_option(v, ("add", "over"), "preprocess fusion")
+            except PDL1Error as e: out.append(e.problem)
+        elif not ok(v): out.append(f"preprocess {k} must be {what}, got {v!r}")
+    return out
+
+def preprocess_params(block: dict | None = None,  # a manifest's `preprocess:` block (None: the paper's settings)
+                      file=None,  # the manifest, for the error message
+                     ) -> dict:
+    "The full hyper-image parameters (`DEFAULTS` where the block says nothing), JSON-normalised; a bad block is a `PDL1Error`."
+    P = preprocess_problems(block)
+    if P: raise PDL1Error(P[0] + (f" (and {len(P) - 1} more)" if len(P) > 1 else ""), file=file)
+    return _params({k: PREPROCESS_KEYS[k][2](v) for k, v in (block or {}).items()})
+
+def study_preprocessing(study) -> dict:
+    "The hyper-image parameters of a `Study`: its manifest's `preprocess:` block over the paper's defaults (what training uses)."
+    return preprocess_params((getattr(study, "spec", None) or {}).get("preprocess"), getattr(study, "path", None))
+
+
+# %% ../../nbs/petct/10_preprocess.ipynb #1368de25
+def bundle_preprocessing(recorded: dict | None,  # the bundle's `preprocessing` (model.json)
+                         study=None,  # the study being scored: its `preprocess:` block is compared
+                        ) -> dict:
+    "The hyper-image parameters a bundle was trained with (what scoring uses); a logged warning names each key the study's `preprocess:` block sets otherwise."
+    p = _params(recorded or {})
+    block = (getattr(study, "spec", None) or {}).get("preprocess") or {}
+    if block:
+        asked = preprocess_params(block, getattr(study, "path", None))
+        diff = [f"{k} {asked[k]} (bundle: {p[k]})" for k in block if asked[k] != p[k]]
+        if diff: _log.warning(f"the manifest's preprocess block differs from the bundle's, which is used: {'; '.join(diff)}")
+    return p
+
+
+# %% ../../nbs/petct/10_preprocess.ipynb #828208bc
+def image_suvmax(pet_path: str | os.PathLike,  # PET (SUV file, or DICOM series folder/file)
+                 roi_path: str | os.PathLike,  # ROI (label image, RTSTRUCT or SEG)
+                 ct_path: str | os.PathLike | None = None,  # the CT the ROI was drawn on (read only for an RTSTRUCT or SEG)
+                 roi_name=None,  # RTSTRUCT/SEG structure or label value
+                 patient: str | None = None,  # patient_id for error messages
+                ) -> float:
+    "SUVmax of one patient from its files: `suvmax` of the PET (in SUV) within the ROI."
+    from pdl1_dls.io import dicom_modality
+    pet = _read(pet_path, "pet", patient)
+    ref = _read(ct_path, "ct", patient) if ct_path is not None and dicom_modality(roi_path) in ("RTSTRUCT", "SEG") else None
+    return suvmax(pet, _read(roi_path, "roi", patient, ref, roi_name), patient=patient)
+
+
+# %% ../../nbs/petct/10_preprocess.ipynb #5809306c
+_SUVMAX: dict = {}  # image SUVmax in memory: cache key -> value
+
+def _cached_suvmax(row, cache_dir) -> float:
+    "`image_suvmax` of one table row, through the in-memory and on-disk caches."
+    from pdl1_dls.core import atomic_write
+    from pdl1_dls.io import cache_key as _key
+    files = {k: row[k] for k in ("pet", "ct", "roi") if isinstance(row.get(k), str) and row[k]}
+    rn = row.get("roi_name"); rn = None if rn is None or (isinstance(rn, float) and np.isnan(rn)) else rn
+    key = _key(files, {"measure": "suvmax"}, content=False, format=CACHE_FORMAT, roi_name=None if rn is None else str(rn))
+    f = Path(cache_dir) / "suvmax" / f"{_safe(row['patient_id'])}-{key[:24]}.json" if cache_dir is not None else None
+    if key not in _SUVMAX and f is not None and f.is_file():
+        try: _SUVMAX[key] = float(json.loads(f.read_text())["suvmax"])
+        except (OSError, ValueError, KeyError): pass
+    if key not in _SUVMAX:
+        _SUVMAX[key] = image_suvmax(files["pet"], files["roi"], files.get("ct"), rn, str(row["patient_id"]))
+        if f is not None:
+            with atomic_write(f) as fh: fh.write(json.dumps({"suvmax": _SUVMAX[key]}))
+    return _SUVMAX[key]
+
+def fill_suvmax(table: pd.DataFrame,  # one row per patient: patient_id, (cohort), pet, ct, roi, (roi_name), maybe suvmax
+                cache_dir: str | os.PathLike | None = None,  # keep the measurements here too (JSON per patient)
+                progress: bool = False,  # show a progress bar over the patients measured
+               ) -> pd.DataFrame:
+    "A copy of `table` with `suvmax` measured from the images where the table lacks it, and `suvmax_source` (table, images or empty)."
+    from pdl1_dls.core import progress as _bar
+    t = table.copy()
+    v = pd.to_numeric(t["suvmax"], errors="coerce") if "suvmax" in t else pd.Series(np.nan, index=t.index)
+    source = pd.Series(np.where(v.notna(), "table", None), index=t.index, dtype=object)
+    has = lambda i: all(isinstance(t.at[i, k], str) and t.at[i, k] for k in ("pet", "roi"))     # a patient with both files
+    todo = [i for i in t.index[v.isna()] if has(i)] if {"pet", "roi"} <= set(t.columns) else []
+    for i in _bar(todo, desc="SUVmax from images", unit="patient", disable=not progress):
+        try: v[i] = _cached_suvmax(t.loc[i], cache_dir)
+        except PDL1Error as e:
+            _log.warning(e.with_context(patient=str(t.at[i, "patient_id"]), cohort=t.loc[i].get("cohort")).line() + " (SUVmax left empty)")
+            continue
+        source[i] = "images"
+    t["suvmax"], t["suvmax_source"] = v.astype(float), source
+    return t
+
