@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .core import PDL1Error, atomic_path, write_json
+from .core import PDL1Error, atomic_path, progress, write_json
 from .manifest import Study, load_study
 from .training import load_model, manifest_train_settings, pipeline
 
@@ -54,7 +54,7 @@ def train_models(study: Study,  # the study (its manifest picks the pipeline)
     pipe, out = pipeline(study.modality), Path(out_dir)
     names = [m for m in pipe.paper_models if models is None or m in models]
     if not names: raise PDL1Error(f"no model among {models} (this pipeline trains {', '.join(pipe.paper_models)})")
-    for m in names:
+    for m in progress(names, desc="models", unit="model"):   # model k of n (reproduce shows it during the training notebook)
         pipe.train(study, out / "models" / m, seed=seed, quick=quick, device=device,
                    skipped_out=out / "skipped" / f"training_{m}.csv", **{**pipe.paper_models[m], **kw})
     return {m: out / "models" / m for m in names}
