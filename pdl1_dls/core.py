@@ -22,9 +22,9 @@ from typing import Any, Iterable
 import numpy as np
 
 # %% auto #0
-__all__ = ['DEFAULT_SETTINGS', 'PROGRESS_FILE_ENV', 'PDL1Error', 'look_up_option', 'find_settings_file', 'Settings',
-           'get_settings', 'data_dir', 'seed_everything', 'get_device', 'progress', 'atomic_write', 'atomic_path',
-           'atomic_dir', 'folder_lock', 'write_json', 'sha256']
+__all__ = ['DEFAULT_SETTINGS', 'PROGRESS_FILE_ENV', 'PROGRESS_FILE_EVERY', 'PDL1Error', 'look_up_option', 'find_settings_file',
+           'Settings', 'get_settings', 'data_dir', 'seed_everything', 'get_device', 'progress', 'atomic_write',
+           'atomic_path', 'atomic_dir', 'folder_lock', 'write_json', 'sha256']
 
 # %% ../nbs/00_core.ipynb #5d7dfb83
 class PDL1Error(ValueError):
@@ -187,13 +187,14 @@ def get_device(pref: str | None = None,  # "auto", "cpu", "cuda" or "cuda:N"; de
 
 # %% ../nbs/00_core.ipynb #690c9bf0
 PROGRESS_FILE_ENV = "PDL1_DLS_PROGRESS_FILE"
+PROGRESS_FILE_EVERY = 0.5      # seconds between two writes of the file (a bar closing always writes)
 _OPEN_BARS: list = []          # bars of this process that mirror themselves to $PDL1_DLS_PROGRESS_FILE, outermost first
 
 def _write_bars(path: str, force: bool = False):
-    "Write the open bars' state to `path` (atomically; at most every 0.5 s unless forced)."
+    "Write the open bars' state to `path` (atomically; at most every `PROGRESS_FILE_EVERY` s unless forced)."
     import time
     now = time.monotonic()
-    if not force and now - _write_bars.last < 0.5: return
+    if not force and now - _write_bars.last < PROGRESS_FILE_EVERY: return
     _write_bars.last = now
     state = {"bars": [dict(desc=b.desc or "", n=int(b.n), total=None if b.total is None else int(b.total), unit=b.unit)
                       for b in _OPEN_BARS], "pid": os.getpid()}
