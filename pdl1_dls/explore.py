@@ -407,7 +407,7 @@ def survival_app(run_dir: str | os.PathLike | None = None,  # run folder; defaul
         img.value = fig_png(plot_survival(v))
         warn = ""
         if sx.grouping == "dls" and abs(cutoff.value - sx.training_cutoff) > 1e-9:   # a cutoff picked after looking inflates false positives
-            warn = (f"<div class='pdl1-cutoff-warning' style='color:#b00'>This cutoff ({cutoff.value:.3f}) is not the training cutoff "
+            warn = (f"<div class='pdl1-cutoff-warning' style='color:{PALETTE['warning']}'>This cutoff ({cutoff.value:.3f}) is not the training cutoff "
                     f"({sx.training_cutoff:.3f}): a cutoff chosen after looking at the outcomes makes these p-values too small.</div>")
         stats.value = f"<div class='pdl1-hr-text'><b>{html.escape(v.summary())}</b></div>{warn}"
         hr = v.hr.rename(columns={"hr": "HR", "hr_lo": "95% CI low", "hr_hi": "95% CI high", "p": "Wald p"}).round(3)
@@ -437,6 +437,7 @@ def gradcam_app(run_dir: str | os.PathLike | None = None,  # run folder; default
                ):
     "The Grad-CAM explorer as an ipywidgets box (cohort, patient, slice, model, target class)."
     import ipywidgets as W
+    from pdl1_dls.plots import PALETTE
     gx = GradcamExplorer(run_dir, manifest)
     cs = gx.cohorts()
     cohort = W.Dropdown(options=cs, value=cs[0], description="cohort")

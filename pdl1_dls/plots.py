@@ -27,7 +27,7 @@ HIGH, LOW = "#d62728", "#1f77b4"          # matplotlib's tab:red and tab:blue (C
 GROUP_COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf")
 PALETTE = {"high DLS": HIGH, "low DLS": LOW, "PD-L1 positive": HIGH, "PD-L1 negative": LOW, "PD-L1+": HIGH, "PD-L1-": LOW,
            "DLS": HIGH, "reference": "#999999", "agrees": "#1a9850", "disagrees": "#d73027",
-           "published": "#000000", "missing": "#ffffff"}
+           "published": "#000000", "missing": "#ffffff", "warning": "#bb0000"}
 
 def group_colors(groups) -> list:
     "One colour per group: `PALETTE[group]` where the palette names it, else the next `GROUP_COLORS` entry not yet used."

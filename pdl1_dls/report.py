@@ -791,6 +791,7 @@ def write_index(out_dir: str | os.PathLike,  # the run folder
                 synthetic: bool | None = None,  # the study is synthetic (default: provenance.json's `synthetic`)
                ) -> Path:
     "Write `index.html` and `index.md` for a run folder; return the HTML path."
+    from pdl1_dls.plots import PALETTE                   # imported here: plots imports this module
     out = Path(out_dir)
     status = status or []
     prov = {}
@@ -808,7 +809,8 @@ def write_index(out_dir: str | os.PathLike,  # the run folder
     md = [f"# Reproduction report: {study_name}", "", f"Paper: {paper or 'none'}. Provenance: `provenance.json`.", ""]
     h = [f"<!doctype html><html><head><meta charset='utf-8'><title>pdl1_dls report: {esc(study_name)}</title>",
          "<style>body{font-family:sans-serif;max-width:1100px;margin:auto;padding:1em}table{border-collapse:collapse;font-size:13px}"
-         "td,th{border:1px solid #ccc;padding:2px 6px}img{max-width:100%}.fail{color:#b00}.note{background:#fff8e0;padding:.5em}</style></head><body>",
+         "td,th{border:1px solid #ccc;padding:2px 6px}img{max-width:100%}.fail{color:" + PALETTE["warning"] + "}"
+         ".note{background:#fff8e0;padding:.5em}</style></head><body>",
          f"<h1>Reproduction report: {esc(study_name)}</h1>",
          f"<p>Paper: {esc(paper or 'none')}. Provenance: <a href='provenance.json'>provenance.json</a>.</p>"]
     if prov.get("model"):                             # external validation: say where the model came from and show its card
