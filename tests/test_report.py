@@ -460,6 +460,7 @@ def _progress_notebook(nbd):
     nbformat.write(n, nbd / "mu2021_00_train_score.ipynb")
 
 
+@pytest.mark.slow          # a papermill kernel and the finaliser: ~80 s each on 2 busy cores
 @pytest.mark.parametrize("shown", [True, False])
 def test_reproduce_shows_the_kernels_progress(tmp_path, monkeypatch, shown, tiny_petct):
     "While the training notebook runs, run_reproduction reads the kernel's progress file into its bar; off with PDL1_DLS_PROGRESS=0."
