@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .core import PDL1Error, atomic_path, write_json
+from .core import PDL1Error, atomic_path, progress, write_json
 from .manifest import Study, load_study
 from .training import load_model, manifest_train_settings, pipeline
 
@@ -54,9 +54,11 @@ def train_models(study: Study,  # the study (its manifest picks the pipeline)
     pipe, out = pipeline(study.modality), Path(out_dir)
     names = [m for m in pipe.paper_models if models is None or m in models]
     if not names: raise PDL1Error(f"no model among {models} (this pipeline trains {', '.join(pipe.paper_models)})")
-    for m in names:
-        pipe.train(study, out / "models" / m, seed=seed, quick=quick, device=device,
-                   skipped_out=out / "skipped" / f"training_{m}.csv", **{**pipe.paper_models[m], **kw})
+    with progress(total=len(names), desc="models", unit="model") as bar:   # models done of n (reproduce shows it too)
+        for m in names:
+            pipe.train(study, out / "models" / m, seed=seed, quick=quick, device=device,
+                       skipped_out=out / "skipped" / f"training_{m}.csv", **{**pipe.paper_models[m], **kw})
+            bar.update()
     return {m: out / "models" / m for m in names}
 
 # %% ../nbs/61_analysis.ipynb #e391d1b8

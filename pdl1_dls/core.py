@@ -22,9 +22,9 @@ from typing import Any, Iterable
 import numpy as np
 
 # %% auto #0
-__all__ = ['DEFAULT_SETTINGS', 'PDL1Error', 'look_up_option', 'find_settings_file', 'Settings', 'get_settings', 'data_dir',
-           'seed_everything', 'get_device', 'progress', 'atomic_write', 'atomic_path', 'atomic_dir', 'folder_lock',
-           'write_json', 'sha256']
+__all__ = ['DEFAULT_SETTINGS', 'PROGRESS_FILE_ENV', 'PROGRESS_FILE_EVERY', 'PDL1Error', 'look_up_option', 'find_settings_file',
+           'Settings', 'get_settings', 'data_dir', 'seed_everything', 'get_device', 'progress', 'atomic_write',
+           'atomic_path', 'atomic_dir', 'folder_lock', 'write_json', 'sha256']
 
 # %% ../nbs/00_core.ipynb #5d7dfb83
 class PDL1Error(ValueError):
@@ -186,12 +186,50 @@ def get_device(pref: str | None = None,  # "auto", "cpu", "cuda" or "cuda:N"; de
     return torch.device(pref)
 
 # %% ../nbs/00_core.ipynb #690c9bf0
+PROGRESS_FILE_ENV = "PDL1_DLS_PROGRESS_FILE"
+PROGRESS_FILE_EVERY = 0.5      # seconds between two writes of the file (a bar closing always writes)
+_OPEN_BARS: list = []          # bars of this process that mirror themselves to $PDL1_DLS_PROGRESS_FILE, outermost first
+
+def _write_bars(path: str, force: bool = False):
+    "Write the open bars' state to `path` (atomically; at most every `PROGRESS_FILE_EVERY` s unless forced)."
+    import time
+    now = time.monotonic()
+    if not force and now - _write_bars.last < PROGRESS_FILE_EVERY: return
+    _write_bars.last = now
+    state = {"bars": [dict(desc=b.desc or "", n=int(b.n), total=None if b.total is None else int(b.total), unit=b.unit)
+                      for b in _OPEN_BARS], "pid": os.getpid()}
+    tmp = f"{path}.{os.getpid()}.part"
+    try:
+        with open(tmp, "w") as f: json.dump(state, f)
+        os.replace(tmp, path)
+    except OSError: pass                       # progress is a courtesy: never fail the work over it
+_write_bars.last = 0.0
+
+def _mirrored(cls):
+    "A subclass of the tqdm class `cls` that writes the open bars to $PDL1_DLS_PROGRESS_FILE on each update and on close."
+    class Mirrored(cls):
+        _open, _write = _OPEN_BARS, staticmethod(_write_bars)    # held by the class: still there when __del__ runs at exit
+        def __init__(self, *a, **kw):
+            self._pfile = os.environ.get(PROGRESS_FILE_ENV)
+            super().__init__(*a, **kw)
+            if self._pfile: self._open.append(self); self._write(self._pfile, force=True)
+        def update(self, n=1):
+            r = super().update(n)
+            if self._pfile: self._write(self._pfile)
+            return r
+        def close(self):
+            if getattr(self, "_pfile", None) and any(b is self for b in self._open):   # by identity: tqdm's == compares positions
+                self._open[:] = [b for b in self._open if b is not self]; self._write(self._pfile, force=True)
+            return super().close()
+    return Mirrored
+
 def progress(it: Iterable | None = None, **kw):
-    "A `tqdm.auto` progress bar; disabled when `$PDL1_DLS_PROGRESS` is 0."
+    "A `tqdm.auto` progress bar; disabled when `$PDL1_DLS_PROGRESS` is 0; mirrored to `$PDL1_DLS_PROGRESS_FILE` when set."
     from tqdm.auto import tqdm
     kw.setdefault("disable", os.environ.get("PDL1_DLS_PROGRESS", "1") == "0")
     kw.setdefault("dynamic_ncols", True)
-    return tqdm(it, **kw)
+    if kw["disable"] or not os.environ.get(PROGRESS_FILE_ENV): return tqdm(it, **kw)
+    return _mirrored(tqdm)(it, **kw)
 
 # %% ../nbs/00_core.ipynb #32b1d579
 def _umask() -> int:

@@ -194,6 +194,20 @@ def _overlay(ax, base, cam, alpha, cmap, title):
     ax.imshow(base, cmap="gray"); ax.imshow(_resize2d(cam, base.shape), cmap=cmap, alpha=alpha, vmin=0, vmax=1)
     ax.set_title(title, fontsize=9); ax.axis("off")
 
+def _cam_colorbar(fig, axes, cmap, alpha):
+    "One colour bar (0-1, the heat maps' opacity) beside the Grad-CAM panels `axes`; return its Colorbar."
+    import matplotlib as mpl
+    sm = mpl.cm.ScalarMappable(norm=mpl.colors.Normalize(0, 1), cmap=cmap)
+    cb = fig.colorbar(sm, ax=list(axes), fraction=0.035, pad=0.02, alpha=alpha)
+    cb.set_label("Grad-CAM (per-image min-max)", fontsize=8); cb.ax.tick_params(labelsize=7)
+    return cb
+
+def _suptitle(fig, title, group):
+    "The figure title, in the palette's colour of `group` (e.g. 'high DLS') when given."
+    if not title: return
+    from pdl1_dls.plots import PALETTE
+    fig.suptitle(title, color=PALETTE.get(group, "black"))
+
 def plot_hyperimage_gradcam(hyper: np.ndarray,  # one hyper-image (3, H, W): PET, CT, fusion in [0, 1]
                             cam_pos: np.ndarray,  # positive-filter map (H, W) (or the layer's resolution) in [0, 1]
                             cam_neg: np.ndarray,  # negative-filter map, same shape
@@ -201,6 +215,7 @@ def plot_hyperimage_gradcam(hyper: np.ndarray,  # one hyper-image (3, H, W): PET
                             filters: dict | None = None,  # optional {label: 2-D activation map} for a second row
                             alpha: float = 0.45,  # opacity of the heat maps
                             cmap: str = "jet",  # colour map of the heat maps
+                            group: str | None = None,  # e.g. "high DLS": the title takes the group's `plots.PALETTE` colour
                            ):
     "Figure 2 A–D layout: CT, PET, fusion, negative and positive Grad-CAM over the CT (+ optional activation maps)."
     import matplotlib.pyplot as plt
@@ -219,8 +234,9 @@ def plot_hyperimage_gradcam(hyper: np.ndarray,  # one hyper-image (3, H, W): PET
         for ax, (lab, m) in zip(axes[1], filters.items()):
             ax.imshow(_resize2d(m, ct.shape), cmap="viridis"); ax.set_title(str(lab), fontsize=8); ax.axis("off")
         for ax in axes[1, nf:]: ax.axis("off")
-    if title: fig.suptitle(title)
+    _suptitle(fig, title, group)
     fig.tight_layout()
+    _cam_colorbar(fig, axes[0, 3:5], cmap, alpha)
     return fig
 
 def plot_activations(act: np.ndarray,  # one image's activations (C, h, w)
@@ -253,6 +269,7 @@ def plot_mri_gradcam(planes: np.ndarray,  # (S, P, H, W): S sequences × P plane
                      title: str | None = None,  # e.g. "high PD-L1"
                      alpha: float = 0.45,  # opacity of the heat maps
                      cmap: str = "jet",
+                     group: str | None = None,  # e.g. "high DLS": the title takes the group's `plots.PALETTE` colour
                     ):
     "Figure 4 layout (Ding 2025): rows = sequences, columns = planes, Grad-CAM over each plane."
     import matplotlib.pyplot as plt
@@ -267,8 +284,9 @@ def plot_mri_gradcam(planes: np.ndarray,  # (S, P, H, W): S sequences × P plane
     for i in range(S):
         for j in range(P):
             _overlay(axes[i, j], p[i, j], c[i, j], alpha, cmap, f"{sequences[i]} {plane_names[j]}")
-    if title: fig.suptitle(title)
+    _suptitle(fig, title, group)
     fig.tight_layout()
+    _cam_colorbar(fig, axes.ravel(), cmap, alpha)
     return fig
 
 # %% ../nbs/40_explain.ipynb #71f6ad52
@@ -361,6 +379,7 @@ def plot_feature_heatmap(result: ClusterResult,  # from `cluster_deep_features`
     import matplotlib
     import matplotlib.pyplot as plt
     import seaborn as sns
+    from pdl1_dls.plots import PALETTE
     from matplotlib.patches import Patch
     idc = result.id_column
     cl = result.clusters.set_index(idc)
@@ -374,7 +393,7 @@ def plot_feature_heatmap(result: ClusterResult,  # from `cluster_deep_features`
         levels = sorted(s.unique(), key=lambda t: (t == "missing", t))
         colours = {}
         for lv in levels:
-            if lv == "missing": colours[lv] = "#FFFFFF"
+            if lv == "missing": colours[lv] = PALETTE["missing"]
             else: colours[lv] = pal[(2 * used + used // 10) % 20]; used += 1
         bars[v] = s.map(colours)
         handles += [Patch(facecolor=colours[lv], edgecolor="0.5", label=f"{v}: {lv}") for lv in levels]

@@ -222,7 +222,7 @@ def plot_survival(view: SurvivalView,  # from `SurvivalExplorer.compute`
                   ax=None,  # matplotlib Axes; default a new figure
                   ci: bool = True,  # draw the CI bands
                  ):
-    "Kaplan-Meier curves with CI bands and the at-risk table of a survival view; returns the figure."
+    "Kaplan-Meier curves of a survival view drawn by `plots.plot_km` (its palette, CI bands, HR, at-risk table); returns the figure."
     import matplotlib.pyplot as plt
     from pdl1_dls.plots import plot_km
     if ax is None:
@@ -231,16 +231,9 @@ def plot_survival(view: SurvivalView,  # from `SurvivalExplorer.compute`
     fig = ax.figure
     d = view.data
     if len(d):
-        kp = plot_km(ax, d["time"], d["event"], d["group"], order=view.groups,
-                     times=view.at_risk.columns.to_numpy() if len(view.at_risk.columns) else None,
-                     xlabel="months", ylabel=ENDPOINTS[view.endpoint])
-        if ci:
-            for g, k in view.km.items():
-                tab = k.table
-                x = np.concatenate([[0.0], tab["time"].to_numpy()])
-                lo = np.concatenate([[1.0], tab["lower"].to_numpy()]); hi = np.concatenate([[1.0], tab["upper"].to_numpy()])
-                ax.fill_between(x, np.nan_to_num(lo), np.nan_to_num(hi, nan=1.0), step="post", alpha=0.15,
-                                color=kp.lines[g].get_color(), linewidth=0)
+        plot_km(ax, d["time"], d["event"], d["group"], order=view.groups,       # the figures' KM: palette, bands, HR, at risk
+                times=view.at_risk.columns.to_numpy() if len(view.at_risk.columns) else None,
+                xlabel="months", ylabel=ENDPOINTS[view.endpoint], ci=ci)
     else:
         ax.text(0.5, 0.5, "no patients", ha="center", va="center", transform=ax.transAxes)
     cut = f", cutoff {view.cutoff:.3f}" if view.cutoff is not None else ""
@@ -389,6 +382,7 @@ def survival_app(run_dir: str | os.PathLike | None = None,  # run folder; defaul
                 ):
     "The survival explorer as an ipywidgets box (cohort, endpoint, grouping, DLS-cutoff slider)."
     import ipywidgets as W
+    from pdl1_dls.plots import PALETTE
     sx = SurvivalExplorer(run_dir, manifest)
     dls = sx.table["dls"].dropna()
     cohort = W.Dropdown(options=sx.cohorts(sx.endpoint), value=sx.cohort, description="cohort")
@@ -413,7 +407,7 @@ def survival_app(run_dir: str | os.PathLike | None = None,  # run folder; defaul
         img.value = fig_png(plot_survival(v))
         warn = ""
         if sx.grouping == "dls" and abs(cutoff.value - sx.training_cutoff) > 1e-9:   # a cutoff picked after looking inflates false positives
-            warn = (f"<div class='pdl1-cutoff-warning' style='color:#b00'>This cutoff ({cutoff.value:.3f}) is not the training cutoff "
+            warn = (f"<div class='pdl1-cutoff-warning' style='color:{PALETTE['warning']}'>This cutoff ({cutoff.value:.3f}) is not the training cutoff "
                     f"({sx.training_cutoff:.3f}): a cutoff chosen after looking at the outcomes makes these p-values too small.</div>")
         stats.value = f"<div class='pdl1-hr-text'><b>{html.escape(v.summary())}</b></div>{warn}"
         hr = v.hr.rename(columns={"hr": "HR", "hr_lo": "95% CI low", "hr_hi": "95% CI high", "p": "Wald p"}).round(3)
@@ -443,6 +437,7 @@ def gradcam_app(run_dir: str | os.PathLike | None = None,  # run folder; default
                ):
     "The Grad-CAM explorer as an ipywidgets box (cohort, patient, slice, model, target class)."
     import ipywidgets as W
+    from pdl1_dls.plots import PALETTE
     gx = GradcamExplorer(run_dir, manifest)
     cs = gx.cohorts()
     cohort = W.Dropdown(options=cs, value=cs[0], description="cohort")
@@ -465,7 +460,8 @@ def gradcam_app(run_dir: str | os.PathLike | None = None,  # run folder; default
         d = gx.info(pid, model.value)
         ihc = f" ({d['ihc_name']} {d['ihc']:g})" if d["ihc"] is not None else ""
         info.value = (f"<div class='pdl1-info-text'><b>{html.escape(pid)}</b> — cohort {html.escape(str(d['cohort']))}; "
-                      f"DLS {d['dls']:.3f}; cutoff {d['cutoff']:.3f} → {d['group']}; IHC {html.escape(d['label_text'])}{ihc}; "
+                      f"DLS {d['dls']:.3f}; cutoff {d['cutoff']:.3f} → <span class='pdl1-group' style='color:{PALETTE.get(d['group'], 'inherit')}'>"
+                      f"{html.escape(d['group'])}</span>; IHC {html.escape(d['label_text'])}{ihc}; "
                       f"{html.escape(gx.slice_label(pid, sl.value, model.value))}</div>")
 
     def on_patient(_):

@@ -1,4 +1,4 @@
-"""Figures both papers draw the same way: the ROC curve with its DeLong CI in the legend, Kaplan-Meier curves with medians and the number at risk, box plots with the patients on top, calibration curves with Wilson CIs, a row of per-cohort panels, and saving a finished figure.
+"""Figures both papers draw the same way, in one palette: the ROC curve with its bootstrap band and the DeLong CI in the legend, Kaplan-Meier curves with medians and the number at risk, box plots with the patients on top, calibration curves with Wilson CIs, a row of per-cohort panels, and saving a finished figure.
 
 Docs: https://pdl1-dls.github.io/pdl1_dls/plots.html.md"""
 
@@ -7,66 +7,143 @@ Docs: https://pdl1-dls.github.io/pdl1_dls/plots.html.md"""
 # %% ../nbs/64_plots.ipynb #721755fa
 from __future__ import annotations
 
-from dataclasses import dataclass
+import warnings
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 
 from .report import save_figure
 
-from .stats.roc import auc_test, roc_curve
-from .stats.survival import at_risk, kaplan_meier
+from .stats.roc import auc_test, ci_se, roc_curve
+from .stats.survival import at_risk, cox, kaplan_meier, logrank
 
 # %% auto #0
-__all__ = ['plot_roc', 'KMPlot', 'plot_km', 'panels', 'finish', 'plot_box_strip', 'plot_calibration']
+__all__ = ['HIGH', 'LOW', 'GROUP_COLORS', 'PALETTE', 'group_colors', 'plot_roc', 'KMPlot', 'plot_km', 'panels', 'finish',
+           'plot_box_strip', 'plot_calibration']
+
+# %% ../nbs/64_plots.ipynb #e68da93a
+HIGH, LOW = "#d62728", "#1f77b4"          # matplotlib's tab:red and tab:blue (C3, C0)
+GROUP_COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf")
+PALETTE = {"high DLS": HIGH, "low DLS": LOW, "PD-L1 positive": HIGH, "PD-L1 negative": LOW, "PD-L1+": HIGH, "PD-L1-": LOW,
+           "DLS": HIGH, "reference": "#999999", "agrees": "#1a9850", "disagrees": "#d73027",
+           "published": "#000000", "missing": "#ffffff", "warning": "#bb0000"}
+
+def group_colors(groups) -> list:
+    "One colour per group: `PALETTE[group]` where the palette names it, else the next `GROUP_COLORS` entry not yet used."
+    groups = list(groups)
+    named = {g: PALETTE[g] for g in groups if isinstance(g, str) and g in PALETTE}
+    free = [c for c in GROUP_COLORS if c not in named.values()]
+    out, k = [], 0
+    for g in groups:
+        if g in named: out.append(named[g])
+        else: out.append(free[k % len(free)]); k += 1
+    return out
 
 # %% ../nbs/64_plots.ipynb #8a33c825
 def plot_roc(ax,  # matplotlib Axes
              y,  # 0/1 labels
              score,  # scores; higher = more likely positive
              label: str = "",  # legend label (the AUC and CI are appended)
-             level: float = 0.95,  # CI level
+             level: float = 0.95,  # CI level (legend and band)
              diagonal: bool = True,  # draw the chance line
+             band: bool = True,  # draw the bootstrap CI band of the sensitivity (`ci_se`)
+             n_boot: int = 1000,  # bootstrap replicates of the band
+             seed: int = 0,  # seed of the band's bootstrap
              **kw,  # passed to `ax.plot` (color, lw, ls, ...)
             ) -> dict:
-    "Draw an ROC curve with 'label AUC (CI)' in the legend; return its `auc_test` (CI and p NaN when undefined)."
+    "Draw an ROC curve (with its bootstrap band) and 'label AUC (CI)' in the legend; return its `auc_test` (CI and p NaN when undefined) and the band."
     a = auc_test(y, score, level)
     yy, s = np.asarray(y, dtype=float), np.asarray(score, dtype=float)
     ok = ~(np.isnan(yy) | np.isnan(s))
     c = roc_curve(yy[ok].astype(int), s[ok])
     ci = f" ({a['lo']:.2f}-{a['hi']:.2f})" if np.isfinite(a["lo"]) else ""
-    ax.plot(1 - c["specificity"], c["sensitivity"], label=f"{label} AUC {a['auc']:.2f}{ci}".strip(), **kw)
+    (ln,) = ax.plot(1 - c["specificity"], c["sensitivity"], label=f"{label} AUC {a['auc']:.2f}{ci}".strip(), **kw)
+    a["band"] = None
+    if band and np.isfinite(a["auc"]):
+        b = ci_se(yy[ok].astype(int), s[ok], n_boot=n_boot, seed=seed, level=level)
+        ax.fill_between(1 - b["specificity"], b["lo"], b["hi"], color=ln.get_color(), alpha=0.18, linewidth=0,
+                        gid=f"roc band {label}".strip())
+        a["band"] = b
     if diagonal and not getattr(ax, "_pdl1_diag", False):
-        ax.plot([0, 1], [0, 1], color="0.7", lw=0.8, ls="--"); ax._pdl1_diag = True
+        ax.plot([0, 1], [0, 1], color=PALETTE["reference"], lw=0.8, ls="--"); ax._pdl1_diag = True
     ax.set_xlabel("1 - specificity"); ax.set_ylabel("sensitivity")
     ax.set_xlim(-0.01, 1.01); ax.set_ylim(-0.01, 1.01); ax.set_aspect("equal")
     ax.legend(loc="lower right", fontsize=8)
     return a
 
-
 # %% ../nbs/64_plots.ipynb #3f627076
 @dataclass
 class KMPlot:
-    "What `plot_km` drew: per-group KM fits, medians with CIs, and the at-risk table."
+    "What `plot_km` drew: per-group KM fits, medians with CIs, the at-risk table, CI bands, HRs and the log-rank p."
     km: dict  # group -> `KM`
     medians: pd.DataFrame  # group, n, events, median, lo, hi
-    at_risk: pd.DataFrame  # groups x time points
+    at_risk: pd.DataFrame  # groups x time points (the x ticks)
     lines: dict  # group -> matplotlib Line2D
+    bands: dict = field(default_factory=dict)  # group -> the CI band's PolyCollection
+    hr: pd.DataFrame = field(default_factory=pd.DataFrame)  # group (vs `reference`) -> hr, hr_lo, hr_hi, p
+    logrank_p: float = float("nan")  # log-rank p across the groups (NaN when not testable)
+    reference: str | None = None  # the HR's reference group
+
+def _km_stats(t, e, g, levels, reference, level) -> tuple:
+    "(HR table of each group against `reference`, log-rank p, one-line notes) for the panel; NaN where not estimable."
+    from pdl1_dls.stats.roc import NonConvergenceWarning, SeparationWarning
+    hr, p, notes = pd.DataFrame(columns=["hr", "hr_lo", "hr_hi", "p"], dtype=float), np.nan, []
+    if len(levels) < 2: return hr, p, notes
+    try: p = logrank(t, e, g).p
+    except ValueError as ex: notes.append(f"log-rank: {ex}")
+    others = [l for l in levels if l != reference]
+    X = pd.DataFrame({str(l): (g == l).astype(float) for l in others}).assign(_t=t, _e=e)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", SeparationWarning); warnings.simplefilter("ignore", NonConvergenceWarning)
+            res = cox(X, "_t", "_e", [str(l) for l in others], level=level)
+        hr = res.table[["hr", "hr_lo", "hr_hi", "p"]].where(res.table["warning"] == "")
+        hr.index = pd.Index(others, name="group")
+        if res.warning: notes.append("HR not estimable (monotone likelihood)")
+    except ValueError as ex: notes.append(f"HR not estimable: {ex}")
+    return hr, p, notes
+
+def _km_panel_text(hr, p, reference, notes) -> str:
+    "HR (CI) of each group vs the reference and the log-rank p, one per line."
+    lines = []
+    for grp, r in hr.iterrows():
+        if np.isfinite(r["hr"]):
+            vs = "HR" if len(hr) == 1 else f"{grp} vs {reference}: HR"
+            lines.append(f"{vs} {r['hr']:.2f} ({r['hr_lo']:.2f}-{r['hr_hi']:.2f})")
+    if np.isfinite(p): lines.append(f"log-rank p = {p:.3g}" if p >= 0.001 else "log-rank p < 0.001")
+    return "\n".join(lines + [n for n in notes if n.startswith("HR not")])
+
+def _risk_table(ax, ar, levels, colors, fontsize=7, top=36, step=10):
+    "The at-risk numbers under the x ticks (offsets in points below the axes), one row per group labelled by its name."
+    kw = dict(textcoords="offset points", fontsize=fontsize, va="top", annotation_clip=False)
+    ax.annotate("Number at risk", (0, 0), xycoords="axes fraction", xytext=(0, -top), ha="left", fontweight="bold",
+                gid="at-risk header", **kw)
+    for j, (lev, col) in enumerate(zip(levels, colors)):
+        y = -top - step * (j + 1)
+        ax.annotate(str(lev), (0, 0), xycoords="axes fraction", xytext=(-14, y), ha="right", color=col, gid=f"at-risk label {lev}", **kw)
+        for tp, n in ar.loc[lev].items():
+            ax.annotate(str(int(n)), (tp, 0), xycoords=("data", "axes fraction"), xytext=(0, y), ha="center", color=col,
+                        gid=f"at-risk {lev}", **kw)
 
 def plot_km(ax,  # matplotlib Axes
             time,  # follow-up times
             event,  # 1 = event, 0 = censored
             group,  # group label per patient (e.g. "high DLS"/"low DLS")
             order: list | None = None,  # groups in legend order; default sorted
-            times=None,  # at-risk time points; default 6 points from 0 to the last time
+            times=None,  # at-risk time points (and x ticks); default the axis's own ticks
             risk_table: bool = True,  # print the at-risk numbers under the axes
-            colors: list | None = None,  # one colour per group
+            colors: list | None = None,  # one colour per group; default `group_colors(order)` (the palette)
             xlabel: str = "months",  # x-axis label
             ylabel: str = "survival probability",  # y-axis label
             censor_marks: bool = True,  # '+' at censored times
-            conf_type: str = "log",  # CI of the medians: "log" (R's default), "log-log" or "plain" (SPSS's symmetric one)
+            conf_type: str = "log",  # CI of the bands and medians: "log" (R's default), "log-log" or "plain" (SPSS's symmetric one)
+            ci: bool = True,  # draw each curve's pointwise CI band
+            stats: bool = True,  # write the Cox HR (CI) against `reference` and the log-rank p in the panel
+            reference: str | None = None,  # HR reference group; default "low DLS" when present, else the first group
+            level: float = 0.95,  # CI level
            ) -> KMPlot:
-    "Kaplan-Meier curves per group with medians and the number at risk, returned as data."
+    "Kaplan-Meier curves per group with CI bands, censor marks, HR and log-rank p in the panel and the number at risk under the ticks, returned as data."
     t, e = np.asarray(time, dtype=float), np.asarray(event, dtype=float)
     g = np.asarray(pd.Series(group).astype(object))
     if not (len(t) == len(e) == len(g)): raise ValueError(f"mismatched lengths: time {len(t)}, event {len(e)}, group {len(g)}")
@@ -75,34 +152,45 @@ def plot_km(ax,  # matplotlib Axes
     if len(t) == 0: raise ValueError("no patient with time, event and group")
     levels = list(order) if order is not None else sorted(pd.unique(g), key=str)
     levels = [l for l in levels if (g == l).any()]
-    times = np.linspace(0, t.max(), 6) if times is None else np.asarray(times, dtype=float)
-    kms, lines, rows = {}, {}, []
-    for i, lev in enumerate(levels):
+    cols = list(colors)[:len(levels)] if colors else group_colors(levels)
+    kms, lines, bands, rows = {}, {}, {}, []
+    for lev, col in zip(levels, cols):
         m = g == lev
-        k = kaplan_meier(t[m], e[m], conf_type=conf_type)
+        with np.errstate(invalid="ignore", divide="ignore"):       # a curve that reaches 0 has no log-CI there
+            k = kaplan_meier(t[m], e[m], level=level, conf_type=conf_type)
         kms[lev] = k
         tab = k.table
         x = np.concatenate([[0.0], tab["time"].to_numpy()])
         ys = np.concatenate([[1.0], tab["surv"].to_numpy()])
-        col = colors[i] if colors else f"C{i}"
         med = "NR" if np.isinf(k.median) else f"{k.median:.1f}"
         (ln,) = ax.step(x, ys, where="post", color=col, label=f"{lev} (n={k.n}, median {med})")
         lines[lev] = ln
+        if ci:
+            lo = np.nan_to_num(np.concatenate([[1.0], tab["lower"].to_numpy()]))
+            hi = np.nan_to_num(np.concatenate([[1.0], tab["upper"].to_numpy()]), nan=1.0)
+            bands[lev] = ax.fill_between(x, lo, hi, step="post", color=col, alpha=0.15, linewidth=0, gid=f"km band {lev}")
         if censor_marks:
             cz = tab[tab["n_censor"] > 0]
             ax.plot(cz["time"], cz["surv"], "+", color=col, ms=6)
         rows.append(dict(group=lev, n=k.n, events=k.events, median=k.median, lo=k.lo, hi=k.hi))
+    ax.set_ylim(0, 1.02)
+    if times is None:
+        ax.set_xlim(0, t.max() * 1.02 if t.max() > 0 else 1)
+        tk = np.asarray(ax.get_xticks(), dtype=float)
+        times = tk[(tk >= 0) & (tk <= ax.get_xlim()[1] + 1e-9)]
+    else:
+        times = np.asarray(times, dtype=float)
+        ax.set_xlim(0, times.max() * 1.02 if times.max() > 0 else 1)
+    ax.set_xticks(times)
     ar = at_risk(t, g, times).reindex(levels)
-    ax.set_ylim(0, 1.02); ax.set_xlim(0, times.max() * 1.02 if times.max() > 0 else 1)
     ax.set_xlabel(xlabel); ax.set_ylabel(ylabel); ax.legend(loc="upper right", fontsize=8)
-    if risk_table:
-        trans = ax.get_xaxis_transform()
-        ax.text(0, -0.22, "at risk", transform=trans, fontsize=7, ha="right", va="top")
-        for j, lev in enumerate(levels):
-            for p, n in zip(times, ar.loc[lev]):
-                ax.text(p, -0.22 - 0.07 * (j + 1), str(int(n)), transform=trans, fontsize=7, ha="center", va="top",
-                        color=lines[lev].get_color())
-    return KMPlot(kms, pd.DataFrame(rows), ar, lines)
+    ref = reference if reference is not None else ("low DLS" if "low DLS" in levels else levels[0])
+    hr, p, notes = _km_stats(t, e, g, levels, ref, level) if stats else (pd.DataFrame(), np.nan, [])
+    if stats and len(levels) > 1:
+        ax.text(0.03, 0.03, _km_panel_text(hr, p, ref, notes), transform=ax.transAxes, fontsize=8, va="bottom", ha="left",
+                gid="km stats", bbox=dict(facecolor="white", edgecolor="none", alpha=0.8, pad=1.5))
+    if risk_table: _risk_table(ax, ar, levels, cols)
+    return KMPlot(kms, pd.DataFrame(rows), ar, lines, bands, hr, p, ref)
 
 # %% ../nbs/64_plots.ipynb #e700bf1c
 def panels(n: int,  # number of panels (at least one is made)
@@ -146,9 +234,9 @@ def plot_box_strip(ax,  # matplotlib Axes
     ax.set_xticks(range(1, len(vals) + 1), labels, fontsize=fontsize)
     if points:
         rng = np.random.default_rng(seed)
-        for i, v in enumerate(vals):
-            ax.scatter(np.full(len(v), i + 1) + rng.uniform(-jitter, jitter, len(v)), v, s=8, alpha=0.6, color=f"C{i}")
-    if hline is not None: ax.axhline(hline, color="0.5", ls=":", lw=1)
+        for i, (v, col) in enumerate(zip(vals, group_colors(labels))):
+            ax.scatter(np.full(len(v), i + 1) + rng.uniform(-jitter, jitter, len(v)), v, s=8, alpha=0.6, color=col)
+    if hline is not None: ax.axhline(hline, color=PALETTE["reference"], ls=":", lw=1)
     return ax
 
 # %% ../nbs/64_plots.ipynb #c61c6d70
@@ -162,6 +250,6 @@ def plot_calibration(ax,  # matplotlib Axes
     eb = ax.errorbar(table["mean_predicted"], table["observed"],
                      yerr=[table["observed"] - table["observed_lo"], table["observed_hi"] - table["observed"]], **kw)
     if diagonal and not getattr(ax, "_pdl1_diag", False):
-        ax.plot([0, 1], [0, 1], color="0.6", lw=0.8, ls=":"); ax._pdl1_diag = True
+        ax.plot([0, 1], [0, 1], color=PALETTE["reference"], lw=0.8, ls=":"); ax._pdl1_diag = True
     ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="predicted probability", ylabel="observed proportion")
     return eb

@@ -7,6 +7,7 @@ Docs: https://pdl1-dls.github.io/pdl1_dls/report.html.md"""
 # %% ../nbs/60_report.ipynb #d883384e
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import html
 import importlib.metadata as _md
@@ -438,7 +439,6 @@ def finalize_comparisons(out_dir: str | os.PathLike,  # the run folder
 _KIND_TITLE = {"count": "counts", "p": "p values (log scale; dotted: 0.05)", "proportion": "proportions",
                "auc": "AUC, C-index, ICC", "score": "DLS values", "difference": "differences between HRs",
                "correlation": "correlations and coefficients", "hr": "hazard ratios (log scale)", "value": "other values"}
-_AGREE_COLOUR = {True: "#1a9850", False: "#d73027"}
 
 def _slug(s: str) -> str: return re.sub(r"[^a-z0-9]+", "_", str(s).lower()).strip("_")[:60] or "other"
 
@@ -448,6 +448,8 @@ def forest_figure(rows: pd.DataFrame,  # comparison rows of one section (`compar
     "A forest-style matplotlib Figure: published point and CI above the reproduced one, one panel per kind."
     from matplotlib.figure import Figure
     from matplotlib.lines import Line2D
+    from pdl1_dls.plots import PALETTE                   # imported here: plots imports this module
+    agree_colour = {True: PALETTE["agrees"], False: PALETTE["disagrees"]}
     kinds = list(dict.fromkeys(rows["kind"].fillna("value")))
     groups = [rows[rows["kind"].fillna("value") == k] for k in kinds]
     hts = [0.22 * len(g) + 0.6 for g in groups]
@@ -466,23 +468,23 @@ def forest_figure(rows: pd.DataFrame,  # comparison rows of one section (`compar
         pe[:, (g["published_interval"].fillna("").astype(str) == "iqr").to_numpy()] = 0    # an IQR is not drawn as a CI
         bnd = g["published_bound"].fillna("").astype(str).isin(["<", "<="]).to_numpy()
         for sel, marker in ((~bnd, "s"), (bnd, "<")):              # a printed bound (p<0.001) as a left-pointing marker
-            if sel.any(): ax.errorbar(pv[sel], y[sel] + 0.18, xerr=pe[:, sel], fmt=marker, ms=3.5, color="black", lw=1)
+            if sel.any(): ax.errorbar(pv[sel], y[sel] + 0.18, xerr=pe[:, sel], fmt=marker, ms=3.5, color=PALETTE["published"], lw=1)
         rv, rerr = pts(g["reproduced"], g["reproduced_lo"], g["reproduced_hi"])
         ag = g["agrees"].to_numpy(object)
-        for a, colour in _AGREE_COLOUR.items():
+        for a, colour in agree_colour.items():
             sel = np.array([x is a for x in ag]) & np.isfinite(rv)
             if sel.any(): ax.errorbar(rv[sel], y[sel] - 0.18, xerr=rerr[:, sel], fmt="o", ms=3.5, color=colour, lw=1)
         labels = [f"{kk}" + ("" if np.isfinite(v) else "  (not reproduced)") for kk, v in zip(g["key"], rv)]
         ax.set_yticks(y, labels, fontsize=7)
         ax.set_ylim(-0.7, len(g) - 0.3)
         if log and (np.isfinite(pv).any() or np.isfinite(rv).any()): ax.set_xscale("log")
-        if k == "p": ax.axvline(0.05, ls=":", color="grey", lw=1)
+        if k == "p": ax.axvline(0.05, ls=":", color=PALETTE["reference"], lw=1)
         ax.set_title(_KIND_TITLE.get(k, k), fontsize=8, loc="left")
         ax.tick_params(axis="x", labelsize=7); ax.grid(axis="x", alpha=0.3)
-    handles = [Line2D([], [], marker="s", ls="", color="black", label="published (95 % CI)"),
-               Line2D([], [], marker="<", ls="", color="black", label="published bound (p<...)"),
-               Line2D([], [], marker="o", ls="", color=_AGREE_COLOUR[True], label="reproduced, agrees"),
-               Line2D([], [], marker="o", ls="", color=_AGREE_COLOUR[False], label="reproduced, does not agree")]
+    handles = [Line2D([], [], marker="s", ls="", color=PALETTE["published"], label="published (95 % CI)"),
+               Line2D([], [], marker="<", ls="", color=PALETTE["published"], label="published bound (p<...)"),
+               Line2D([], [], marker="o", ls="", color=agree_colour[True], label="reproduced, agrees"),
+               Line2D([], [], marker="o", ls="", color=agree_colour[False], label="reproduced, does not agree")]
     fig.legend(handles=handles, loc="outside lower center", ncol=4, fontsize=7, frameon=False)
     if title: fig.suptitle(title, fontsize=10)
     return fig
@@ -587,6 +589,41 @@ def _merge_comparisons(out: Path, parts: list[Path]):
         cur = new if cur is None or not len(cur) else pd.concat([cur[~cur["key"].isin(new["key"])], new], ignore_index=True)
     if cur is not None: _write_cmp(cur, p)
 
+# %% ../nbs/60_report.ipynb #39c38291
+def _bars_text(state: dict) -> str:
+    "One line from a progress file's state: 'models 1/3 · train pet seed 0 12/60 epoch'."
+    parts = []
+    for b in state.get("bars", []):
+        tot = f"/{b['total']}" if b.get("total") else ""
+        parts.append(f"{b.get('desc') or ''} {b.get('n', 0)}{tot} {b.get('unit') or ''}".strip())
+    return " · ".join(p for p in parts if p)
+
+@contextlib.contextmanager
+def _inner_progress(bar,  # the runner's tqdm bar (its postfix shows the kernel's bars)
+                    path: Path,  # the progress file the kernel writes
+                    every: float = 0.5,  # seconds between looks
+                   ):
+    "While the block runs, $PDL1_DLS_PROGRESS_FILE=path for the kernel and its bars shown in `bar`'s postfix; no-op when the bar is disabled."
+    import threading
+    from pdl1_dls.core import PROGRESS_FILE_ENV
+    if getattr(bar, "disable", True): yield; return
+    old = os.environ.get(PROGRESS_FILE_ENV)
+    os.environ[PROGRESS_FILE_ENV] = str(path)
+    stop = threading.Event()
+    def watch():
+        seen = None
+        while not stop.wait(every):
+            try: txt = _bars_text(json.loads(path.read_text()))
+            except (OSError, ValueError): continue
+            if txt != seen: seen = txt; bar.set_postfix_str(txt)
+    th = threading.Thread(target=watch, daemon=True, name="pdl1-inner-progress"); th.start()
+    try: yield
+    finally:
+        stop.set(); th.join()
+        if old is None: os.environ.pop(PROGRESS_FILE_ENV, None)
+        else: os.environ[PROGRESS_FILE_ENV] = old
+        path.unlink(missing_ok=True); bar.set_postfix_str("")
+
 # %% ../nbs/60_report.ipynb #284c09c8
 def notebooks_dir() -> Path:
     "Folder of the reproduction notebooks (inside the installed package)."
@@ -625,18 +662,19 @@ def run_reproduction(manifest: str | os.PathLike,  # study manifest
     manifest = Path(manifest).resolve()
     study = load_study(manifest)                      # generates a declared synthetic study, validates
     out = Path(out_dir).resolve()
+    bundles = None
     if model is not None:                             # never write into (or under) a bundle that is applied
         from pdl1_dls.analysis import external_bundles
-        if any(out == Path(b).resolve() or Path(b).resolve() in out.parents for b in external_bundles(model).values()):
+        bundles = external_bundles(model)
+        if any(out == Path(b).resolve() or Path(b).resolve() in out.parents for b in bundles.values()):
             raise PDL1Error("--out is inside the model bundle: choose another folder", file=out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "notebooks").mkdir(exist_ok=True)
     nbs = list_notebooks(study.paper, only)
     if not nbs: raise PDL1Error(f"no reproduction notebooks for paper {study.paper!r}", file=manifest)
     applied = None
-    if model is not None:                             # external validation: the frozen bundles score the study; nothing trains
-        from pdl1_dls.analysis import apply_models, external_bundles
-        bundles = external_bundles(model)
+    if bundles is not None:                           # external validation: the frozen bundles score the study; nothing trains
+        from pdl1_dls.analysis import apply_models
         if (out / "models").exists(): raise PDL1Error("holds trained models: external validation needs its own --out", file=out / "models")
         apply_models(study, bundles, out, trained_here=False)
         applied = {k: str(Path(v).resolve()) for k, v in bundles.items()}
@@ -649,8 +687,10 @@ def run_reproduction(manifest: str | os.PathLike,  # study manifest
     done = {}
     train = [i for i, nb in enumerate(nbs) if nb.stem.endswith("_train_score")]
     serial = nbs if workers is None and scheduler is None else nbs[:train[-1] + 1] if train else []
-    for nb in progress(serial, desc="reproduce", unit="notebook"):
-        done[nb.stem] = _run_notebook(nb, out, params, kernel_name)
+    bar = progress(serial, desc="reproduce", unit="notebook")
+    for nb in bar:
+        with _inner_progress(bar, out / "progress.json"):    # the kernel's bars (model k of n, epoch e of E) in this bar
+            done[nb.stem] = _run_notebook(nb, out, params, kernel_name)
         if done[nb.stem]["error"]: log(f"notebook {nb.stem} failed: {done[nb.stem]['error']}")
     rest = [nb for nb in nbs if nb.stem not in done]
     if rest:                                            # independent of each other: one Dask task each
@@ -740,12 +780,18 @@ def _cohort_text(cs: pd.DataFrame | None, synthetic: bool | None) -> str:
         if len(gone): out.append(f"Absent from this study: {', '.join(gone['paper_cohort'].astype(str))} (their numbers are not reproduced).")
     return " ".join(out)
 
+def _primary_bundle(out: Path, models: dict) -> str:
+    "The bundle that gave the DLS and its cutoff: `primary` in scores.json (written by `analysis.apply_models`), else the first applied."
+    try: return json.loads((out / "scores.json").read_text())["primary"]
+    except (OSError, ValueError, KeyError): return next(iter(models.values()))
+
 def write_index(out_dir: str | os.PathLike,  # the run folder
                 study_name: str = "", paper: str = "",
                 status: list | None = None,  # the runner's notebook status
                 synthetic: bool | None = None,  # the study is synthetic (default: provenance.json's `synthetic`)
                ) -> Path:
     "Write `index.html` and `index.md` for a run folder; return the HTML path."
+    from pdl1_dls.plots import PALETTE                   # imported here: plots imports this module
     out = Path(out_dir)
     status = status or []
     prov = {}
@@ -763,16 +809,12 @@ def write_index(out_dir: str | os.PathLike,  # the run folder
     md = [f"# Reproduction report: {study_name}", "", f"Paper: {paper or 'none'}. Provenance: `provenance.json`.", ""]
     h = [f"<!doctype html><html><head><meta charset='utf-8'><title>pdl1_dls report: {esc(study_name)}</title>",
          "<style>body{font-family:sans-serif;max-width:1100px;margin:auto;padding:1em}table{border-collapse:collapse;font-size:13px}"
-         "td,th{border:1px solid #ccc;padding:2px 6px}img{max-width:100%}.fail{color:#b00}.note{background:#fff8e0;padding:.5em}</style></head><body>",
+         "td,th{border:1px solid #ccc;padding:2px 6px}img{max-width:100%}.fail{color:" + PALETTE["warning"] + "}"
+         ".note{background:#fff8e0;padding:.5em}</style></head><body>",
          f"<h1>Reproduction report: {esc(study_name)}</h1>",
          f"<p>Paper: {esc(paper or 'none')}. Provenance: <a href='provenance.json'>provenance.json</a>.</p>"]
     if prov.get("model"):                             # external validation: say where the model came from and show its card
-        from pdl1_dls.training import read_bundle
-        prim = next(iter(prov["model"].values()))
-        for b in prov["model"].values():
-            try:
-                if read_bundle(b, verify=False).get("score") == "dls": prim = b
-            except Exception: pass
+        prim = _primary_bundle(out, prov["model"])
         card = (Path(prim) / "MODEL_CARD.md").read_text() if (Path(prim) / "MODEL_CARD.md").is_file() else "(no model card)"
         names = ", ".join(f"{k}: {v}" for k, v in prov["model"].items())
         md += ["## External validation", "", f"Frozen model(s) applied, nothing trained or refitted: {names}.", "", card, ""]

@@ -390,3 +390,56 @@ def test_docs_pages_load_and_show_figures(browser, docs_site):
         srv.shutdown()
     assert "Quick start" in open(site / "index.html").read() and "make demo" in open(site / "index.html").read()
     assert seen.get("71_explore.html", 0) >= 1          # the executed explore page shows its KM figure
+
+
+# ---------------------------------------------------------------- report figures
+
+def _report_run(out: Path) -> dict:
+    "A run folder with the paper figures' KM and ROC (drawn by pdl1_dls.plots and saved as the notebooks save them) and its index."
+    import matplotlib
+    matplotlib.use("Agg")
+    import numpy as np
+    from pdl1_dls.plots import PALETTE, finish, panels, plot_km, plot_roc
+    from pdl1_dls.report import write_index
+    rng = np.random.default_rng(1)
+    n = 80
+    grp = np.where(rng.random(n) < 0.5, "high DLS", "low DLS")
+    tt = rng.exponential(np.where(grp == "high DLS", 20, 8)); cc = rng.exponential(25, n)
+    fig, ax = panels(1, width=5.6, height=4.8)
+    kp = plot_km(ax[0], np.minimum(tt, cc), (tt <= cc).astype(int), grp, order=["high DLS", "low DLS"], xlabel="PFS (months)")
+    km = finish(fig, "fig4_km_pfs", out, title="PFS by DLS group")
+    y = rng.integers(0, 2, 120); s = y + rng.normal(0, 1.1, 120)
+    fig, ax = panels(1, width=4.6, height=4.6)
+    roc = plot_roc(ax[0], y, s, "DLS", color=PALETTE["DLS"])
+    roc_png = finish(fig, "fig3_roc", out, title="ROC of the DLS (95 % bootstrap band)")
+    index = write_index(out, study_name="browser check", paper="mu2021")
+    return dict(km=km, roc=roc_png, index=index, at_risk=kp.at_risk, auc=roc)
+
+
+def test_report_and_figure_pages_in_a_browser(browser, tmp_path):
+    "The KM figure, the ROC figure and the report index open in chromium (no console error, images decoded); screenshots kept."
+    r = _report_run(tmp_path / "run")
+    drv = browser
+    drv.get("about:blank"); _errors(drv)
+    shots = {}
+    for name, png in (("report_km_figure", r["km"]), ("report_roc_figure", r["roc"])):
+        drv.get(png.as_uri())
+        size = _wait(lambda: drv.execute_script("const i=document.images[0]; return i && i.complete && i.naturalWidth > 0 ? "
+                                                "[i.naturalWidth, i.naturalHeight] : null;"), 30, f"{png.name} to decode")
+        assert size[0] > 400 and size[1] > 400
+        drv.save_screenshot(str(ART / f"{name}.png")); shots[name] = size
+    drv.get(r["index"].as_uri())
+    _wait(lambda: drv.execute_script("return document.readyState") == "complete", 30, "the index to load")
+    imgs = drv.execute_script("return Array.from(document.images).map(i => [i.getAttribute('src'), i.complete && i.naturalWidth > 0]);")
+    assert sorted(imgs) == [["figures/fig3_roc.png", True], ["figures/fig4_km_pfs.png", True]]
+    assert not _errors(drv)
+    heads = drv.execute_script("return Array.from(document.querySelectorAll('h2')).map(h => h.innerText);")
+    assert "Figure: fig4_km_pfs" in heads and "Figure: fig3_roc" in heads
+    for _ in range(3):                                   # the whole page in one screenshot: grow the window to the page
+        h = drv.execute_script("return document.documentElement.scrollHeight;")
+        if drv.execute_script("return window.innerHeight;") >= h: break
+        drv.set_window_size(1280, h + (drv.get_window_size()["height"] - drv.execute_script("return window.innerHeight;")) + 20)
+    drv.save_screenshot(str(ART / "report_index.png"))
+    drv.set_window_size(1280, 1400)
+    for f in ("report_km_figure", "report_roc_figure", "report_index"):
+        assert (ART / f"{f}.png").stat().st_size > 10_000

@@ -330,16 +330,17 @@ def test_figures(net):
     cp, cn = gradcam(net, x, 1), gradcam(net, x, 0)
     a4 = activation_maps(net, x, ["layer4"])["layer4"]
     f = plot_hyperimage_gradcam(x[0].numpy(), cp[0], cn[0], "t", filters={"f1": a4[0, 1], "f2": a4[0, 2]})
-    assert len(f.axes) == 10 and [a.get_title() for a in f.axes[:5]] == ["CT", "PET", "fusion", "negative filter", "positive filter"]
+    assert len(f.axes) == 11 and [a.get_title() for a in f.axes[:5]] == ["CT", "PET", "fusion", "negative filter", "positive filter"]
+    assert [a.get_label() for a in f.axes].count("<colorbar>") == 1                # 10 panels + the heat maps' colour bar
     plt.close(f)
     f = plot_hyperimage_gradcam(x[0].numpy(), gradcam(net, x, 1, upsample=False)[0], cn[0])   # 4×4 maps are resized
-    assert len(f.axes) == 5; plt.close(f)
+    assert len(f.axes) == 6 and f.axes[-1].get_label() == "<colorbar>"; plt.close(f)
     with pytest.raises(ValueError, match="PET, CT, fusion"): plot_hyperimage_gradcam(x[0, :1].numpy(), cp[0], cn[0])
     f = plot_activations(a4[0], k=5, image=x[0, 1].numpy())
     assert sum(a.get_title().startswith("filter") for a in f.axes) == 5; plt.close(f)
     planes = np.random.default_rng(0).random((3, 3, 32, 32))
     f = plot_mri_gradcam(planes, np.random.default_rng(1).random((3, 32, 32)), title="high")
-    assert len(f.axes) == 9 and f.axes[5].get_title() == "T2WI sagittal"; plt.close(f)
+    assert len(f.axes) == 10 and f.axes[5].get_title() == "T2WI sagittal" and f.axes[-1].get_label() == "<colorbar>"; plt.close(f)
     with pytest.raises(ValueError, match="do not match"): plot_mri_gradcam(planes, np.zeros((2, 32, 32)))
 
 

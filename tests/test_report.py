@@ -368,3 +368,117 @@ def test_new_transcriptions_match_the_papers(seeds_dir):
     dtext = (seeds_dir / "003_14c2849015109ffe.txt").read_text()
     assert "external validation cohort of 197 patients" in dtext and ding["n_text.external"]["value"] == 197
     assert ding["table1_n.external"]["value"] == 134 and "flag" in ding["n_text.external"]
+
+
+# ---- review fixes: one look-up of the bundles, the primary bundle from scores.json ----
+
+@pytest.fixture(scope="module")
+def tiny_petct(tmp_path_factory):
+    "A tiny synthetic PET/CT manifest, made once for the runner tests below."
+    from pdl1_dls.synth import make_petct_study
+    return make_petct_study(tmp_path_factory.mktemp("tiny") / "study", scale="tiny", seed=0)
+
+
+def test_run_reproduction_looks_the_bundles_up_once(tmp_path, monkeypatch, tiny_petct):
+    "External validation: `analysis.external_bundles` is called once (the inside-the-bundle check and the scoring share it)."
+    import pdl1_dls.analysis as an
+    import pdl1_dls.report as rp
+    man = tiny_petct
+    calls, bundle = [], tmp_path / "bundle"
+    class Scored(Exception): pass
+    def fake_bundles(path):
+        calls.append(Path(path)); return {"hyper": bundle}
+    def fake_apply(study, bundles, out, trained_here=True):
+        assert bundles == {"hyper": bundle} and trained_here is False
+        raise Scored
+    monkeypatch.setattr(an, "external_bundles", fake_bundles)
+    monkeypatch.setattr(an, "apply_models", fake_apply)
+    with pytest.raises(Scored):
+        rp.run_reproduction(man, tmp_path / "run", seed=0, n_boot=10, quick=True, model=bundle, log=lambda *a: None)
+    assert calls == [bundle]
+    with pytest.raises(pdl1_dls.core.PDL1Error, match="inside the model bundle"):   # the check still uses them
+        rp.run_reproduction(man, bundle / "out", seed=0, n_boot=10, quick=True, model=bundle, log=lambda *a: None)
+    assert len(calls) == 2
+
+
+def test_index_shows_the_card_of_the_primary_bundle_from_scores_json(tmp_path):
+    "write_index names the bundle that gave the DLS from scores.json's `primary` (what apply_models used), not by guessing."
+    out = tmp_path / "run"; out.mkdir()
+    a, b = tmp_path / "a_pet", tmp_path / "b_hyper"
+    for p, txt in ((a, "CARD OF THE PET-ONLY MODEL"), (b, "CARD OF THE HYPER-IMAGE DLS MODEL")):
+        p.mkdir(); (p / "MODEL_CARD.md").write_text(txt)
+    (out / "provenance.json").write_text(json.dumps({"model": {"pet": str(a), "hyper": str(b)}}))
+    (out / "scores.json").write_text(json.dumps({"primary": str(b), "models": {"dls_pet": str(a), "dls": str(b)}}))
+    html_ = write_index(out, study_name="x", paper="mu2021").read_text()
+    assert "CARD OF THE HYPER-IMAGE DLS MODEL" in html_ and "CARD OF THE PET-ONLY MODEL" not in html_
+    (out / "scores.json").write_text(json.dumps({"primary": str(a)}))
+    assert "CARD OF THE PET-ONLY MODEL" in write_index(out, study_name="x", paper="mu2021").read_text()
+
+
+# ---- what the notebook's kernel is doing, shown by reproduce ----
+
+def test_training_reports_model_and_epoch_progress(tmp_path, monkeypatch):
+    "train_models and the shared training loop write 'models k/n' and 'epoch e/E' to $PDL1_DLS_PROGRESS_FILE while they run."
+    from types import SimpleNamespace
+    import torch
+    import pdl1_dls.analysis as an
+    import pdl1_dls.core as core
+    from pdl1_dls.training import EarlyStopping, fit_epochs
+    f = tmp_path / "progress.json"
+    monkeypatch.setenv("PDL1_DLS_PROGRESS", "1"); monkeypatch.setenv(core.PROGRESS_FILE_ENV, str(f))
+    monkeypatch.setattr(core, "PROGRESS_FILE_EVERY", 0.0)
+    seen = []
+    class Pipe:
+        paper_models = {"hyper": {}, "pet": {}}
+        def train(self, study, out, **kw):
+            net = torch.nn.Linear(2, 1)
+            fit_epochs(net, lambda e: {"train_loss": 1.0}, lambda e: ((0.5,), {"inner_auc": 0.5}), EarlyStopping(10), 3,
+                       on_epoch_end=lambda ep, row: seen.append(json.loads(f.read_text())["bars"]), desc=f"train {out.name}")
+    monkeypatch.setattr(an, "pipeline", lambda modality: Pipe())
+    an.train_models(SimpleNamespace(modality="petct"), tmp_path / "run", seed=0, quick=True)
+    got = [[(b["desc"], b["n"], b["total"], b["unit"]) for b in s] for s in seen]
+    assert got == [[("models", k, 2, "model"), (f"train {m}", e, 3, "epoch")] for k, m in enumerate(("hyper", "pet")) for e in (1, 2, 3)]
+    assert json.loads(f.read_text())["bars"] == []                     # every bar closed
+    assert pdl1_dls.report._bars_text({"bars": [dict(desc="models", n=1, total=2, unit="model"),
+                                                dict(desc="train pet", n=12, total=60, unit="epoch")]}) == \
+        "models 1/2 model · train pet 12/60 epoch"
+
+
+def _progress_notebook(nbd):
+    import nbformat
+    n = nbformat.v4.new_notebook()
+    p = nbformat.v4.new_code_cell("manifest = out_dir = None\nseed = n_boot = 0\nquick = True"); p.metadata["tags"] = ["parameters"]
+    body = ("import os, time, json\nfrom pathlib import Path\nfrom pdl1_dls.core import progress\n"
+            "pf = os.environ.get('PDL1_DLS_PROGRESS_FILE')\n"
+            "json.dump({'progress_file': pf}, open(Path(out_dir) / 'kernel_env.json', 'w'))\n"
+            "with progress(total=2, desc='models', unit='model') as m:\n"
+            "    for k in range(2):\n"
+            "        with progress(total=2, desc=f'train m{k}', unit='epoch') as b:\n"
+            "            for e in range(2): time.sleep(1.2); b.update()\n"
+            "        m.update()\n")
+    n.cells = [p, nbformat.v4.new_code_cell(body)]
+    nbformat.write(n, nbd / "mu2021_00_train_score.ipynb")
+
+
+@pytest.mark.slow          # a papermill kernel and the finaliser: ~80 s each on 2 busy cores
+@pytest.mark.parametrize("shown", [True, False])
+def test_reproduce_shows_the_kernels_progress(tmp_path, monkeypatch, shown, tiny_petct):
+    "While the training notebook runs, run_reproduction reads the kernel's progress file into its bar; off with PDL1_DLS_PROGRESS=0."
+    import pdl1_dls.report as rp
+    nbd = tmp_path / "nbs"; nbd.mkdir()
+    _progress_notebook(nbd)
+    monkeypatch.setattr(rp, "notebooks_dir", lambda: nbd)
+    monkeypatch.setenv("PDL1_DLS_PROGRESS", "1" if shown else "0")
+    monkeypatch.delenv("PDL1_DLS_PROGRESS_FILE", raising=False)
+    texts = []
+    real = rp._bars_text
+    monkeypatch.setattr(rp, "_bars_text", lambda state: texts.append(real(state)) or texts[-1])
+    res = rp.run_reproduction(tiny_petct, tmp_path / "run", seed=0, n_boot=10, quick=True, log=lambda *a: None)
+    assert res["notebooks"][0]["ok"], res["notebooks"]
+    env = json.loads((tmp_path / "run" / "kernel_env.json").read_text())
+    assert "PDL1_DLS_PROGRESS_FILE" not in os.environ and not (tmp_path / "run" / "progress.json").exists()
+    if shown:
+        assert env["progress_file"] == str((tmp_path / "run" / "progress.json").resolve())
+        assert any(t.startswith("models 0/2 model · train m0 ") for t in texts) and any("models 1/2 model · train m1" in t for t in texts)
+    else:
+        assert env["progress_file"] is None and texts == []

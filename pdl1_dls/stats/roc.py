@@ -21,8 +21,8 @@ from ..core import PDL1Error
 # %% auto #0
 __all__ = ['METRICS', 'DelongCI', 'auc', 'delong_ci', 'auc_ci', 'auc_test', 'DelongTest', 'delong_test', 'delong_test_unpaired',
            'Youden', 'roc_curve', 'youden_cutoff', 'binary_metrics', 'BootCI', 'bootstrap_ci', 'bootstrap_auc',
-           'SeparationWarning', 'NonConvergenceWarning', 'SeparationError', 'Separation', 'separation', 'brier_score',
-           'Calibration', 'calibration', 'decision_curve']
+           'se_at_specificity', 'ci_se', 'SeparationWarning', 'NonConvergenceWarning', 'SeparationError', 'Separation',
+           'separation', 'brier_score', 'Calibration', 'calibration', 'decision_curve']
 
 # %% ../../nbs/50_stats_roc.ipynb #b7db322f
 def _check(y_true, y_score, name: str = "y_score"):
@@ -420,6 +420,53 @@ def bootstrap_auc(y_true,  # 0/1 labels
     lo, hi = _percentile(reps, level)
     value = float(auc(y, s))
     return BootCI(value, lo, hi, float(np.nanstd(reps, ddof=1)), n_boot, int(np.isnan(reps).sum()), level)
+
+# %% ../../nbs/50_stats_roc.ipynb #6b5520e7
+def se_at_specificity(roc: pd.DataFrame,  # `roc_curve` output (threshold order: specificity non-decreasing)
+                      specificities,  # specificities in [0, 1]
+                      tol: float = 1e-12,  # a curve point this close to a specificity counts as on it
+                     ) -> np.ndarray:
+    "Sensitivity at each specificity by pROC's `coords(input='specificity', ret='sensitivity')` rule (exact point, else linear interpolation)."
+    se, sp = roc["sensitivity"].to_numpy(float), roc["specificity"].to_numpy(float)
+    x = np.atleast_1d(np.asarray(specificities, dtype=float))
+    if ((x < 0) | (x > 1)).any(): raise ValueError("specificities must lie in [0, 1]")
+    first = np.searchsorted(sp, x - tol, side="left")               # first point with sp >= x - tol
+    on = (first < len(sp)) & (np.abs(sp[np.minimum(first, len(sp) - 1)] - x) <= tol)
+    nxt = np.minimum(np.searchsorted(sp, x + tol, side="right"), len(sp) - 1)   # first point with sp > x
+    prv = np.maximum(nxt - 1, 0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        frac = (x - sp[prv]) / (sp[nxt] - sp[prv])
+    return np.where(on, se[np.minimum(first, len(sp) - 1)], se[prv] - frac * (se[prv] - se[nxt]))
+
+
+def ci_se(y_true,  # 0/1 labels
+          y_score,  # scores; higher = positive
+          specificities=None,  # where to read the sensitivity; default 0, 0.02, ..., 1
+          n_boot: int = 2000,  # replicates (pROC's default)
+          seed: int = 0,  # seed of numpy's Generator
+          level: float = 0.95,  # CI level
+          stratified: bool = True,  # resample negatives and positives separately (pROC default)
+         ) -> pd.DataFrame:
+    "pROC `ci.se`: percentile bootstrap CI of the sensitivity at fixed specificities; columns specificity, sensitivity, lo, median, hi."
+    pos, neg = _as_xy(y_true, y_score)
+    sp = np.linspace(0, 1, 51) if specificities is None else np.asarray(specificities, dtype=float)
+    y = np.r_[np.zeros(len(neg), int), np.ones(len(pos), int)]; s = np.r_[neg, pos]
+    rng = np.random.default_rng(seed)
+    reps, dropped = [], 0
+    for _ in range(int(n_boot)):
+        if stratified:
+            i = np.r_[rng.integers(0, len(neg), len(neg)), len(neg) + rng.integers(0, len(pos), len(pos))]
+        else:
+            i = rng.integers(0, len(y), len(y))
+            if y[i].min() == y[i].max(): dropped += 1; continue
+        reps.append(se_at_specificity(roc_curve(y[i], s[i]), sp))
+    reps = np.array(reps).reshape(-1, len(sp))
+    a = (1 - level) / 2
+    lo, med, hi = np.quantile(reps, [a, 0.5, 1 - a], axis=0) if len(reps) else np.full((3, len(sp)), np.nan)
+    out = pd.DataFrame({"specificity": sp, "sensitivity": se_at_specificity(roc_curve(y, s), sp), "lo": lo, "median": med, "hi": hi})
+    out.attrs.update(n_boot=int(n_boot), n_dropped=dropped, level=level, stratified=stratified, seed=seed)
+    return out
+
 
 # %% ../../nbs/50_stats_roc.ipynb #38c69b8a
 class SeparationWarning(UserWarning):
