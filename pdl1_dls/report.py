@@ -32,8 +32,8 @@ from .core import PDL1Error, atomic_path, atomic_write, get_settings, progress, 
 # %% auto #0
 __all__ = ['KINDS', 'AGREEMENT_RULES', 'KEY_RULES', 'CMP_COLUMNS', 'to_markdown', 'write_table', 'save_figure', 'published',
            'number_kind', 'agreement', 'KeyRule', 'key_rule', 'section_order', 'record', 'cohort_sizes',
-           'finalize_comparisons', 'forest_figure', 'comparison_figures', 'git_commit', 'provenance', 'notebooks_dir',
-           'list_notebooks', 'run_reproduction', 'write_index']
+           'finalize_comparisons', 'forest_figure', 'comparison_figures', 'git_commit', 'provenance',
+           'declared_parameters', 'notebooks_dir', 'list_notebooks', 'run_reproduction', 'write_index']
 
 # %% ../nbs/60_report.ipynb #9627fc1d
 def _fmt(v, digits=3):
@@ -545,6 +545,16 @@ def provenance(manifest: str | os.PathLike | None = None, **extra) -> dict:
     rec.update(extra)
     return rec
 
+# %% ../nbs/60_report.ipynb #89bb49f1
+def declared_parameters(nb: Path,  # a papermill notebook
+                        params: dict,  # the parameters a run offers every notebook
+                       ) -> dict:
+    "The part of `params` that `nb` declares in its `parameters` cell (each notebook names only what it reads)."
+    import ast, nbformat
+    cell = "\n".join(c.source for c in nbformat.read(nb, as_version=4).cells if "parameters" in c.metadata.get("tags", []))
+    names = {t.id for n in ast.walk(ast.parse(cell)) if isinstance(n, ast.Assign) for t in n.targets if isinstance(t, ast.Name)}
+    return {k: v for k, v in params.items() if k in names}
+
 # %% ../nbs/60_report.ipynb #d07dd414
 def _run_notebook(nb: Path,  # a reproduction notebook
                   out: Path,  # the run folder (the kernel's working folder)
@@ -562,7 +572,7 @@ def _run_notebook(nb: Path,  # a reproduction notebook
     try:
         with atomic_path(out / "notebooks" / nb.name) as tmp:
             try:
-                pm.execute_notebook(str(nb), str(tmp), parameters=params, kernel_name=kernel_name, language="python",
+                pm.execute_notebook(str(nb), str(tmp), parameters=declared_parameters(nb, params), kernel_name=kernel_name, language="python",
                                     progress_bar=False, cwd=str(out), log_output=False)
             except pm.PapermillExecutionError as e:
                 err = f"{e.ename}: {' '.join(str(e.evalue).split())[:300]}"
