@@ -15,7 +15,7 @@ import pandas as pd
 import scipy.stats as st
 
 from ..analysis import load_scores, paper_cohorts, training_cutoff
-from ..plots import finish, panels, plot_box_strip, plot_calibration, plot_km, plot_roc
+from ..plots import PALETTE, finish, group_colors, panels, plot_box_strip, plot_calibration, plot_km, plot_roc
 from ..report import published, record, write_table
 from ..stats.association import mann_whitney, table1 as _table1
 from ..stats.roc import auc_ci, binary_metrics, brier_score, calibration, decision_curve, delong_test, roc_curve
@@ -23,12 +23,13 @@ from ..stats.survival import cox, kaplan_meier, logrank
 
 
 # %% auto #0
-__all__ = ['SEQUENCES', 'KEY', 'NAMES', 'T1_VARS', 'T1_LEVELS', 'FIG3', 'FIG5_KM', 'load', 'table1', 'record_table1',
-           'prevalence', 'sequence_cutoffs', 'table2', 'delong_vs_sequences', 'roc_dca_calibration', 'gradcam_patients',
-           'pfs_by_dls', 'dcb_roc']
+__all__ = ['SEQUENCES', 'MODEL_COLORS', 'KEY', 'NAMES', 'T1_VARS', 'T1_LEVELS', 'FIG3', 'FIG5_KM', 'load', 'table1',
+           'record_table1', 'prevalence', 'sequence_cutoffs', 'table2', 'delong_vs_sequences', 'roc_dca_calibration',
+           'gradcam_patients', 'pfs_by_dls', 'dcb_roc']
 
 # %% ../../nbs/papers/63_ding2025.ipynb #0ebc1fb2
 SEQUENCES = {"dls_t1": "T1WI", "dls_t2": "T2WI", "dls_ce_t1": "CE-T1WI", "dls": "DLS"}   # score column -> the paper's name
+MODEL_COLORS = dict(zip(SEQUENCES, group_colors(SEQUENCES.values())))   # the palette: the fused DLS red, the sequences after it
 KEY = {"dls_t1": "t1", "dls_t2": "t2", "dls_ce_t1": "ce_t1", "dls": "dls"}             # score column -> published key part
 NAMES = {"train": "Training", "internal": "Internal validation", "external": "External validation", "ici": "ICI"}
 
@@ -215,18 +216,18 @@ def _cal_row(cal) -> dict:
 def _model_curves(ax, i, m, name, yy, s) -> tuple:
     "One model's ROC, decision curve and calibration curve on the three axes; (its table row, its decision curve)."
     rc, ci = roc_curve(yy, s), auc_ci(yy, s)
-    lw = 2 if m == "dls" else 1.2
-    ax[0].plot(1 - rc["specificity"], rc["sensitivity"], color=f"C{i}", lw=lw, label=f"{name} AUC {ci['auc']:.3f} ({ci['lo']:.3f}–{ci['hi']:.3f})")
+    lw, col = (2 if m == "dls" else 1.2), MODEL_COLORS.get(m, f"C{i}")
+    ax[0].plot(1 - rc["specificity"], rc["sensitivity"], color=col, lw=lw, label=f"{name} AUC {ci['auc']:.3f} ({ci['lo']:.3f}–{ci['hi']:.3f})")
     dc = decision_curve(yy, s)
-    ax[1].plot(dc["threshold"], dc["net_benefit"], color=f"C{i}", lw=lw, label=name)
+    ax[1].plot(dc["threshold"], dc["net_benefit"], color=col, lw=lw, label=name)
     row = dict(n=int(len(yy)), n_pos=int(yy.sum()), auc=ci["auc"], auc_lo=ci["lo"], auc_hi=ci["hi"], brier=brier_score(yy, s), note=ci["note"])
     try:
         cal = calibration(yy, s, n_bins=min(10, max(2, len(yy) // 10)))
         row.update(_cal_row(cal))
-        plot_calibration(ax[2], cal.table, diagonal=False, color=f"C{i}", ms=3, lw=1, capsize=2, label=f"{name} Brier {row['brier']:.3f}")
+        plot_calibration(ax[2], cal.table, diagonal=False, color=col, ms=3, lw=1, capsize=2, label=f"{name} Brier {row['brier']:.3f}")
     except (ValueError, np.linalg.LinAlgError) as e:
         row["note"] = (row["note"] + "; " if row["note"] else "") + f"calibration: {e}"
-        ax[2].plot([], [], color=f"C{i}", label=f"{name} Brier {row['brier']:.3f} (no curve)")
+        ax[2].plot([], [], color=col, label=f"{name} Brier {row['brier']:.3f} (no curve)")
     return row, dc
 
 def roc_dca_calibration(r: SimpleNamespace,  # `load`
@@ -329,8 +330,7 @@ def pfs_by_dls(r: SimpleNamespace,  # `load`
         fig, ax = panels(1, width=5.2, height=4.6)
         kp = plot_km(ax[0], g["pfs_months"], g["pfs_event"], g["group"], order=["high DLS", "low DLS"], xlabel="PFS (months)",
                      ylabel="progression-free survival")
-        hr_txt = f"HR {row['hr']:.3f} ({row['hr_lo']:.3f}–{row['hr_hi']:.3f})" if "hr" in row else "HR not estimable"
-        ax[0].set_title(f"{label}: {pc[k]} cohort\n{hr_txt}, log-rank P = {row['logrank_p']:.3g}", fontsize=9)
+        ax[0].set_title(f"{label}: {pc[k]} cohort (HR and log-rank P in the panel)", fontsize=9)
         fig.subplots_adjust(bottom=0.3)
         finish(fig, fname, r.out_dir, tight=False)
         for m in kp.medians.itertuples(): row[f"median_pfs_{m.group.split()[0]}"] = m.median
@@ -357,7 +357,7 @@ def dcb_roc(r: SimpleNamespace,  # `load`
         y = g["dcb"].astype(int).to_numpy()
         if len(g) and 0 < y.sum() < len(y):
             fig, ax = panels(2, width=4.5, height=4.2)
-            ci = plot_roc(ax[0], y, g["dls"], label="DLS", color="C3", lw=2)
+            ci = plot_roc(ax[0], y, g["dls"], label="DLS", color=PALETTE["DLS"], lw=2)
             ax[0].set_title(f"Figure 5f: DCB in the {pc['ici']} cohort (n = {len(g)}, {int(y.sum())} DCB)", fontsize=9)
             yes, no = g.loc[g["dcb"] == 1, "dls"], g.loc[g["dcb"] == 0, "dls"]
             mw = mann_whitney(yes, no)
