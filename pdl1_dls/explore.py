@@ -192,10 +192,11 @@ class SurvivalExplorer:
         return sorted(set(groups), key=str)
 
     def compute(self,
-                times=None,  # at-risk time points; default 6 points from 0 to the last follow-up
+                times=None,  # at-risk time points; default `plots.km_times` (the figure's ticks)
                ) -> SurvivalView:
         "KM fits, at-risk table, Cox HRs against the reference group and the log-rank p for the current choice."
         from pdl1_dls.stats.survival import at_risk, cox, kaplan_meier, logrank
+        from pdl1_dls.plots import km_times
         d = self.patients()
         groups = self._order(d["group"])
         with np.errstate(invalid="ignore", divide="ignore"):   # a curve that reaches 0 has an undefined log-CI there
@@ -213,6 +214,7 @@ class SurvivalExplorer:
                 res = cox(X, "_t", "_e", groups[1:])
                 hr = res.table[["hr", "hr_lo", "hr_hi", "p"]].copy()
             except ValueError as e: notes.append(f"Cox: {e}")
+        if times is None and len(d): times = km_times(float(d["time"].max()))      # the figure's ticks
         ar = at_risk(d["time"], d["group"], times).reindex(groups) if len(d) else pd.DataFrame()
         return SurvivalView(self.cohort, self.endpoint, self.grouping, self.cutoff if self.grouping == "dls" else None,
                             d, groups, km, ar, hr, lr, "; ".join(notes))

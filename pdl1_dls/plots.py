@@ -19,8 +19,8 @@ from .stats.roc import auc_test, ci_se, roc_curve
 from .stats.survival import at_risk, cox, kaplan_meier, logrank
 
 # %% auto #0
-__all__ = ['HIGH', 'LOW', 'GROUP_COLORS', 'PALETTE', 'group_colors', 'plot_roc', 'KMPlot', 'plot_km', 'panels', 'finish',
-           'plot_box_strip', 'plot_calibration']
+__all__ = ['HIGH', 'LOW', 'GROUP_COLORS', 'PALETTE', 'group_colors', 'plot_roc', 'km_times', 'KMPlot', 'plot_km', 'panels',
+           'finish', 'plot_box_strip', 'plot_calibration']
 
 # %% ../nbs/64_plots.ipynb #e68da93a
 HIGH, LOW = "#d62728", "#1f77b4"          # matplotlib's tab:red and tab:blue (C3, C0)
@@ -71,6 +71,16 @@ def plot_roc(ax,  # matplotlib Axes
     ax.set_xlim(-0.01, 1.01); ax.set_ylim(-0.01, 1.01); ax.set_aspect("equal")
     ax.legend(loc="lower right", fontsize=8)
     return a
+
+# %% ../nbs/64_plots.ipynb #f3cb109f
+def km_times(tmax: float,  # the longest follow-up
+             n: int = 6,  # about this many ticks
+            ) -> np.ndarray:
+    "Round tick times from 0 to `tmax` (steps of 1, 2, 2.5 or 5 × a power of ten): the x ticks and the at-risk times of a KM figure."
+    from matplotlib.ticker import MaxNLocator
+    if not np.isfinite(tmax) or tmax <= 0: return np.array([0.0])
+    tk = MaxNLocator(nbins=n, steps=[1, 2, 2.5, 5, 10]).tick_values(0, tmax)
+    return tk[(tk >= 0) & (tk <= tmax + 1e-9)].astype(float)
 
 # %% ../nbs/64_plots.ipynb #3f627076
 @dataclass
@@ -131,7 +141,7 @@ def plot_km(ax,  # matplotlib Axes
             event,  # 1 = event, 0 = censored
             group,  # group label per patient (e.g. "high DLS"/"low DLS")
             order: list | None = None,  # groups in legend order; default sorted
-            times=None,  # at-risk time points (and x ticks); default the axis's own ticks
+            times=None,  # at-risk time points (and x ticks); default `km_times` of the longest follow-up
             risk_table: bool = True,  # print the at-risk numbers under the axes
             colors: list | None = None,  # one colour per group; default `group_colors(order)` (the palette)
             xlabel: str = "months",  # x-axis label
@@ -174,13 +184,8 @@ def plot_km(ax,  # matplotlib Axes
             ax.plot(cz["time"], cz["surv"], "+", color=col, ms=6)
         rows.append(dict(group=lev, n=k.n, events=k.events, median=k.median, lo=k.lo, hi=k.hi))
     ax.set_ylim(0, 1.02)
-    if times is None:
-        ax.set_xlim(0, t.max() * 1.02 if t.max() > 0 else 1)
-        tk = np.asarray(ax.get_xticks(), dtype=float)
-        times = tk[(tk >= 0) & (tk <= ax.get_xlim()[1] + 1e-9)]
-    else:
-        times = np.asarray(times, dtype=float)
-        ax.set_xlim(0, times.max() * 1.02 if times.max() > 0 else 1)
+    times = km_times(t.max()) if times is None else np.asarray(times, dtype=float)
+    ax.set_xlim(0, max(times.max(), t.max() if len(t) else 0) * 1.02 or 1)
     ax.set_xticks(times)
     ar = at_risk(t, g, times).reindex(levels)
     ax.set_xlabel(xlabel); ax.set_ylabel(ylabel); ax.legend(loc="upper right", fontsize=8)
