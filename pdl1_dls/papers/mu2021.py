@@ -24,19 +24,19 @@ from ..report import published, record, write_table
 from ..stats.association import (anova_lsd, compare_correlations, fisher_exact, icc, mann_whitney, point_biserial,
                                         spearman)
 from ..stats.roc import auc_ci, auc_test, binary_metrics, calibration, delong_ci, delong_test, delong_test_unpaired
-from ..stats.survival import (compare_c, cox, harrell_c, hr_difference, km_median, linear_predictor, logistic,
+from ..stats.survival import (compare_c, cox, harrell_c, hr_difference, kaplan_meier, km_median, linear_predictor, logistic,
                                      logistic_univariable, logrank)
 
 
 # %% auto #0
 __all__ = ['TPS_GROUPS', 'TABLE2_LEVELS', 'PDL1_COHORTS', 'ICI_COHORTS', 'T1_CONT', 'T1_CAT', 'ABLATION', 'ADVANCED', 'STAGE_NUM',
-           'META_BIN', 'META_CONT', 'OLS_COV', 'MEDIAN_CI', 'DLS_GROUP', 'HIST_STRATA', 'MV_FULL', 'MV_CLIN',
-           'MV_MODELS', 'UNI_COVS', 'tps_group', 'fisher_rxc', 'table2_numbers', 'rqs_checklist', 'rqs_table', 'load',
+           'META_BIN', 'META_CONT', 'OLS_COV', 'MEDIAN_CI', 'DLS_GROUP', 'HIST_STRATA', 'MV_CANDIDATES', 'MV_ALPHA',
+           'FULL', 'CLIN', 'tps_group', 'fisher_rxc', 'table2_numbers', 'rqs_checklist', 'rqs_table', 'load',
            'record_published', 'table1', 'roc_panels', 'fig3_performance', 'plot_fig3', 'ablation', 'subgroups',
-           'association_data', 'assoc_tps', 'assoc_anova', 'assoc_metadata', 'assoc_ols', 'necrosis', 'assoc_necrosis',
-           'dls_vs_ihc_dcb', 'dls_vs_ihc_hr', 'reader_icc', 'bootstrap_mean', 'fig4_prognosis', 'table2',
-           'fig5_dcb_rates', 'fig5_km_histology', 's10_ecog', 'multivariable_data', 'univariable', 'fit_models',
-           'model_score', 'cindex', 'calibration_dcb', 'plot_rqs']
+           'association_data', 'assoc_tps', 'assoc_anova', 'assoc_metadata', 'stepwise_ols', 'assoc_ols', 'necrosis',
+           'assoc_necrosis', 'dls_vs_ihc_dcb', 'dls_vs_ihc_hr', 'reader_icc', 'bootstrap_mean', 'fig4_prognosis',
+           'table2', 'fig5_dcb_rates', 'fig5_km_histology', 's10_ecog', 'multivariable_data', 'univariable',
+           'select_covariates', 'fit_models', 'model_score', 'cindex', 'calibration_models', 'plot_rqs']
 
 # %% ../../nbs/papers/62_mu2021.ipynb #6b339f3e
 TPS_GROUPS = ("<1%", "1-49%", ">=50%")
@@ -586,18 +586,60 @@ def assoc_metadata(r: SimpleNamespace,  # `load`
     return tab
 
 
-# %% ../../nbs/papers/62_mu2021.ipynb #61987de6
-OLS_COV = ("suvmax", "age", "bmi", "stage_num", "ecog", "scc", "male", "smoking", "egfr")
-
+# %% ../../nbs/papers/62_mu2021.ipynb #6c32f91a
 def _zols(d, y, cov):
     "OLS of z-scored y on z-scored covariates (standardised betas)."
     z = (d[cov + [y]] - d[cov + [y]].mean()) / d[cov + [y]].std()
     return sm.OLS(z[y], sm.add_constant(z[cov])).fit()
 
+def stepwise_ols(d: pd.DataFrame,  # complete cases of y and every candidate
+                 y: str,  # the outcome column
+                 candidates,  # candidate covariate columns
+                 p_enter: float = 0.05,  # SPSS PIN: enter when the coefficient's p is below it
+                 p_remove: float = 0.10,  # SPSS POUT: remove when the coefficient's p is above it
+                 max_steps: int = 100,
+                ) -> SimpleNamespace:
+    "SPSS stepwise linear regression on z-scored variables: (fit: the final statsmodels OLS, None when nothing entered; selected; steps: step, action, variable, p)."
+    if p_enter >= p_remove: raise ValueError(f"p_enter ({p_enter}) must be below p_remove ({p_remove}), or the steps can cycle")
+    cand = [c for c in candidates if d[c].std() > 0]
+    sel, steps, seen = [], [], set()
+    for _ in range(max_steps):
+        out = [c for c in cand if c not in sel]
+        pin = {c: _zols(d, y, sel + [c]).pvalues[c] for c in out}
+        best = min(pin, key=pin.get) if pin else None
+        if best is None or not pin[best] < p_enter: break
+        sel.append(best); steps.append(dict(step=len(steps) + 1, action="enter", variable=best, p=pin[best]))
+        pv = _zols(d, y, sel).pvalues[sel]
+        if pv.max() > p_remove:
+            worst = pv.idxmax(); sel.remove(worst)
+            steps.append(dict(step=len(steps) + 1, action="remove", variable=worst, p=pv.max()))
+        if frozenset(sel) in seen: break   # a model visited before: stop (SPSS stops the same way)
+        seen.add(frozenset(sel))
+    return SimpleNamespace(fit=_zols(d, y, sel) if sel else None, selected=sel,
+                           steps=pd.DataFrame(steps, columns=["step", "action", "variable", "p"]))
+
+# %% ../../nbs/papers/62_mu2021.ipynb #61987de6
+OLS_COV = ("suvmax", "age", "bmi", "stage_num", "ecog", "scc", "male", "smoking", "egfr")
+_OLS_KEYS = ["ols_adj_r2", "ols_f", "ols_p", "ols_coef_suvmax", "ols_coef_suvmax_p"]
+
+def _rec_ols(r, g, c, sw, n_cand):
+    "Record the selected model's adjusted R2, F and p, and SUVmax's standardised beta and p (or why not)."
+    fit, why = sw.fit, f"no covariate entered the stepwise regression (p < 0.05) out of {n_cand}"
+    if fit is None: _rec_na(r, _OLS_KEYS, c.split("+"), g, why); return
+    note = f"stepwise (PIN 0.05, POUT 0.10): {', '.join(sw.selected)} selected of {n_cand}"
+    r.rec(f"ols_adj_r2.{g}", fit.rsquared_adj, cohort=c, note=note)
+    r.rec(f"ols_f.{g}", fit.fvalue, cohort=c, note=f"F({int(fit.df_model)}, {int(fit.df_resid)}); {note}")
+    _rec_p(r, f"ols_p.{g}", fit.f_pvalue, cohort=c, note="F-test of the selected model")
+    if "suvmax" in sw.selected:
+        ci = fit.conf_int()
+        r.rec(f"ols_coef_suvmax.{g}", fit.params["suvmax"], lo=ci.loc["suvmax", 0], hi=ci.loc["suvmax", 1], cohort=c, note="standardised beta")
+        _rec_p(r, f"ols_coef_suvmax_p.{g}", fit.pvalues["suvmax"], cohort=c, note="t test of the coefficient")
+    else: _rec_na(r, ["ols_coef_suvmax", "ols_coef_suvmax_p"], c.split("+"), g, f"SUVmax not selected; {note}")
+
 def assoc_ols(r: SimpleNamespace,  # `load`
               t: pd.DataFrame, groups: dict,  # `association_data`
              ) -> pd.DataFrame:
-    "Multivariable linear regression of the DLS on the characteristics per group (standardised OLS: betas, adjusted R2, F); recorded and written."
+    "Multivariable linear regression of the DLS on the characteristics per group, covariates chosen by `stepwise_ols` (standardised betas, adjusted R2, F of the selected model; every candidate's p to enter or stay); recorded and written."
     COV = [c for c in OLS_COV if c in t]
     rows = []
     for g, cohorts in groups.items():
@@ -605,23 +647,20 @@ def assoc_ols(r: SimpleNamespace,  # `load`
         cov, c = [v for v in COV if d[v].std() > 0], "+".join(cohorts)
         if len(d) <= len(cov) + 2:
             print(f"{g}: too few complete patients for the regression")
-            _rec_na(r, ["ols_adj_r2", "ols_f", "ols_p", "ols_coef_suvmax", "ols_coef_suvmax_p"], cohorts, g, f"{len(d)} complete patients for {len(cov)} covariates")
-            continue
-        fit = _zols(d, "dls", cov)
-        ci = fit.conf_int()
-        for v in cov:
-            rows.append(dict(group=g, term=v, beta=fit.params[v], lo=ci.loc[v, 0], hi=ci.loc[v, 1], p=fit.pvalues[v],
-                             n=int(fit.nobs), adj_r2=fit.rsquared_adj, F=fit.fvalue, F_p=fit.f_pvalue))
-        r.rec(f"ols_adj_r2.{g}", fit.rsquared_adj, cohort=c, note=f"{len(cov)} covariates, all entered")
-        r.rec(f"ols_f.{g}", fit.fvalue, cohort=c, note=f"F({int(fit.df_model)}, {int(fit.df_resid)})")
-        _rec_p(r, f"ols_p.{g}", fit.f_pvalue, cohort=c, note="F-test of the regression")
-        if "suvmax" in cov:
-            r.rec(f"ols_coef_suvmax.{g}", fit.params["suvmax"], lo=ci.loc["suvmax", 0], hi=ci.loc["suvmax", 1], cohort=c, note="standardised beta")
-            _rec_p(r, f"ols_coef_suvmax_p.{g}", fit.pvalues["suvmax"], cohort=c, note="t test of the coefficient")
+            _rec_na(r, _OLS_KEYS, cohorts, g, f"{len(d)} complete patients for {len(cov)} covariates"); continue
+        sw = stepwise_ols(d, "dls", cov)
+        print(f"{g}: stepwise steps\n{sw.steps.to_string(index=False)}" if len(sw.steps) else f"{g}: no covariate entered")
+        for v in cov:   # selected: its p in the final model; left out: its p were it entered next
+            f = sw.fit if v in sw.selected else _zols(d, "dls", sw.selected + [v])
+            ci = f.conf_int()
+            rows.append(dict(group=g, term=v, selected=v in sw.selected, beta=f.params[v], lo=ci.loc[v, 0], hi=ci.loc[v, 1], p=f.pvalues[v],
+                             n=len(d), adj_r2=sw.fit.rsquared_adj if sw.fit else np.nan, F=sw.fit.fvalue if sw.fit else np.nan,
+                             F_p=sw.fit.f_pvalue if sw.fit else np.nan))
+        _rec_ols(r, g, c, sw, len(cov))
     tab = pd.DataFrame(rows)
-    if len(tab): write_table(tab, "mu2021_assoc_ols", r.out_dir, title="Multivariable OLS of the DLS on metadata (standardised betas)")
+    if len(tab): write_table(tab, "mu2021_assoc_ols", r.out_dir, title="Stepwise multivariable OLS of the DLS on metadata (PIN 0.05, POUT 0.10; standardised betas; "
+                             "a left-out term's beta and p are those it would have on entering)")
     return tab
-
 
 # %% ../../nbs/papers/62_mu2021.ipynb #7359bc4b
 def necrosis(r: SimpleNamespace,  # `load`
@@ -1143,32 +1182,38 @@ def s10_ecog(r: SimpleNamespace,  # `load`
 
 
 # %% ../../nbs/papers/62_mu2021.ipynb #db3b534f
-MV_FULL, MV_CLIN = ["dls", "adc", "ecog_ge1"], ["adc", "ecog_ge1"]
-MV_MODELS = (("DLS + histology + ECOG", MV_FULL), ("histology + ECOG", MV_CLIN))
-UNI_COVS = ("age", "sex", "bmi", "stage", "smoking", "ecog", "histology", "egfr", "suvmax", "dls", "dls_high")
+MV_CANDIDATES = ("dls", "adc", "ecog_ge1", "age", "male", "bmi", "stage_num", "smoking", "egfr", "suvmax")
+MV_ALPHA = 0.05   # the paper's significance: two-sided p < 0.05
+FULL, CLIN = "DLS + selected covariates", "selected covariates only"
+
+def _binary(t, col, f):
+    "f(column) as 0/1 float, NaN where the column is missing (all NaN without the column)."
+    return np.where(t[col].isna(), np.nan, f(t[col]).astype(float)) if col in t else np.nan
 
 def multivariable_data(r: SimpleNamespace,  # `load`
                       ) -> SimpleNamespace:
-    "The ICI patients with `adc` (adenocarcinoma vs not) and `ecog_ge1` (ECOG >= 1) columns, the fitting cohort (retrospective MCC ICI), the cohorts the models are applied to, and the endpoints the study has."
+    "The ICI patients with the candidates coded as single terms (`adc`, `ecog_ge1`, `male`, `stage_num`), the fitting cohort (retrospective MCC ICI), the cohorts the models are applied to, the endpoints the study has, and the candidates present."
     t = r.t.copy()
-    t["adc"] = np.where(t["histology"].isna(), np.nan, (t["histology"] == "ADC").astype(float)) if "histology" in t else np.nan
-    t["ecog_ge1"] = np.where(t["ecog"].isna(), np.nan, (t["ecog"] >= 1).astype(float)) if "ecog" in t else np.nan
+    t["adc"] = _binary(t, "histology", lambda s: s == "ADC")
+    t["ecog_ge1"] = _binary(t, "ecog", lambda s: s >= 1)
+    t["male"] = _binary(t, "sex", lambda s: s.astype(str).str.lower().isin(["male", "m"]))
+    if "stage" in t: t["stage_num"] = t["stage"].map(lambda v: STAGE_NUM.get(str(v).upper().rstrip("ABC"), np.nan) if pd.notna(v) else np.nan)
     train = r.pc.get("mcc_ici_retro")
     if train is None: print("no retrospective ICI cohort (first cohort with role 'ici'): the models cannot be fitted")
     eps = {"dcb": None, "pfs": ("pfs_months", "pfs_event"), "os": ("os_months", "os_event")}
     eps = {k: v for k, v in eps.items() if (k == "dcb" and "dcb" in t) or (v and v[0] in t)}
-    return SimpleNamespace(t=t, train=train, apply=r.ici, endpoints=eps, models={}, not_estimable={})
-
+    cand = [c for c in MV_CANDIDATES if c in t and pd.to_numeric(t[c], errors="coerce").notna().any()]
+    return SimpleNamespace(t=t, train=train, apply=r.ici, endpoints=eps, candidates=cand, covs={}, models={}, fits={}, not_estimable={})
 
 # %% ../../nbs/papers/62_mu2021.ipynb #a12dbb2c
 def univariable(r: SimpleNamespace,  # `load`
                 m: SimpleNamespace,  # `multivariable_data`
                ) -> pd.DataFrame:
-    "Supplementary S5-S8: univariable logistic (DCB; OR) and Cox (PFS, OS; HR) regressions on each characteristic in the fitting cohort; written."
+    "Supplementary S5-S8: univariable logistic (DCB; OR) and Cox (PFS, OS; HR) regressions on each candidate in the fitting cohort; written."
     rows = []
     if m.train is not None:
         tr = m.t[(m.t["cohort"] == m.train) & m.t["dls"].notna()]
-        covs = [c for c in UNI_COVS if c in tr and tr[c].notna().sum() > 2 and tr[c].nunique() > 1]
+        covs = [c for c in m.candidates if tr[c].notna().sum() > 2 and tr[c].nunique() > 1]
         if "dcb" in m.endpoints and tr["dcb"].notna().any():
             for c in covs:
                 try: u = logistic_univariable(tr, "dcb", [c])
@@ -1187,6 +1232,22 @@ def univariable(r: SimpleNamespace,  # `load`
     if len(tab): write_table(tab, "mu2021_univariable", r.out_dir, title=f"Univariable logistic (DCB) and Cox (PFS, OS) regressions, {m.train}")
     return tab
 
+# %% ../../nbs/papers/62_mu2021.ipynb #6be76087
+def select_covariates(m: SimpleNamespace,  # `multivariable_data`; its `covs` are filled
+                      uni: pd.DataFrame,  # `univariable`
+                      alpha: float = MV_ALPHA,  # enter when the univariable p is below it
+                     ) -> pd.DataFrame:
+    "Per endpoint, the candidates with univariable p < alpha: the DLS model's covariates (the DLS and the selected clinical ones) and the clinical-only model's (the latter; none selected: no clinical model), in `m.covs`; the screen as a table."
+    rows = []
+    for ep in m.endpoints:
+        u = uni[uni["endpoint"] == ep.upper()].set_index("variable") if len(uni) else pd.DataFrame(columns=["p"])
+        p = {c: float(u.loc[c, "p"]) if c in u.index else np.nan for c in m.candidates}
+        clin = [c for c in m.candidates if c != "dls" and p[c] < alpha]   # NaN (a separated screen): not significant
+        m.covs[(ep, FULL)] = ["dls"] + clin
+        if clin: m.covs[(ep, CLIN)] = clin
+        rows += [dict(endpoint=ep.upper(), variable=c, p=p[c], selected=p[c] < alpha, in_dls_model=c == "dls" or c in clin,
+                      note="kept in the DLS model although not significant" if c == "dls" and not p[c] < alpha else "") for c in m.candidates]
+    return pd.DataFrame(rows)
 
 # %% ../../nbs/papers/62_mu2021.ipynb #43b9fa5f
 def _fit(m, tr, ep, covs) -> tuple:
@@ -1199,43 +1260,40 @@ def _fit(m, tr, ep, covs) -> tuple:
     return f, (0.0, f.table.loc[covs, "coef"].to_numpy(float)), f.table.rename(columns={"hr": "ratio", "hr_lo": "lo", "hr_hi": "hi"})
 
 def fit_models(r: SimpleNamespace,  # `load`
-               m: SimpleNamespace,  # `multivariable_data`; its `models` and `not_estimable` are filled
+               m: SimpleNamespace,  # `multivariable_data` after `select_covariates`; its `models`, `fits` and `not_estimable` are filled
               ) -> pd.DataFrame:
-    "Supplementary S11: the DLS + histology + ECOG and the clinical-only models of DCB (logistic), PFS and OS (Cox) fitted on the fitting cohort; a separated or non-converged fit is kept out of `m.models` with its reason; coefficients written."
+    "Supplementary S11: the DLS and the clinical-only models of DCB (logistic), PFS and OS (Cox) on the selected covariates, fitted on the fitting cohort; a separated or non-converged fit is kept out of `m.models` with its reason; coefficients written."
     rows = []
     if m.train is not None:
         tr = m.t[m.t["cohort"] == m.train]
-        for ep in m.endpoints:
-            for mname, covs in MV_MODELS:
-                try: f, fitted, tab = _fit(m, tr, ep, covs)
-                except ValueError as e: print(f"{ep.upper()} {mname}: cannot fit on {m.train} ({e})"); continue
-                if f.separation or not f.converged:
-                    m.not_estimable[(ep, mname)] = f.warning
-                    print(f"{ep.upper()} {mname} on {m.train}: {f.warning}; not applied to the other cohorts")
-                else: m.models[(ep, mname)] = fitted
-                for term, x in tab.iterrows():
-                    rows.append(dict(endpoint=ep.upper(), model=mname, term=term, coef=x["coef"], se=x["se"], ratio=x["ratio"], lo=x["lo"],
-                                     hi=x["hi"], p=x["p"], n=f.n, measure="OR" if ep == "dcb" else "HR", warning=x["warning"]))
+        for (ep, mname), covs in m.covs.items():
+            try: f, fitted, tab = _fit(m, tr, ep, covs)
+            except ValueError as e: print(f"{ep.upper()} {mname}: cannot fit on {m.train} ({e})"); continue
+            if f.separation or not f.converged:
+                m.not_estimable[(ep, mname)] = f.warning
+                print(f"{ep.upper()} {mname} on {m.train}: {f.warning}; not applied to the other cohorts")
+            else: m.models[(ep, mname)], m.fits[(ep, mname)] = fitted, f
+            for term, x in tab.iterrows():
+                rows.append(dict(endpoint=ep.upper(), model=mname, covariates=" + ".join(covs), term=term, coef=x["coef"], se=x["se"], ratio=x["ratio"],
+                                 lo=x["lo"], hi=x["hi"], p=x["p"], n=f.n, measure="OR" if ep == "dcb" else "HR", warning=x["warning"]))
     tab = pd.DataFrame(rows)
     if len(tab):
-        write_table(tab, "mu2021_multivariable_models", r.out_dir, title=f"Multivariable models fitted on {m.train} (supplementary S11): OR for DCB, HR for PFS/OS")
+        write_table(tab, "mu2021_multivariable_models", r.out_dir, title=f"Multivariable models on the covariates selected by univariable p < {MV_ALPHA}, fitted on {m.train} (supplementary S11): OR for DCB, HR for PFS/OS")
     return tab
 
 def model_score(m: SimpleNamespace,  # `multivariable_data` after `fit_models`
-                ep: str, mname: str,  # endpoint ('dcb', 'pfs', 'os') and model name
+                ep: str, mname: str,  # endpoint ('dcb', 'pfs', 'os') and model name (`FULL` or `CLIN`)
                 d: pd.DataFrame,  # patients with the model's covariates
                ) -> np.ndarray:
     "The fitted model's linear predictor (log-odds of DCB, or Cox risk), computed once per distinct covariate row so ties stay ties."
     a, b = m.models[(ep, mname)]
-    return a + linear_predictor(d[MV_FULL if mname.startswith("DLS") else MV_CLIN].astype(float).to_numpy(), b)
-
+    return a + linear_predictor(d[m.covs[(ep, mname)]].astype(float).to_numpy(), b)
 
 # %% ../../nbs/papers/62_mu2021.ipynb #7951a085
 def _c_row(m, ep, d) -> tuple:
-    "(C, lo, hi, p vs 0.5, clinical-model columns, (y, p) for calibration or None) of the full model in one cohort; ValueError when not estimable."
-    full, clin = MV_MODELS[0][0], MV_MODELS[1][0]
-    sf = model_score(m, ep, full, d)
-    sc = model_score(m, ep, clin, d) if (ep, clin) in m.models else None
+    "(C, lo, hi, p vs 0.5, clinical-model columns, note) of the DLS model in one cohort; ValueError when not estimable."
+    sf = model_score(m, ep, FULL, d)
+    sc = model_score(m, ep, CLIN, d) if (ep, CLIN) in m.models else None
     if ep == "dcb":
         y = d["dcb"].astype(int).to_numpy()
         x = auc_test(y, sf)                               # AUC, DeLong CI and the p of AUC = 0.5
@@ -1243,7 +1301,7 @@ def _c_row(m, ep, d) -> tuple:
         rc = delong_ci(y, sc) if sc is not None and np.ptp(sc) > 0 else None
         cmp = delong_test(y, sf, sc) if rc is not None else None
         return (x["auc"], x["lo"], x["hi"], x["p"], dict(c_clinical=rc.auc if rc else np.nan, c_clinical_lo=rc.lo if rc else np.nan,
-                c_clinical_hi=rc.hi if rc else np.nan, p_vs_clinical=cmp.p if cmp else np.nan, measure="AUC (DeLong)"), (y, 1 / (1 + np.exp(-sf))), x["note"])
+                c_clinical_hi=rc.hi if rc else np.nan, p_vs_clinical=cmp.p if cmp else np.nan, measure="AUC (DeLong)"), x["note"])
     tc, ec = m.endpoints[ep]
     x = harrell_c(d[tc], d[ec], sf)
     p0 = float(2 * sst.norm.sf(abs((x.c - 0.5) / x.se))) if x.se > 0 else np.nan
@@ -1251,13 +1309,13 @@ def _c_row(m, ep, d) -> tuple:
     rc = harrell_c(d[tc], d[ec], sc) if ok_c else None
     cmp = compare_c(d[tc], d[ec], sf, sc) if ok_c else None
     return (x.c, x.lo, x.hi, p0, dict(c_clinical=rc.c if rc else np.nan, c_clinical_lo=rc.lo if rc else np.nan, c_clinical_hi=rc.hi if rc else np.nan,
-            p_vs_clinical=cmp.p if cmp else np.nan, measure="Harrell's C (IJ)"), None, "SE of the C-index is 0: no z")
+            p_vs_clinical=cmp.p if cmp else np.nan, measure="Harrell's C (IJ)"), "SE of the C-index is 0: no z")
 
 def cindex(r: SimpleNamespace,  # `load`
            m: SimpleNamespace,  # `multivariable_data` after `fit_models`
-          ) -> tuple:
-    "Supplementary S12: (C-indices of the full model per cohort and endpoint, applied unchanged, against the clinical-only model: DeLong for DCB, `compare_c` for PFS/OS; {cohort key: (y, predicted DCB probability)}); recorded, written."
-    rows, calib, full = [], {}, MV_MODELS[0][0]
+          ) -> pd.DataFrame:
+    "Supplementary S12: the C-indices of the DLS model per cohort and endpoint, applied unchanged, against the clinical-only model (DeLong for DCB, `compare_c` for PFS/OS); recorded, written."
+    rows, full = [], FULL
     for key in m.apply:
         name = r.pc[key]
         role = "training" if name == m.train else "applied unchanged"
@@ -1269,44 +1327,82 @@ def cindex(r: SimpleNamespace,  # `load`
                                  p_vs_0_5=np.nan, warning=f"model not estimable on {m.train}: {m.not_estimable[(ep, full)]}"))
                 na(rows[-1]["warning"]); continue
             if (ep, full) not in m.models: na(f"the model could not be fitted on {m.train}"); continue
-            d = m.t[m.t["cohort"] == name].dropna(subset=MV_FULL + (["dcb"] if ep == "dcb" else list(cols)))
+            d = m.t[m.t["cohort"] == name].dropna(subset=m.covs[(ep, full)] + (["dcb"] if ep == "dcb" else list(cols)))
             if len(d) < 5: print(f"{key} {ep.upper()}: {len(d)} complete patients, skipped"); na(f"{len(d)} complete patients (< 5)"); continue
-            try: c, lo, hi, p0, row_c, cal, why0 = _c_row(m, ep, d)
+            try: c, lo, hi, p0, row_c, why0 = _c_row(m, ep, d)
             except ValueError as e: print(f"{key} {ep.upper()}: {e}"); na(f"no C-index: {e}"); continue
-            if cal is not None: calib[key] = cal
-            rows.append(dict(cohort_key=key, cohort=name, role=role, endpoint=ep.upper(), n=len(d), c=c, lo=lo, hi=hi, p_vs_0_5=p0, **row_c, warning=""))
-            note = ("fitted here" if name == m.train else f"model fitted on {m.train}") + f"; vs clinical-only p={row_c['p_vs_clinical']:.3g}"
+            rows.append(dict(cohort_key=key, cohort=name, role=role, endpoint=ep.upper(), covariates=" + ".join(m.covs[(ep, full)]), n=len(d), c=c, lo=lo, hi=hi, p_vs_0_5=p0, **row_c, warning=""))
+            note = ("fitted here" if name == m.train else f"model fitted on {m.train}") + f"; vs clinical-only p={row_c['p_vs_clinical']:.3g}; covariates {' + '.join(m.covs[(ep, full)])}"
             rec(f"cindex_{ep}_model.{key}", c, lo, hi, note=note, why=note)
             rec(f"cindex_{ep}_model_p.{key}", p0 if np.isfinite(p0) else None, note="z = (C - 0.5) / SE, two-sided" if np.isfinite(p0) else why0)
     tab = pd.DataFrame(rows)
     if len(tab):
-        write_table(tab, "mu2021_cindex", r.out_dir, title="C-indices (95% CI) of the DLS + histology + ECOG models vs clinical-only (histology + ECOG) models (S12)")
-    return tab, calib
+        write_table(tab, "mu2021_cindex", r.out_dir, title="C-indices (95% CI) of the DLS models vs the clinical-only models, covariates selected by univariable p < 0.05 (S12)")
+    return tab
 
 
 # %% ../../nbs/papers/62_mu2021.ipynb #c3e24afb
-def calibration_dcb(r: SimpleNamespace,  # `load`
-                    calib: dict,  # `cindex`'s {cohort key: (y, predicted probability)}
-                   ) -> pd.DataFrame:
-    "Supplementary figure S9: calibration of the DCB model per cohort (binned observed rate with Wilson CIs, recalibration slope and intercept, CITL, Brier); written and plotted."
-    rows = []
-    if not calib: return pd.DataFrame()
-    fig, axes = panels(len(calib), width=4.2, height=4.2)
-    for ax, (key, (y, p)) in zip(axes, calib.items()):
-        try: cb = calibration(y, p, n_bins=5 if len(y) < 100 else 10)
-        except ValueError as e: ax.set_axis_off(); print(f"{key}: {e}"); continue
-        plot_calibration(ax, cb.table, fmt="-")
-        ax.set(xlabel="predicted probability of DCB", ylabel="observed DCB rate",
-               title=f"{r.pc[key]}: slope {cb.slope:.2f}, intercept {cb.intercept_recal:.2f}, CITL {cb.citl:.2f}\nBrier {cb.brier:.3f}")
-        ax.title.set_fontsize(9)
-        summ = {k: getattr(cb, k) for k in ("slope", "slope_lo", "slope_hi", "intercept_recal", "intercept_recal_lo", "intercept_recal_hi",
-                                             "citl", "citl_lo", "citl_hi", "brier")}
-        rows += [dict(cohort=r.pc[key], **x.to_dict(), **summ) for _, x in cb.table.iterrows()]
-    finish(fig, "mu2021_calibration_dcb", r.out_dir)
-    tab = pd.DataFrame(rows)
-    if len(tab): write_table(tab, "mu2021_calibration_dcb", r.out_dir, title="Calibration of the DLS + histology + ECOG logistic model (fitted on the retrospective ICI cohort)")
-    return tab
+def _cal_dcb(m, d) -> tuple:
+    "(bins table, summary) of the DCB model on one cohort's complete patients."
+    y, p = d["dcb"].astype(int).to_numpy(), 1 / (1 + np.exp(-model_score(m, "dcb", FULL, d)))
+    cb = calibration(y, p, n_bins=5 if len(y) < 100 else 10)
+    keys = ("slope", "slope_lo", "slope_hi", "intercept_recal", "intercept_recal_lo", "intercept_recal_hi", "citl", "citl_lo", "citl_hi", "brier")
+    return cb.table, {k: getattr(cb, k) for k in keys}
 
+def _km_at(time, event, h) -> tuple:
+    "(S(h), lo, hi) of the Kaplan-Meier curve (R survfit, log CI); NaN when follow-up ends before h."
+    km = kaplan_meier(time, event).table
+    if float(np.max(time)) < h and km["surv"].iloc[-1] > 0: return np.nan, np.nan, np.nan
+    k = km[km["time"] <= h]
+    if not len(k): return 1.0, 1.0, 1.0
+    x = k.iloc[-1]
+    return float(x["surv"]), float(x["lower"]), float(x["upper"])
+
+def _cal_cox(m, ep, d, h) -> tuple:
+    "(bins table, summary) of the Cox model of `ep` on one cohort: predicted S(h | x) against the KM survival at h per quantile bin."
+    tc, ec = m.endpoints[ep]
+    covs = m.covs[(ep, FULL)]
+    pred = m.fits[(ep, FULL)].model.predict_survival_function(d[covs].astype(float), times=[h]).to_numpy()[0]
+    k = 3 if len(d) < 60 else 5
+    bins = pd.qcut(pd.Series(pred).rank(method="first"), k, labels=False).to_numpy()
+    rows = []
+    for b in range(k):
+        s = bins == b
+        obs, lo, hi = _km_at(d[tc].to_numpy(float)[s], d[ec].to_numpy(float)[s], h)
+        rows.append(dict(bin=b + 1, n=int(s.sum()), mean_predicted=float(pred[s].mean()), observed=obs, observed_lo=lo, observed_hi=hi))
+    o_all = _km_at(d[tc].to_numpy(float), d[ec].to_numpy(float), h)[0]
+    return pd.DataFrame(rows), dict(horizon_months=h, mean_predicted_all=float(pred.mean()), km_all=o_all, observed_minus_predicted=o_all - float(pred.mean()))
+
+# %% ../../nbs/papers/62_mu2021.ipynb #849d69dd
+def calibration_models(r: SimpleNamespace,  # `load`
+                       m: SimpleNamespace,  # `multivariable_data` after `fit_models`
+                       horizon: float = 12.0,  # months: the survival models' calibration time
+                      ) -> pd.DataFrame:
+    "Supplementary figure S9: calibration of each fitted DLS model (DCB logistic, PFS and OS Cox) in every ICI cohort, applied unchanged; written and plotted (one panel per cohort and endpoint)."
+    jobs = []
+    for key in m.apply:
+        for ep, cols in m.endpoints.items():
+            if (ep, FULL) not in m.models: continue
+            d = m.t[m.t["cohort"] == r.pc[key]].dropna(subset=m.covs[(ep, FULL)] + (["dcb"] if ep == "dcb" else list(cols)))
+            if len(d) >= 5: jobs.append((key, ep, d))
+            else: print(f"{key} {ep.upper()}: {len(d)} complete patients, no calibration")
+    if not jobs: return pd.DataFrame()
+    fig, axes = panels(len(jobs), width=4.2, height=4.2)
+    rows = []
+    for ax, (key, ep, d) in zip(axes, jobs):
+        try: tab, summ = _cal_dcb(m, d) if ep == "dcb" else _cal_cox(m, ep, d, horizon)
+        except ValueError as e: ax.set_axis_off(); print(f"{key} {ep.upper()}: {e}"); continue
+        ok = tab.dropna(subset=["observed"])
+        plot_calibration(ax, ok, fmt="-")
+        what = "DCB" if ep == "dcb" else f"{ep.upper()} at {horizon:g} months"
+        ax.set(xlabel=f"predicted probability of {what}", ylabel=f"observed {what}")
+        ax.set_title(f"{r.pc[key]}: {what}" + (f"\nslope {summ['slope']:.2f}, CITL {summ['citl']:.2f}, Brier {summ['brier']:.3f}" if ep == "dcb"
+                     else f"\nKM {summ['km_all']:.2f} vs predicted {summ['mean_predicted_all']:.2f}"), fontsize=9)
+        rows += [dict(cohort=r.pc[key], endpoint=ep.upper(), **x.to_dict(), **summ) for _, x in tab.iterrows()]
+    finish(fig, "mu2021_calibration", r.out_dir)
+    tab = pd.DataFrame(rows)
+    if len(tab): write_table(tab, "mu2021_calibration", r.out_dir, title=f"Calibration of the DLS models fitted on the retrospective ICI cohort (DCB: probability; PFS/OS: survival at {horizon:g} months vs Kaplan-Meier)")
+    return tab
 
 # %% ../../nbs/papers/62_mu2021.ipynb #b76f7f15
 def plot_rqs(rqs: pd.DataFrame,  # `rqs_table`
