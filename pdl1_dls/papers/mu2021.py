@@ -29,14 +29,15 @@ from ..stats.survival import (compare_c, cox, harrell_c, hr_difference, kaplan_m
 
 
 # %% auto #0
-__all__ = ['TPS_GROUPS', 'TABLE2_LEVELS', 'PDL1_COHORTS', 'ICI_COHORTS', 'T1_CONT', 'T1_CAT', 'ABLATION', 'ADVANCED', 'STAGE_NUM',
-           'META_BIN', 'META_CONT', 'OLS_COV', 'MEDIAN_CI', 'DLS_GROUP', 'HIST_STRATA', 'MV_CANDIDATES', 'MV_ALPHA',
-           'FULL', 'CLIN', 'tps_group', 'fisher_rxc', 'table2_numbers', 'rqs_checklist', 'rqs_table', 'load',
-           'record_published', 'table1', 'roc_panels', 'fig3_performance', 'plot_fig3', 'ablation', 'subgroups',
-           'association_data', 'assoc_tps', 'assoc_anova', 'assoc_metadata', 'stepwise_ols', 'assoc_ols', 'necrosis',
-           'assoc_necrosis', 'dls_vs_ihc_dcb', 'dls_vs_ihc_hr', 'reader_icc', 'bootstrap_mean', 'fig4_prognosis',
-           'table2', 'fig5_dcb_rates', 'fig5_km_histology', 's10_ecog', 'multivariable_data', 'univariable',
-           'select_covariates', 'fit_models', 'model_score', 'cindex', 'calibration_models', 'plot_rqs']
+__all__ = ['TPS_GROUPS', 'TABLE2_LEVELS', 'RQS_NOT_ASSESSED', 'PDL1_COHORTS', 'ICI_COHORTS', 'T1_CONT', 'T1_CAT', 'ABLATION',
+           'ADVANCED', 'STAGE_NUM', 'META_BIN', 'META_CONT', 'OLS_COV', 'MEDIAN_CI', 'DLS_GROUP', 'HIST_STRATA',
+           'MV_CANDIDATES', 'MV_ALPHA', 'FULL', 'CLIN', 'tps_group', 'fisher_rxc', 'table2_numbers', 'rqs_checklist',
+           'rqs_table', 'rqs_for_study', 'load', 'record_published', 'table1', 'roc_panels', 'fig3_performance',
+           'plot_fig3', 'ablation', 'subgroups', 'association_data', 'assoc_tps', 'assoc_anova', 'assoc_metadata',
+           'stepwise_ols', 'assoc_ols', 'roi_volume_ml', 'necrosis', 'assoc_necrosis', 'dls_vs_ihc_dcb',
+           'dls_vs_ihc_hr', 'reader_icc', 'bootstrap_mean', 'fig4_prognosis', 'table2', 'fig5_dcb_rates',
+           'fig5_km_histology', 's10_ecog', 'multivariable_data', 'univariable', 'select_covariates', 'fit_models',
+           'model_score', 'cindex', 'calibration_models', 'plot_rqs']
 
 # %% ../../nbs/papers/62_mu2021.ipynb #6b339f3e
 TPS_GROUPS = ("<1%", "1-49%", ">=50%")
@@ -126,14 +127,15 @@ def table2_numbers(d: pd.DataFrame,  # one cohort's scored patients
 # %% ../../nbs/papers/62_mu2021.ipynb #1006be59
 def rqs_checklist(path: str | Path | None = None,  # a checklist YAML; default the package's
                  ) -> dict:
-    "The RQS checklist (Lambin 2017) with this package's answers."
+    "The RQS checklist (Lambin 2017): the package's items with its answers for the synthetic demo study, or the file at `path`."
     p = Path(path) if path is not None else Path(pdl1_dls.__file__).parent / "data" / "rqs_checklist.yaml"
     return yaml.safe_load(p.read_text())
 
-def rqs_table(path: str | Path | None = None,  # a checklist YAML; default the package's
+# %% ../../nbs/papers/62_mu2021.ipynb #1cb6c754
+def rqs_table(checklist: str | Path | dict | None = None,  # a checklist (`rqs_for_study`) or its YAML; default the package's
              ) -> pd.DataFrame:
-    "One row per RQS item (points, range, justification) plus a total row; `.attrs` holds total and percent."
-    ck = rqs_checklist(path)
+    "One row per RQS item (points, range, justification) plus a total row; `.attrs` holds total, percent and the checklist's source."
+    ck = checklist if isinstance(checklist, dict) else rqs_checklist(checklist)
     items = ck["items"]
     if sorted(int(i["id"]) for i in items) != list(range(1, 17)):
         raise ValueError("the RQS checklist must have items 1..16 exactly once")
@@ -152,8 +154,27 @@ def rqs_table(path: str | Path | None = None,  # a checklist YAML; default the p
     tot = dict(id=np.nan, item="Total", points=total, min=int(df["min"].sum()), max=mx,
                criteria=f"percentage of {mx}: {pct:.1f} %", justification="")
     out = pd.concat([df, pd.DataFrame([tot])], ignore_index=True)
-    out.attrs.update(total=total, percent=pct, max_total=mx)
+    out.attrs.update(total=total, percent=pct, max_total=mx, source=ck.get("source", ""))
     return out
+
+# %% ../../nbs/papers/62_mu2021.ipynb #6c5248b1
+RQS_NOT_ASSESSED = "not assessed: this study has no RQS checklist (the manifest's `rqs:` or the notebook's `rqs_checklist`)"
+
+def rqs_for_study(study=None,  # a `Study` (its manifest's `rqs:` path is used) or None
+                  checklist: str | Path | None = None,  # the study's checklist YAML; wins over the manifest's
+                 ) -> dict:
+    "The RQS checklist of one study: the package's items answered by the study's checklist (`checklist`, else the manifest's `rqs:`); unanswered `pipeline` items as the package answers them, unanswered `study` items 0, not assessed; `source` says which file."
+    rel = (getattr(study, "spec", None) or {}).get("rqs") if checklist is None else None
+    base_dir = Path(study.path).parent if getattr(study, "path", None) else Path(".")
+    path = Path(checklist) if checklist is not None else (base_dir / rel if rel else None)
+    given = {int(i["id"]): i for i in rqs_checklist(path)["items"]} if path is not None else {}
+    items = []
+    for i in rqs_checklist()["items"]:
+        g = given.get(int(i["id"]))
+        if g is not None: items.append({**i, "answer": g.get("answer"), "justification": g.get("justification", "")})
+        elif i.get("scope") == "pipeline": items.append(i)
+        else: items.append({**i, "answer": 0, "justification": RQS_NOT_ASSESSED})
+    return {**rqs_checklist(), "items": items, "source": str(path) if path is not None else "none: the pipeline items only"}
 
 # %% ../../nbs/papers/62_mu2021.ipynb #b2da3489
 PDL1_COHORTS = ("sph_train", "sph_val", "mcc_pdl1", "va")   # the paper's PD-L1 cohorts (Table 1, Figure 3)
@@ -662,24 +683,32 @@ def assoc_ols(r: SimpleNamespace,  # `load`
                              "a left-out term's beta and p are those it would have on entering)")
     return tab
 
+# %% ../../nbs/papers/62_mu2021.ipynb #feddfdd5
+def roi_volume_ml(roi,  # ROI mask (SimpleITK image): every voxel > 0 is inside
+                 ) -> float:
+    "The ROI's volume in ml: voxels inside times the voxel volume (mm³ / 1000), on the ROI's own grid."
+    import SimpleITK as sitk
+    return float((sitk.GetArrayViewFromImage(roi) > 0).sum() * np.prod(roi.GetSpacing()) / 1000.0)
+
 # %% ../../nbs/papers/62_mu2021.ipynb #7359bc4b
 def necrosis(r: SimpleNamespace,  # `load`
              t: pd.DataFrame, groups: dict,  # `association_data`
             ) -> pd.DataFrame:
-    "Per patient of the groups: the PET necrosis ratio and global and necrotic volumes (`necrosis_ratio`), cached in out_dir/necrosis.csv keyed by patient and file paths; unusable patients are printed and left out."
+    "Per patient of the groups: the PET necrosis ratio and global and necrotic volumes (`necrosis_ratio`) and the ROI volume (`roi_volume_ml`), cached in out_dir/necrosis.csv keyed by patient and file paths; unusable patients are printed and left out."
     from ..core import PDL1Error, atomic_path, progress
     from ..io import read_image, read_pet_suv
     from ..petct.preprocess import necrosis_ratio
     cache = Path(r.out_dir) / "necrosis.csv"
     need = t[t["cohort"].isin([c for cs in groups.values() for c in cs])][["patient_id", "pet", "roi"]].dropna()
     old = pd.read_csv(cache, dtype={"patient_id": str}) if cache.is_file() else pd.DataFrame(columns=["patient_id", "pet", "roi"])
-    old = old.merge(need, on=["patient_id", "pet", "roi"], how="inner")
+    old = old.merge(need, on=["patient_id", "pet", "roi"], how="inner") if "roi_volume_ml" in old else old.iloc[0:0]   # an older cache: recomputed
     todo = need[~need["patient_id"].isin(old["patient_id"])]
     new, bad = [], []
     for x in progress(list(todo.itertuples(index=False)), desc="necrosis", unit="patient"):
         try:
-            n = necrosis_ratio(read_pet_suv(x.pet, x.patient_id), read_image(x.roi, x.patient_id), patient=x.patient_id)
-            new.append(dict(patient_id=x.patient_id, pet=x.pet, roi=x.roi, **n))
+            roi = read_image(x.roi, x.patient_id)
+            n = necrosis_ratio(read_pet_suv(x.pet, x.patient_id), roi, patient=x.patient_id)
+            new.append(dict(patient_id=x.patient_id, pet=x.pet, roi=x.roi, **n, roi_volume_ml=roi_volume_ml(roi)))
         except (PDL1Error, ValueError, RuntimeError) as e:
             bad.append(dict(patient_id=x.patient_id, reason=str(e)))
     nec = pd.concat([old, pd.DataFrame(new)], ignore_index=True) if new else old
@@ -695,7 +724,7 @@ _NEC_KEYS = ["spearman_dls_necrosis", "spearman_dls_necrosis_p", "necrosis_ols_a
              "necrosis_ols_coef", "necrosis_ols_coef_p"]
 
 def _necrosis_row(r, g, cohorts, d, ax) -> dict:
-    "One group's DLS vs necrosis ratio (Spearman among patients with necrosis, univariable standardised OLS) and vs volume, recorded; its scatter plot."
+    "One group's DLS vs necrosis ratio (Spearman among patients with necrosis, univariable standardised OLS) and vs the ROI volume, recorded; its scatter plot."
     dn, c = d[d["ratio"] > 0], "+".join(cohorts)
     x = _safe(spearman, dn["ratio"], dn["dls"]) if len(dn) >= 4 else None
     row = dict(group=g, n=len(d), n_with_necrosis=len(dn))
@@ -715,27 +744,27 @@ def _necrosis_row(r, g, cohorts, d, ax) -> dict:
     else:
         print(f"{g}: fewer than 4 patients with necrosis")
         _rec_na(r, _NEC_KEYS, cohorts, g, f"{len(dn)} patients with necrosis (< 4) or constant values")
-    v = _safe(spearman, d["global_ml"], d["dls"]) if len(d) >= 4 else None
+    v = _safe(spearman, d["roi_volume_ml"], d["dls"]) if len(d) >= 4 else None
     if v:
         row.update(rho_volume=v.r, volume_lo=v.lo, volume_hi=v.hi, p_volume=v.p)
-        r.rec(f"spearman_dls_volume.{g}", v.r, lo=v.lo, hi=v.hi, cohort=c, note="global tumour volume of the PET segmentation")
+        r.rec(f"spearman_dls_volume.{g}", v.r, lo=v.lo, hi=v.hi, cohort=c, note="tumour volume: the ROI's voxels x voxel volume")
         _rec_p(r, f"spearman_dls_volume_p.{g}", v.p, cohort=c)
     else:
-        _rec_na(r, ["spearman_dls_volume", "spearman_dls_volume_p"], cohorts, g, f"{len(d)} patients with a PET volume (< 4) or constant values")
+        _rec_na(r, ["spearman_dls_volume", "spearman_dls_volume_p"], cohorts, g, f"{len(d)} patients with an ROI volume (< 4) or constant values")
     return row
 
 def assoc_necrosis(r: SimpleNamespace,  # `load`
                    t: pd.DataFrame, groups: dict,  # `association_data`
-                   nec: pd.DataFrame,  # `necrosis`: patient_id, ratio, global_ml, necrosis_ml
+                   nec: pd.DataFrame,  # `necrosis`: patient_id, ratio, global_ml, necrosis_ml, roi_volume_ml
                   ) -> pd.DataFrame:
-    "The DLS against the PET necrosis ratio and the tumour volume per group; recorded, written, scatter plots."
-    tn = t.merge(nec[["patient_id", "ratio", "global_ml", "necrosis_ml"]], on="patient_id", how="inner") if len(nec) else t.iloc[0:0]
+    "The DLS against the PET necrosis ratio and the tumour (ROI) volume per group; recorded, written, scatter plots."
+    tn = t.merge(nec[["patient_id", "ratio", "global_ml", "necrosis_ml", "roi_volume_ml"]], on="patient_id", how="inner") if len(nec) else t.iloc[0:0]
     fig, axes = panels(len(groups), height=3.2)
     rows = [_necrosis_row(r, g, cohorts, tn[tn["cohort"].isin(cohorts)], ax) for ax, (g, cohorts) in zip(axes, groups.items())]
     finish(fig, "mu2021_assoc_necrosis", r.out_dir)
     tab = pd.DataFrame(rows)
     write_table(tab, "mu2021_assoc_necrosis_volume", r.out_dir,
-                title="DLS vs PET necrosis ratio (Spearman, patients with necrosis; univariable standardised OLS) and vs tumour volume (Spearman)")
+                title="DLS vs PET necrosis ratio (Spearman, patients with necrosis; univariable standardised OLS) and vs the ROI volume (Spearman)")
     return tab
 
 
