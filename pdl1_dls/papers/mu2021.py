@@ -31,13 +31,14 @@ from ..stats.survival import (compare_c, cox, harrell_c, hr_difference, kaplan_m
 # %% auto #0
 __all__ = ['TPS_GROUPS', 'TABLE2_LEVELS', 'RQS_NOT_ASSESSED', 'PDL1_COHORTS', 'ICI_COHORTS', 'T1_CONT', 'T1_CAT', 'ABLATION',
            'ADVANCED', 'STAGE_NUM', 'META_BIN', 'META_CONT', 'OLS_COV', 'MEDIAN_CI', 'DLS_GROUP', 'HIST_STRATA',
-           'MV_CANDIDATES', 'MV_ALPHA', 'FULL', 'CLIN', 'tps_group', 'fisher_rxc', 'table2_numbers', 'rqs_checklist',
-           'rqs_table', 'rqs_for_study', 'load', 'record_published', 'table1', 'roc_panels', 'fig3_performance',
-           'plot_fig3', 'ablation', 'subgroups', 'association_data', 'assoc_tps', 'assoc_anova', 'assoc_metadata',
-           'stepwise_ols', 'assoc_ols', 'roi_volume_ml', 'necrosis', 'assoc_necrosis', 'dls_vs_ihc_dcb',
-           'dls_vs_ihc_hr', 'reader_icc', 'bootstrap_mean', 'fig4_prognosis', 'table2', 'fig5_dcb_rates',
-           'fig5_km_histology', 's10_ecog', 'multivariable_data', 'univariable', 'select_covariates', 'fit_models',
-           'model_score', 'cindex', 'calibration_models', 'plot_rqs']
+           'MV_CANDIDATES', 'MV_ALPHA', 'FULL', 'CLIN', 'FIG2_PANELS', 'tps_group', 'fisher_rxc', 'table2_numbers',
+           'rqs_checklist', 'rqs_table', 'rqs_for_study', 'load', 'record_published', 'table1', 'roc_panels',
+           'fig3_performance', 'plot_fig3', 'ablation', 'advanced_stage', 'subgroups', 'association_data', 'assoc_tps',
+           'assoc_anova', 'assoc_metadata', 'stepwise_ols', 'assoc_ols', 'roi_volume_ml', 'necrosis', 'assoc_necrosis',
+           'dls_vs_ihc_dcb', 'dls_vs_ihc_hr', 'reader_icc', 'bootstrap_mean', 'fig4_prognosis', 'table2',
+           'fig5_dcb_rates', 'fig5_km_histology', 's10_ecog', 'multivariable_data', 'univariable', 'select_covariates',
+           'fit_models', 'model_score', 'cindex', 'calibration_models', 'fig2_examples', 'fig2_inputs', 'fig2_maps',
+           'fig2_clusters', 'plot_rqs']
 
 # %% ../../nbs/papers/62_mu2021.ipynb #6b339f3e
 TPS_GROUPS = ("<1%", "1-49%", ">=50%")
@@ -462,29 +463,31 @@ def _subgroup_rows(r, k, d, split, col, levels, pkey) -> list:
         if pkey: record_published(r, f"{pkey}.{k}", None, cohort=r.pc[k], note=f"no unpaired DeLong test: {e}")
     return rows
 
+def advanced_stage(r: SimpleNamespace,  # `load`
+                  ) -> dict | None:
+    "The DLS's AUC for PD-L1 status in the SPH patients (training + validation pooled) with advanced stage (III-IV): DeLong CI and the p of AUC = 0.5 (the paper: 0.90, 0.85-0.97, p < 0.001); recorded. None without SPH cohorts or stage."
+    sph = [r.pc[k] for k in ("sph_train", "sph_val") if k in r.pc]
+    if not sph or "stage" not in r.t: print("no SPH cohort or no stage column: advanced-stage subgroup skipped"); return None
+    x = r.t
+    s = x[x["cohort"].isin(sph) & x[r.lab].notna() & x["dls"].notna() & x["stage"].astype(str).str.upper().isin(ADVANCED)]
+    a, c = auc_test(s[r.lab], s["dls"]), "+".join(sph)
+    r.rec("dls_auc_advanced.sph", a["auc"], lo=a["lo"], hi=a["hi"], cohort=c, note=f"stage III-IV, n={a['n']}; {a['note']}".strip("; "))
+    r.rec("dls_auc_advanced_p.sph", a["p"], cohort=c, note=a["note"] or "DeLong z of AUC - 0.5")
+    return dict(cohort_key="sph", cohort=c, split="stage", subgroup="advanced (III-IV)", n=a["n"], n_pos=a["n_pos"], n_neg=a["n_neg"],
+                auc=a["auc"], lo=a["lo"], hi=a["hi"], delong_p=np.nan, p_vs_0_5=a["p"], note=a["note"])
+
 def subgroups(r: SimpleNamespace,  # `load`
              ) -> pd.DataFrame:
-    "The DLS's AUC in EGFR and histology subgroups per PD-L1 cohort (unpaired DeLong between the two) and in advanced stage (SPH pooled); recorded, written, ROC figures."
-    t, pc, lab = r.t, r.pc, r.lab
-    rows = []
-    for k in r.keys:
-        for sp in _splits(t): rows += _subgroup_rows(r, k, _labelled(r, k), *sp)
-    sph = [pc[k] for k in ("sph_train", "sph_val") if k in pc]
-    if sph and "stage" in t:
-        s = t[t["cohort"].isin(sph) & t[lab].notna() & t["dls"].notna() & t["stage"].astype(str).str.upper().isin(ADVANCED)]
-        a = auc_test(s[lab], s["dls"])
-        rows.append(dict(cohort_key="sph", cohort="+".join(sph), split="stage", subgroup="advanced (III-IV)", n=a["n"], n_pos=a["n_pos"],
-                         n_neg=a["n_neg"], auc=a["auc"], lo=a["lo"], hi=a["hi"], delong_p=np.nan, p_vs_0_5=a["p"], note=a["note"]))
-        r.rec("dls_auc_advanced.sph", a["auc"], lo=a["lo"], hi=a["hi"], cohort="+".join(sph), note=f"stage III-IV, n={a['n']}; {a['note']}".strip("; "))
-        r.rec("dls_auc_advanced_p.sph", a["p"], cohort="+".join(sph), note=a["note"] or "DeLong z of AUC - 0.5")
-    sg = pd.DataFrame(rows)
+    "The DLS's AUC in EGFR and histology subgroups per PD-L1 cohort (unpaired DeLong between the two) and in advanced stage (`advanced_stage`); recorded, written, ROC figures."
+    rows = [row for k in r.keys for sp in _splits(r.t) for row in _subgroup_rows(r, k, _labelled(r, k), *sp)]
+    adv = advanced_stage(r)
+    sg = pd.DataFrame(rows + ([adv] if adv else []))
     if len(sg):
-        write_table(sg, "mu2021_subgroups", r.out_dir, title="DLS AUC for PD-L1 status by EGFR and histology subgroup (DeLong CI; unpaired DeLong test between the two subgroups)")
-    for split, col, levels, _ in _splits(t):
+        write_table(sg, "mu2021_subgroups", r.out_dir, title="DLS AUC for PD-L1 status by EGFR and histology subgroup (DeLong CI; unpaired DeLong test between the two subgroups) and in advanced stage")
+    for split, col, levels, _ in _splits(r.t):
         roc_panels(r, {k: [(name, _labelled(r, k)[lambda d: d[col] == val], "dls") for val, name, _ in levels] for k in r.keys},
                    f"mu2021_subgroups_{split.lower()}_roc", f"DLS ROC by {split} subgroup")
     return sg
-
 
 # %% ../../nbs/papers/62_mu2021.ipynb #4ab5cb9a
 STAGE_NUM = {"I": 1, "II": 2, "III": 3, "IV": 4}
@@ -1432,6 +1435,122 @@ def calibration_models(r: SimpleNamespace,  # `load`
     tab = pd.DataFrame(rows)
     if len(tab): write_table(tab, "mu2021_calibration", r.out_dir, title=f"Calibration of the DLS models fitted on the retrospective ICI cohort (DCB: probability; PFS/OS: survival at {horizon:g} months vs Kaplan-Meier)")
     return tab
+
+# %% ../../nbs/papers/62_mu2021.ipynb #16a5ee6d
+FIG2_PANELS = (("A", "SCC", 1), ("B", "SCC", 0), ("C", "ADC", 1), ("D", "ADC", 0))
+
+def fig2_examples(r: SimpleNamespace,  # `load`
+                  seed: int = 0,  # the draw among the candidates
+                 ) -> pd.DataFrame:
+    "Figure 2A-D's example patients: one per (histology, PD-L1 status) of the validation and test cohorts, drawn among those whose DLS agrees with IHC at the cutoff (else any); the reasons for a missing panel printed."
+    t, lab, pc = r.t, r.lab, r.pc
+    names = [pc[k] for k in ("sph_val", "mcc_pdl1") if k in pc]
+    if "histology" not in t: print("no histology column: Figure 2A-D skipped"); return pd.DataFrame()
+    pool = t[t["cohort"].isin(names) & t[lab].notna() & t["dls"].notna() & t["histology"].isin(["SCC", "ADC"])
+             & t[["pet", "ct", "roi"]].notna().all(axis=1)].sort_values("patient_id")
+    rng, rows = np.random.default_rng(seed), []
+    for panel, h, pos in FIG2_PANELS:
+        cand = pool[(pool["histology"] == h) & (pool[lab] == pos)]
+        agree = cand[(cand["dls"] >= r.cutoff) == bool(pos)]
+        c = agree if len(agree) else cand
+        if len(c) == 0: print(f"Figure 2{panel}: no {h} PD-L1{'+' if pos else '-'} patient in {names}, skipped"); continue
+        x = c.iloc[int(rng.integers(len(c)))]
+        rows.append(dict(panel=panel, patient_id=x["patient_id"], cohort=x["cohort"], histology=h, pdl1="positive" if pos else "negative",
+                         pdl1_tps=x.get("pdl1_tps", np.nan), dls=x["dls"], dls_high=bool(x["dls"] >= r.cutoff), agrees_with_ihc=bool(len(agree) > 0)))
+    return pd.DataFrame(rows)
+
+# %% ../../nbs/papers/62_mu2021.ipynb #b6d98a3c
+def fig2_inputs(r: SimpleNamespace,  # `load`
+                ex: pd.DataFrame,  # `fig2_examples`
+               ) -> tuple:
+    "(the DLS model's network or None, {patient_id: HyperImages} of the examples); None and {} with the reason printed when there is no model or no example."
+    from pdl1_dls.analysis import run_models
+    from pdl1_dls.core import get_settings
+    from pdl1_dls.petct.preprocess import patient_hyperimages
+    from pdl1_dls.training import load_model
+    run = run_models(r.out_dir).get("dls")
+    if run is None or not (Path(run) / "model.pt").is_file(): print(f"no trained hyper-image model in {run}: Figure 2A-D skipped"); return None, {}
+    if len(ex) == 0: print("no example patient: Figure 2A-D skipped"); return None, {}
+    model, _ = load_model(run).net()
+    cache, ti = Path(get_settings().cache_dir) / "petct" / r.study.name, r.t.set_index("patient_id")
+    return model, {p: patient_hyperimages(p, ti.loc[p, "pet"], ti.loc[p, "ct"], ti.loc[p, "roi"], cache_dir=cache) for p in ex["patient_id"]}
+
+# %% ../../nbs/papers/62_mu2021.ipynb #fe0c1bf4
+def _centre(m) -> str:
+    "Centre of mass (row, column) of a map."
+    return "({:.1f}, {:.1f})".format(*((np.indices(m.shape) * m).reshape(2, -1).sum(1) / max(float(m.sum()), 1e-12)))
+
+def fig2_maps(r: SimpleNamespace,  # `load`
+              ex: pd.DataFrame,  # `fig2_examples`
+              model,  # the DLS network (`fig2_inputs`)
+              his: dict,  # {patient_id: HyperImages} (`fig2_inputs`)
+             ) -> pd.DataFrame:
+    "Figure 2A-D: per example the hyper-image, the top layer4 activation maps and the positive and negative Grad-CAM maps on its largest-tumour slice; figures saved, table written."
+    import matplotlib.pyplot as plt
+    import torch
+    from pdl1_dls.explain import activation_maps, gradcam, plot_hyperimage_gradcam, top_filters
+    from pdl1_dls.report import save_figure
+    hs = [his[p] for p in ex["patient_id"]]
+    ks = [int(np.argmax(h.ssm_area_mm2)) for h in hs]                 # the slice with the largest tumour square
+    imgs = np.stack([h.images[k] for h, k in zip(hs, ks)]).astype(np.float32)
+    cams_pos, cams_neg = gradcam(model, imgs, target=1), gradcam(model, imgs, target=0)
+    acts = activation_maps(model, imgs, layers=["layer4"])["layer4"]
+    model.eval()
+    with torch.no_grad(): p_sl = torch.sigmoid(model(torch.as_tensor(imgs).to(next(model.parameters()).device))).cpu().numpy().ravel()
+    rows = []
+    for (_, e), h, k, img, cp, cn, act, p in zip(ex.iterrows(), hs, ks, imgs, cams_pos, cams_neg, acts, p_sl):
+        top = top_filters(act, k=4)
+        fig = plot_hyperimage_gradcam(img, cp, cn, filters={f"layer4 filter {c}": act[c] for c in top},
+                                      title=f"Figure 2{e['panel']}: {e['histology']}, PD-L1 {e['pdl1']} (TPS {e['pdl1_tps']:.0f} %), DLS {e['dls']:.2f}, slice {int(h.slices[k])}")
+        save_figure(fig, f"mu2021_fig2{e['panel'].lower()}_{e['histology'].lower()}_pdl1_{'pos' if e['pdl1'] == 'positive' else 'neg'}", r.out_dir)
+        plt.close(fig)
+        rows.append(dict(e.to_dict(), n_slices=len(h.slices), slice=int(h.slices[k]), slice_probability=float(p), top_layer4_filters=" ".join(map(str, top)),
+                         pos_cam_centre=_centre(cp), neg_cam_centre=_centre(cn),
+                         pos_neg_cam_correlation=float(np.corrcoef(cp.ravel(), cn.ravel())[0, 1]) if cp.std() > 0 and cn.std() > 0 else np.nan))
+    tab = pd.DataFrame(rows)
+    write_table(tab, "mu2021_fig2_examples", r.out_dir, title="Figure 2A-D: example patients (slice with the largest tumour square)")
+    return tab
+
+# %% ../../nbs/papers/62_mu2021.ipynb #3c130687
+def fig2_clusters(r: SimpleNamespace,  # `load`
+                  feats: pd.DataFrame,  # patient_id + deep features (one row per patient)
+                  n_clusters: int = 4,  # the paper's four groups
+                 ) -> tuple:
+    "Figure 2E: (the `cluster_deep_features` result, cluster composition per group, χ² tests per group); recorded, written, heat map."
+    import matplotlib.pyplot as plt
+    from pdl1_dls.explain import cluster_deep_features, plot_feature_heatmap
+    from pdl1_dls.report import save_figure
+    from pdl1_dls.stats.association import chi_square
+    pc, t, lab = r.pc, r.t, r.lab
+    groups = {g: [pc[k] for k in ks if k in pc] for g, ks in (("SPH", ("sph_train", "sph_val")), ("MCC", ("mcc_pdl1",)))}
+    groups = {g: v for g, v in groups.items() if v}
+    if not groups: print("no PD-L1 cohort (train, validation or test) in this study: Figure 2E skipped"); return None, pd.DataFrame(), pd.DataFrame()
+    meta = t[t["cohort"].isin(sum(groups.values(), []))][["patient_id", "cohort", lab] + (["histology"] if "histology" in t else [])].copy()
+    meta["group"] = meta["cohort"].map({c: g for g, cs in groups.items() for c in cs})
+    meta[lab] = meta[lab].map({1.0: "PD-L1+", 0.0: "PD-L1-"})
+    res = cluster_deep_features(feats[feats["patient_id"].isin(meta["patient_id"])], meta, n_clusters=n_clusters, test_columns=(lab, "histology"))
+    fig = plot_feature_heatmap(res, annotate=(lab, "histology", "group"))
+    for m in fig.pdl1_grid.ax_heatmap.collections: m.set_rasterized(True)   # a 256 x n mesh as vectors makes a 10 MB SVG
+    save_figure(fig, "mu2021_fig2e_feature_heatmap", r.out_dir); plt.close(fig)
+    cl = res.clusters
+    comp = (cl.groupby(["group", "cluster"], observed=True)
+              .agg(n=("patient_id", "size"), pdl1_positive=(lab, lambda s: int((s == "PD-L1+").sum())),
+                   adc=("histology", lambda s: int((s == "ADC").sum())), scc=("histology", lambda s: int((s == "SCC").sum()))).reset_index())
+    comp["pdl1_positive_pct"] = 100 * comp["pdl1_positive"] / comp["n"]
+    write_table(comp, "mu2021_fig2e_clusters", r.out_dir, title="Figure 2E: deep-feature clusters by group (n, PD-L1+, histology)")
+    tests = []
+    for g in groups:
+        sub = cl[cl["group"] == g]
+        for v in [v for v in (lab, "histology") if v in sub]:
+            pk = f"cluster_{'pdl1' if v == lab else 'histology'}_p.{ {'SPH': 'sph', 'MCC': 'mcc_pdl1'}[g] }"
+            try: ct = chi_square(sub["cluster"].astype(str), sub[v], dropna=True)
+            except ValueError as err:
+                print(f"{g} {v}: {err}"); r.rec(pk, None, cohort="+".join(groups[g]), note=f"no chi-square: {err}"); continue
+            tests.append(dict(group=g, variable="PD-L1" if v == lab else v, chi2=ct.statistic, dof=ct.dof, p=ct.p, n=ct.n, min_expected=ct.min_expected))
+            r.rec(pk, ct.p, cohort="+".join(groups[g]), note=f"clusters from all PD-L1 cohorts pooled; chi-square within {g}")
+    tests = pd.DataFrame(tests)
+    write_table(tests, "mu2021_fig2e_chi2", r.out_dir, title="Figure 2E: χ² tests of the four clusters vs PD-L1 and histology per group")
+    return res, comp, tests
 
 # %% ../../nbs/papers/62_mu2021.ipynb #b76f7f15
 def plot_rqs(rqs: pd.DataFrame,  # `rqs_table`
