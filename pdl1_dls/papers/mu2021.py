@@ -492,6 +492,10 @@ def subgroups(r: SimpleNamespace,  # `load`
 # %% ../../nbs/papers/62_mu2021.ipynb #4ab5cb9a
 STAGE_NUM = {"I": 1, "II": 2, "III": 3, "IV": 4}
 
+def _stage_num(s: pd.Series) -> pd.Series:
+    "TNM stage as 1-4 (IIIA, IIIB, ... count as III); NaN when missing or unknown."
+    return s.map(lambda v: STAGE_NUM.get(str(v).upper().strip().rstrip("ABC"), np.nan) if pd.notna(v) else np.nan)
+
 def association_data(r: SimpleNamespace,  # `load`
                     ) -> tuple:
     "(scored patients with numeric stage and 0/1 scc and male columns, analysis groups): `sph` is SPH training + validation pooled, `mcc_pdl1` the MCC PD-L1 test cohort."
@@ -500,7 +504,7 @@ def association_data(r: SimpleNamespace,  # `load`
     if sph: groups["sph"] = sph
     if "mcc_pdl1" in pc: groups["mcc_pdl1"] = [pc["mcc_pdl1"]]
     t = r.t[r.t["dls"].notna()].copy()
-    if "stage" in t: t["stage_num"] = t["stage"].map(lambda v: STAGE_NUM.get(str(v).upper(), np.nan) if pd.notna(v) else np.nan)
+    if "stage" in t: t["stage_num"] = _stage_num(t["stage"])
     if "histology" in t: t["scc"] = np.where(t["histology"].isna(), np.nan, (t["histology"] == "SCC").astype(float))
     if "sex" in t: t["male"] = np.where(t["sex"].isna(), np.nan, (t["sex"].astype(str).str.lower() == "male").astype(float))
     return t, groups
@@ -1229,7 +1233,7 @@ def multivariable_data(r: SimpleNamespace,  # `load`
     t["adc"] = _binary(t, "histology", lambda s: s == "ADC")
     t["ecog_ge1"] = _binary(t, "ecog", lambda s: s >= 1)
     t["male"] = _binary(t, "sex", lambda s: s.astype(str).str.lower().isin(["male", "m"]))
-    if "stage" in t: t["stage_num"] = t["stage"].map(lambda v: STAGE_NUM.get(str(v).upper().rstrip("ABC"), np.nan) if pd.notna(v) else np.nan)
+    if "stage" in t: t["stage_num"] = _stage_num(t["stage"])
     train = r.pc.get("mcc_ici_retro")
     if train is None: print("no retrospective ICI cohort (first cohort with role 'ici'): the models cannot be fitted")
     eps = {"dcb": None, "pfs": ("pfs_months", "pfs_event"), "os": ("os_months", "os_event")}
