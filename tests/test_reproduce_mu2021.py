@@ -154,8 +154,27 @@ def test_association_spearman_recomputed(mu_run, scored):
     for r in tps.itertuples():
         d = scored[scored["cohort"].isin(pc[r.group]) & scored["dls"].notna()].dropna(subset=["pdl1_tps", "suvmax"])
         assert r.n == len(d) and r.rho_dls_tps == pytest.approx(spearmanr(d["dls"], d["pdl1_tps"])[0], abs=1e-12)
-    nec = pd.read_csv(out / "necrosis.csv")
+    nec = pd.read_csv(out / "necrosis.csv", dtype={"patient_id": str})
     assert (nec["ratio"].between(0, 1)).all() and (nec["global_ml"] > 0).all()
+
+
+def test_tumour_volume_is_the_roi_volume_against_nibabel(mu_run, scored):
+    """The tumour volume correlated with the DLS is the ROI's: voxels > 0 times the voxel volume from the NIfTI header
+    (nibabel, independent of SimpleITK), and the recorded Spearman rho uses it.
+
+    Reference: `nib.load(roi).get_fdata() > 0` summed times `prod(header.get_zooms()) / 1000`."""
+    import nibabel as nib
+    from scipy.stats import spearmanr
+    _, out, _ = mu_run
+    nec = pd.read_csv(out / "necrosis.csv", dtype={"patient_id": str})
+    assert len(nec) > 0
+    for x in nec.itertuples():
+        img = nib.load(x.roi)
+        assert x.roi_volume_ml == pytest.approx((np.asarray(img.dataobj) > 0).sum() * np.prod(img.header.get_zooms()[:3]) / 1000, rel=1e-6)
+    tab = pd.read_csv(out / "tables" / "mu2021_assoc_necrosis_volume.csv").set_index("group")
+    d = scored.merge(nec[["patient_id", "roi_volume_ml"]], on="patient_id")
+    d = d[d["cohort"] == "mcc_pdl1"]
+    assert tab.loc["mcc_pdl1", "rho_volume"] == pytest.approx(spearmanr(d["roi_volume_ml"], d["dls"])[0], abs=1e-12)
 
 
 @pytest.mark.slow

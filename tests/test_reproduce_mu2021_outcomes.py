@@ -268,6 +268,55 @@ def test_fig5_rates(mu_run):
         assert r["n"] == len(g) and r["dcb"] == int(g["dcb"].sum())
 
 
+def _code(t):
+    "The candidates' codings, by hand: ADC, ECOG >= 1, male, numeric stage."
+    t["adc"] = (t["histology"] == "ADC").astype(float); t["ecog_ge1"] = (t["ecog"] >= 1).astype(float)
+    t["male"] = (t["sex"].str.lower() == "male").astype(float)
+    t["stage_num"] = t["stage"].astype(str).str.upper().str.rstrip("ABC").map({"I": 1, "II": 2, "III": 3, "IV": 4})
+    return t
+
+
+def _model_covariates(run, ep):
+    "The DLS model's covariates of endpoint `ep` as the models table gives them."
+    coefs = _table(run, "mu2021_multivariable_models")
+    return coefs[(coefs["endpoint"] == ep) & (coefs["model"] == "DLS + selected covariates")]["covariates"].iloc[0].split(" + ")
+
+
+def test_multivariable_covariates_selected_by_univariable_p_against_statsmodels(mu_fixed):
+    """Every candidate screened by an independent fit (statsmodels Logit for DCB, lifelines Cox for PFS/OS) on the
+    retrospective cohort; the models hold the DLS and exactly the clinical candidates with p < 0.05 (the paper's rule).
+
+    Reference: `statsmodels.api.Logit(y, add_constant(x)).fit().pvalues[x]`; `lifelines.CoxPHFitter().fit(...).summary.p`
+    (R: `summary(glm(dcb ~ x, binomial))`, `summary(coxph(Surv(t, e) ~ x))`)."""
+    import statsmodels.api as sm
+    from lifelines import CoxPHFitter
+    from pdl1_dls.papers.mu2021 import MV_CANDIDATES
+    t, _ = _scored(mu_fixed)
+    _code(t)
+    c = _table(mu_fixed["run"], "mu2021_cindex")
+    tr = t[t["cohort"] == c[c["role"] == "training"]["cohort"].iloc[0]]
+    n_sel, cands = 0, [v for v in MV_CANDIDATES if v in tr and tr[v].notna().any()]   # SUVmax comes from the images: not here
+    assert len(cands) >= 9
+    for ep in ("DCB", "PFS", "OS"):
+        p = {}
+        for v in cands:
+            if ep == "DCB":
+                d = tr.dropna(subset=[v, "dcb"])
+                p[v] = float(sm.Logit(d["dcb"].astype(int), sm.add_constant(d[[v]].astype(float))).fit(disp=0).pvalues[v])
+            else:
+                tc, ec = f"{ep.lower()}_months", f"{ep.lower()}_event"
+                d = tr.dropna(subset=[v, tc, ec])
+                p[v] = float(CoxPHFitter().fit(d[[v, tc, ec]].astype(float), tc, ec).summary.loc[v, "p"])
+        want = ["dls"] + [v for v in cands if v != "dls" and p[v] < 0.05]
+        assert _model_covariates(mu_fixed["run"], ep) == want, (ep, p)
+        uni = _table(mu_fixed["run"], "mu2021_univariable").query("endpoint == @ep").set_index("variable")
+        fin = [v for v in cands if np.isfinite(uni.loc[v, "p"])]        # NaN: no maximum-likelihood estimate, said
+        assert all("separation" in str(uni.loc[v, "warning"]) for v in cands if v not in fin)
+        assert len(fin) >= len(cands) - 1 and np.allclose(uni.loc[fin, "p"], [p[v] for v in fin], rtol=1e-3, atol=1e-6)
+        n_sel += len(want) - 1
+    assert n_sel > 0          # the synthetic outcomes depend on histology and ECOG: something clinical is selected
+
+
 def test_multivariable_cindex_matches_sklearn_logistic(mu_fixed):
     "DCB model refitted by sklearn (unpenalised ML) on the retrospective cohort and applied unchanged: same C-indices."
     from sklearn.linear_model import LogisticRegression
@@ -278,8 +327,8 @@ def test_multivariable_cindex_matches_sklearn_logistic(mu_fixed):
     t, _ = _scored(mu_fixed)
     c = _table(mu_fixed["run"], "mu2021_cindex")
     assert c is not None and (c["endpoint"] == "DCB").sum() == 3   # fitted on the retrospective cohort, applied to two
-    t["adc"] = (t["histology"] == "ADC").astype(float); t["ecog_ge1"] = (t["ecog"] >= 1).astype(float)
-    cols = ["dls", "adc", "ecog_ge1"]
+    _code(t)
+    cols = _model_covariates(mu_fixed["run"], "DCB")
     train = c[c["role"] == "training"]["cohort"].iloc[0]
     tr = t[t["cohort"] == train].dropna(subset=cols + ["dcb"])
     assert not logistic(tr, "dcb", cols).separation          # identifiable: the maximum-likelihood estimate exists
@@ -295,7 +344,7 @@ def test_separated_dcb_model_is_flagged_not_given_numbers(mu_separated):
     st = {s["notebook"]: s for s in mu_separated["result"]["notebooks"]}
     assert st["mu2021_11_multivariable"]["ok"], st["mu2021_11_multivariable"]["error"]
     coefs = _table(mu_separated["run"], "mu2021_multivariable_models")
-    full = coefs[(coefs["endpoint"] == "DCB") & (coefs["model"] == "DLS + histology + ECOG")].set_index("term")
+    full = coefs[(coefs["endpoint"] == "DCB") & (coefs["model"] == "DLS + selected covariates")].set_index("term")
     assert np.isinf(full.loc["dls", "coef"]) and full.loc["dls", "coef"] > 0 and np.isnan(full.loc["dls", "se"])
     assert "separation" in full.loc["dls", "warning"]
     c = _table(mu_separated["run"], "mu2021_cindex")
@@ -304,7 +353,8 @@ def test_separated_dcb_model_is_flagged_not_given_numbers(mu_separated):
     assert c[c["endpoint"] != "DCB"]["c"].notna().all()                 # the Cox models are identifiable and applied
     uni = _table(mu_separated["run"], "mu2021_univariable")
     assert "separation" in uni[(uni["endpoint"] == "DCB") & (uni["variable"] == "dls")]["warning"].iloc[0]
-    assert not (mu_separated["run"] / "tables" / "mu2021_calibration_dcb.csv").exists()   # no model, no calibration
+    cal = _table(mu_separated["run"], "mu2021_calibration")   # no DCB model, no DCB calibration; the Cox models are calibrated
+    assert cal is not None and "DCB" not in set(cal["endpoint"]) and {"PFS", "OS"} <= set(cal["endpoint"])
 
 
 def test_multivariable_cox_cindex_by_brute_force(mu_fixed):
@@ -313,10 +363,10 @@ def test_multivariable_cox_cindex_by_brute_force(mu_fixed):
     t, _ = _scored(mu_fixed)
     c = _table(mu_fixed["run"], "mu2021_cindex")
     assert c is not None and (c["endpoint"] == "PFS").any()
-    t["adc"] = (t["histology"] == "ADC").astype(float); t["ecog_ge1"] = (t["ecog"] >= 1).astype(float)
-    cols = ["dls", "adc", "ecog_ge1"]
+    _code(t)
     train = c[c["role"] == "training"]["cohort"].iloc[0]
     for ep in ("PFS", "OS"):
+        cols = _model_covariates(mu_fixed["run"], ep)
         tc, ec = f"{ep.lower()}_months", f"{ep.lower()}_event"
         tr = t[t["cohort"] == train].dropna(subset=cols + [tc, ec])
         f = CoxPHFitter().fit(tr[cols + [tc, ec]], tc, ec)
@@ -345,7 +395,11 @@ def test_fig2_clusters_and_rqs(mu_run):
     assert comp["cluster"].nunique() <= 4
     rqs = _table(mu_run["run"], "mu2021_rqs")
     ck = yaml.safe_load((REPO / "pdl1_dls" / "data" / "rqs_checklist.yaml").read_text())
-    assert int(rqs.loc[rqs["item"] == "Total", "points"].iloc[0]) == sum(int(i["answer"]) for i in ck["items"])
+    # the tiny study's manifest has no `rqs:` checklist: only the pipeline items are scored, the study items not assessed
+    assert int(rqs.loc[rqs["item"] == "Total", "points"].iloc[0]) == sum(int(i["answer"]) for i in ck["items"] if i["scope"] == "pipeline")
+    study_items = {int(i["id"]) for i in ck["items"] if i["scope"] == "study"}
+    nr = rqs[rqs["id"].isin(study_items)]
+    assert len(nr) == len(study_items) >= 10 and (nr["points"] == 0).all() and nr["justification"].str.startswith("not assessed").all()
 
 # The full (non-quick) demo reproduction of every notebook, with its timing, is the slow test in
 # tests/test_reproduce_mu2021.py (test_full_demo_reproduction).

@@ -24,19 +24,21 @@ from ..report import published, record, write_table
 from ..stats.association import (anova_lsd, compare_correlations, fisher_exact, icc, mann_whitney, point_biserial,
                                         spearman)
 from ..stats.roc import auc_ci, auc_test, binary_metrics, calibration, delong_ci, delong_test, delong_test_unpaired
-from ..stats.survival import (compare_c, cox, harrell_c, hr_difference, km_median, linear_predictor, logistic,
+from ..stats.survival import (compare_c, cox, harrell_c, hr_difference, kaplan_meier, km_median, linear_predictor, logistic,
                                      logistic_univariable, logrank)
 
 
 # %% auto #0
-__all__ = ['TPS_GROUPS', 'TABLE2_LEVELS', 'PDL1_COHORTS', 'ICI_COHORTS', 'T1_CONT', 'T1_CAT', 'ABLATION', 'ADVANCED', 'STAGE_NUM',
-           'META_BIN', 'META_CONT', 'OLS_COV', 'MEDIAN_CI', 'DLS_GROUP', 'HIST_STRATA', 'MV_FULL', 'MV_CLIN',
-           'MV_MODELS', 'UNI_COVS', 'tps_group', 'fisher_rxc', 'table2_numbers', 'rqs_checklist', 'rqs_table', 'load',
-           'record_published', 'table1', 'roc_panels', 'fig3_performance', 'plot_fig3', 'ablation', 'subgroups',
-           'association_data', 'assoc_tps', 'assoc_anova', 'assoc_metadata', 'assoc_ols', 'necrosis', 'assoc_necrosis',
+__all__ = ['TPS_GROUPS', 'TABLE2_LEVELS', 'RQS_NOT_ASSESSED', 'PDL1_COHORTS', 'ICI_COHORTS', 'T1_CONT', 'T1_CAT', 'ABLATION',
+           'ADVANCED', 'STAGE_NUM', 'META_BIN', 'META_CONT', 'OLS_COV', 'MEDIAN_CI', 'DLS_GROUP', 'HIST_STRATA',
+           'MV_CANDIDATES', 'MV_ALPHA', 'FULL', 'CLIN', 'FIG2_PANELS', 'tps_group', 'fisher_rxc', 'table2_numbers',
+           'rqs_checklist', 'rqs_table', 'rqs_for_study', 'load', 'record_published', 'table1', 'roc_panels',
+           'fig3_performance', 'plot_fig3', 'ablation', 'advanced_stage', 'subgroups', 'association_data', 'assoc_tps',
+           'assoc_anova', 'assoc_metadata', 'stepwise_ols', 'assoc_ols', 'roi_volume_ml', 'necrosis', 'assoc_necrosis',
            'dls_vs_ihc_dcb', 'dls_vs_ihc_hr', 'reader_icc', 'bootstrap_mean', 'fig4_prognosis', 'table2',
-           'fig5_dcb_rates', 'fig5_km_histology', 's10_ecog', 'multivariable_data', 'univariable', 'fit_models',
-           'model_score', 'cindex', 'calibration_dcb', 'plot_rqs']
+           'fig5_dcb_rates', 'fig5_km_histology', 's10_ecog', 'multivariable_data', 'univariable', 'select_covariates',
+           'fit_models', 'model_score', 'cindex', 'calibration_models', 'fig2_examples', 'fig2_inputs', 'fig2_maps',
+           'fig2_clusters', 'plot_rqs']
 
 # %% ../../nbs/papers/62_mu2021.ipynb #6b339f3e
 TPS_GROUPS = ("<1%", "1-49%", ">=50%")
@@ -126,14 +128,15 @@ def table2_numbers(d: pd.DataFrame,  # one cohort's scored patients
 # %% ../../nbs/papers/62_mu2021.ipynb #1006be59
 def rqs_checklist(path: str | Path | None = None,  # a checklist YAML; default the package's
                  ) -> dict:
-    "The RQS checklist (Lambin 2017) with this package's answers."
+    "The RQS checklist (Lambin 2017): the package's items with its answers for the synthetic demo study, or the file at `path`."
     p = Path(path) if path is not None else Path(pdl1_dls.__file__).parent / "data" / "rqs_checklist.yaml"
     return yaml.safe_load(p.read_text())
 
-def rqs_table(path: str | Path | None = None,  # a checklist YAML; default the package's
+# %% ../../nbs/papers/62_mu2021.ipynb #1cb6c754
+def rqs_table(checklist: str | Path | dict | None = None,  # a checklist (`rqs_for_study`) or its YAML; default the package's
              ) -> pd.DataFrame:
-    "One row per RQS item (points, range, justification) plus a total row; `.attrs` holds total and percent."
-    ck = rqs_checklist(path)
+    "One row per RQS item (points, range, justification) plus a total row; `.attrs` holds total, percent and the checklist's source."
+    ck = checklist if isinstance(checklist, dict) else rqs_checklist(checklist)
     items = ck["items"]
     if sorted(int(i["id"]) for i in items) != list(range(1, 17)):
         raise ValueError("the RQS checklist must have items 1..16 exactly once")
@@ -152,8 +155,27 @@ def rqs_table(path: str | Path | None = None,  # a checklist YAML; default the p
     tot = dict(id=np.nan, item="Total", points=total, min=int(df["min"].sum()), max=mx,
                criteria=f"percentage of {mx}: {pct:.1f} %", justification="")
     out = pd.concat([df, pd.DataFrame([tot])], ignore_index=True)
-    out.attrs.update(total=total, percent=pct, max_total=mx)
+    out.attrs.update(total=total, percent=pct, max_total=mx, source=ck.get("source", ""))
     return out
+
+# %% ../../nbs/papers/62_mu2021.ipynb #6c5248b1
+RQS_NOT_ASSESSED = "not assessed: this study has no RQS checklist (the manifest's `rqs:` or the notebook's `rqs_checklist`)"
+
+def rqs_for_study(study=None,  # a `Study` (its manifest's `rqs:` path is used) or None
+                  checklist: str | Path | None = None,  # the study's checklist YAML; wins over the manifest's
+                 ) -> dict:
+    "The RQS checklist of one study: the package's items answered by the study's checklist (`checklist`, else the manifest's `rqs:`); unanswered `pipeline` items as the package answers them, unanswered `study` items 0, not assessed; `source` says which file."
+    rel = (getattr(study, "spec", None) or {}).get("rqs") if checklist is None else None
+    base_dir = Path(study.path).parent if getattr(study, "path", None) else Path(".")
+    path = Path(checklist) if checklist is not None else (base_dir / rel if rel else None)
+    given = {int(i["id"]): i for i in rqs_checklist(path)["items"]} if path is not None else {}
+    items = []
+    for i in rqs_checklist()["items"]:
+        g = given.get(int(i["id"]))
+        if g is not None: items.append({**i, "answer": g.get("answer"), "justification": g.get("justification", "")})
+        elif i.get("scope") == "pipeline": items.append(i)
+        else: items.append({**i, "answer": 0, "justification": RQS_NOT_ASSESSED})
+    return {**rqs_checklist(), "items": items, "source": str(path) if path is not None else "none: the pipeline items only"}
 
 # %% ../../nbs/papers/62_mu2021.ipynb #b2da3489
 PDL1_COHORTS = ("sph_train", "sph_val", "mcc_pdl1", "va")   # the paper's PD-L1 cohorts (Table 1, Figure 3)
@@ -441,32 +463,38 @@ def _subgroup_rows(r, k, d, split, col, levels, pkey) -> list:
         if pkey: record_published(r, f"{pkey}.{k}", None, cohort=r.pc[k], note=f"no unpaired DeLong test: {e}")
     return rows
 
+def advanced_stage(r: SimpleNamespace,  # `load`
+                  ) -> dict | None:
+    "The DLS's AUC for PD-L1 status in the SPH patients (training + validation pooled) with advanced stage (III-IV): DeLong CI and the p of AUC = 0.5 (the paper: 0.90, 0.85-0.97, p < 0.001); recorded. None without SPH cohorts or stage."
+    sph = [r.pc[k] for k in ("sph_train", "sph_val") if k in r.pc]
+    if not sph or "stage" not in r.t: print("no SPH cohort or no stage column: advanced-stage subgroup skipped"); return None
+    x = r.t
+    s = x[x["cohort"].isin(sph) & x[r.lab].notna() & x["dls"].notna() & x["stage"].astype(str).str.upper().isin(ADVANCED)]
+    a, c = auc_test(s[r.lab], s["dls"]), "+".join(sph)
+    r.rec("dls_auc_advanced.sph", a["auc"], lo=a["lo"], hi=a["hi"], cohort=c, note=f"stage III-IV, n={a['n']}; {a['note']}".strip("; "))
+    r.rec("dls_auc_advanced_p.sph", a["p"], cohort=c, note=a["note"] or "DeLong z of AUC - 0.5")
+    return dict(cohort_key="sph", cohort=c, split="stage", subgroup="advanced (III-IV)", n=a["n"], n_pos=a["n_pos"], n_neg=a["n_neg"],
+                auc=a["auc"], lo=a["lo"], hi=a["hi"], delong_p=np.nan, p_vs_0_5=a["p"], note=a["note"])
+
 def subgroups(r: SimpleNamespace,  # `load`
              ) -> pd.DataFrame:
-    "The DLS's AUC in EGFR and histology subgroups per PD-L1 cohort (unpaired DeLong between the two) and in advanced stage (SPH pooled); recorded, written, ROC figures."
-    t, pc, lab = r.t, r.pc, r.lab
-    rows = []
-    for k in r.keys:
-        for sp in _splits(t): rows += _subgroup_rows(r, k, _labelled(r, k), *sp)
-    sph = [pc[k] for k in ("sph_train", "sph_val") if k in pc]
-    if sph and "stage" in t:
-        s = t[t["cohort"].isin(sph) & t[lab].notna() & t["dls"].notna() & t["stage"].astype(str).str.upper().isin(ADVANCED)]
-        a = auc_test(s[lab], s["dls"])
-        rows.append(dict(cohort_key="sph", cohort="+".join(sph), split="stage", subgroup="advanced (III-IV)", n=a["n"], n_pos=a["n_pos"],
-                         n_neg=a["n_neg"], auc=a["auc"], lo=a["lo"], hi=a["hi"], delong_p=np.nan, p_vs_0_5=a["p"], note=a["note"]))
-        r.rec("dls_auc_advanced.sph", a["auc"], lo=a["lo"], hi=a["hi"], cohort="+".join(sph), note=f"stage III-IV, n={a['n']}; {a['note']}".strip("; "))
-        r.rec("dls_auc_advanced_p.sph", a["p"], cohort="+".join(sph), note=a["note"] or "DeLong z of AUC - 0.5")
-    sg = pd.DataFrame(rows)
+    "The DLS's AUC in EGFR and histology subgroups per PD-L1 cohort (unpaired DeLong between the two) and in advanced stage (`advanced_stage`); recorded, written, ROC figures."
+    rows = [row for k in r.keys for sp in _splits(r.t) for row in _subgroup_rows(r, k, _labelled(r, k), *sp)]
+    adv = advanced_stage(r)
+    sg = pd.DataFrame(rows + ([adv] if adv else []))
     if len(sg):
-        write_table(sg, "mu2021_subgroups", r.out_dir, title="DLS AUC for PD-L1 status by EGFR and histology subgroup (DeLong CI; unpaired DeLong test between the two subgroups)")
-    for split, col, levels, _ in _splits(t):
+        write_table(sg, "mu2021_subgroups", r.out_dir, title="DLS AUC for PD-L1 status by EGFR and histology subgroup (DeLong CI; unpaired DeLong test between the two subgroups) and in advanced stage")
+    for split, col, levels, _ in _splits(r.t):
         roc_panels(r, {k: [(name, _labelled(r, k)[lambda d: d[col] == val], "dls") for val, name, _ in levels] for k in r.keys},
                    f"mu2021_subgroups_{split.lower()}_roc", f"DLS ROC by {split} subgroup")
     return sg
 
-
 # %% ../../nbs/papers/62_mu2021.ipynb #4ab5cb9a
 STAGE_NUM = {"I": 1, "II": 2, "III": 3, "IV": 4}
+
+def _stage_num(s: pd.Series) -> pd.Series:
+    "TNM stage as 1-4 (IIIA, IIIB, ... count as III); NaN when missing or unknown."
+    return s.map(lambda v: STAGE_NUM.get(str(v).upper().strip().rstrip("ABC"), np.nan) if pd.notna(v) else np.nan)
 
 def association_data(r: SimpleNamespace,  # `load`
                     ) -> tuple:
@@ -476,7 +504,7 @@ def association_data(r: SimpleNamespace,  # `load`
     if sph: groups["sph"] = sph
     if "mcc_pdl1" in pc: groups["mcc_pdl1"] = [pc["mcc_pdl1"]]
     t = r.t[r.t["dls"].notna()].copy()
-    if "stage" in t: t["stage_num"] = t["stage"].map(lambda v: STAGE_NUM.get(str(v).upper(), np.nan) if pd.notna(v) else np.nan)
+    if "stage" in t: t["stage_num"] = _stage_num(t["stage"])
     if "histology" in t: t["scc"] = np.where(t["histology"].isna(), np.nan, (t["histology"] == "SCC").astype(float))
     if "sex" in t: t["male"] = np.where(t["sex"].isna(), np.nan, (t["sex"].astype(str).str.lower() == "male").astype(float))
     return t, groups
@@ -586,18 +614,60 @@ def assoc_metadata(r: SimpleNamespace,  # `load`
     return tab
 
 
-# %% ../../nbs/papers/62_mu2021.ipynb #61987de6
-OLS_COV = ("suvmax", "age", "bmi", "stage_num", "ecog", "scc", "male", "smoking", "egfr")
-
+# %% ../../nbs/papers/62_mu2021.ipynb #6c32f91a
 def _zols(d, y, cov):
     "OLS of z-scored y on z-scored covariates (standardised betas)."
     z = (d[cov + [y]] - d[cov + [y]].mean()) / d[cov + [y]].std()
     return sm.OLS(z[y], sm.add_constant(z[cov])).fit()
 
+def stepwise_ols(d: pd.DataFrame,  # complete cases of y and every candidate
+                 y: str,  # the outcome column
+                 candidates,  # candidate covariate columns
+                 p_enter: float = 0.05,  # SPSS PIN: enter when the coefficient's p is below it
+                 p_remove: float = 0.10,  # SPSS POUT: remove when the coefficient's p is above it
+                 max_steps: int = 100,
+                ) -> SimpleNamespace:
+    "SPSS stepwise linear regression on z-scored variables: (fit: the final statsmodels OLS, None when nothing entered; selected; steps: step, action, variable, p)."
+    if p_enter >= p_remove: raise ValueError(f"p_enter ({p_enter}) must be below p_remove ({p_remove}), or the steps can cycle")
+    cand = [c for c in candidates if d[c].std() > 0]
+    sel, steps, seen = [], [], set()
+    for _ in range(max_steps):
+        out = [c for c in cand if c not in sel]
+        pin = {c: _zols(d, y, sel + [c]).pvalues[c] for c in out}
+        best = min(pin, key=pin.get) if pin else None
+        if best is None or not pin[best] < p_enter: break
+        sel.append(best); steps.append(dict(step=len(steps) + 1, action="enter", variable=best, p=pin[best]))
+        pv = _zols(d, y, sel).pvalues[sel]
+        if pv.max() > p_remove:
+            worst = pv.idxmax(); sel.remove(worst)
+            steps.append(dict(step=len(steps) + 1, action="remove", variable=worst, p=pv.max()))
+        if frozenset(sel) in seen: break   # a model visited before: stop (SPSS stops the same way)
+        seen.add(frozenset(sel))
+    return SimpleNamespace(fit=_zols(d, y, sel) if sel else None, selected=sel,
+                           steps=pd.DataFrame(steps, columns=["step", "action", "variable", "p"]))
+
+# %% ../../nbs/papers/62_mu2021.ipynb #61987de6
+OLS_COV = ("suvmax", "age", "bmi", "stage_num", "ecog", "scc", "male", "smoking", "egfr")
+_OLS_KEYS = ["ols_adj_r2", "ols_f", "ols_p", "ols_coef_suvmax", "ols_coef_suvmax_p"]
+
+def _rec_ols(r, g, c, sw, n_cand):
+    "Record the selected model's adjusted R2, F and p, and SUVmax's standardised beta and p (or why not)."
+    fit, why = sw.fit, f"no covariate entered the stepwise regression (p < 0.05) out of {n_cand}"
+    if fit is None: _rec_na(r, _OLS_KEYS, c.split("+"), g, why); return
+    note = f"stepwise (PIN 0.05, POUT 0.10): {', '.join(sw.selected)} selected of {n_cand}"
+    r.rec(f"ols_adj_r2.{g}", fit.rsquared_adj, cohort=c, note=note)
+    r.rec(f"ols_f.{g}", fit.fvalue, cohort=c, note=f"F({int(fit.df_model)}, {int(fit.df_resid)}); {note}")
+    _rec_p(r, f"ols_p.{g}", fit.f_pvalue, cohort=c, note="F-test of the selected model")
+    if "suvmax" in sw.selected:
+        ci = fit.conf_int()
+        r.rec(f"ols_coef_suvmax.{g}", fit.params["suvmax"], lo=ci.loc["suvmax", 0], hi=ci.loc["suvmax", 1], cohort=c, note="standardised beta")
+        _rec_p(r, f"ols_coef_suvmax_p.{g}", fit.pvalues["suvmax"], cohort=c, note="t test of the coefficient")
+    else: _rec_na(r, ["ols_coef_suvmax", "ols_coef_suvmax_p"], c.split("+"), g, f"SUVmax not selected; {note}")
+
 def assoc_ols(r: SimpleNamespace,  # `load`
               t: pd.DataFrame, groups: dict,  # `association_data`
              ) -> pd.DataFrame:
-    "Multivariable linear regression of the DLS on the characteristics per group (standardised OLS: betas, adjusted R2, F); recorded and written."
+    "Multivariable linear regression of the DLS on the characteristics per group, covariates chosen by `stepwise_ols` (standardised betas, adjusted R2, F of the selected model; every candidate's p to enter or stay); recorded and written."
     COV = [c for c in OLS_COV if c in t]
     rows = []
     for g, cohorts in groups.items():
@@ -605,42 +675,47 @@ def assoc_ols(r: SimpleNamespace,  # `load`
         cov, c = [v for v in COV if d[v].std() > 0], "+".join(cohorts)
         if len(d) <= len(cov) + 2:
             print(f"{g}: too few complete patients for the regression")
-            _rec_na(r, ["ols_adj_r2", "ols_f", "ols_p", "ols_coef_suvmax", "ols_coef_suvmax_p"], cohorts, g, f"{len(d)} complete patients for {len(cov)} covariates")
-            continue
-        fit = _zols(d, "dls", cov)
-        ci = fit.conf_int()
-        for v in cov:
-            rows.append(dict(group=g, term=v, beta=fit.params[v], lo=ci.loc[v, 0], hi=ci.loc[v, 1], p=fit.pvalues[v],
-                             n=int(fit.nobs), adj_r2=fit.rsquared_adj, F=fit.fvalue, F_p=fit.f_pvalue))
-        r.rec(f"ols_adj_r2.{g}", fit.rsquared_adj, cohort=c, note=f"{len(cov)} covariates, all entered")
-        r.rec(f"ols_f.{g}", fit.fvalue, cohort=c, note=f"F({int(fit.df_model)}, {int(fit.df_resid)})")
-        _rec_p(r, f"ols_p.{g}", fit.f_pvalue, cohort=c, note="F-test of the regression")
-        if "suvmax" in cov:
-            r.rec(f"ols_coef_suvmax.{g}", fit.params["suvmax"], lo=ci.loc["suvmax", 0], hi=ci.loc["suvmax", 1], cohort=c, note="standardised beta")
-            _rec_p(r, f"ols_coef_suvmax_p.{g}", fit.pvalues["suvmax"], cohort=c, note="t test of the coefficient")
+            _rec_na(r, _OLS_KEYS, cohorts, g, f"{len(d)} complete patients for {len(cov)} covariates"); continue
+        sw = stepwise_ols(d, "dls", cov)
+        print(f"{g}: stepwise steps\n{sw.steps.to_string(index=False)}" if len(sw.steps) else f"{g}: no covariate entered")
+        for v in cov:   # selected: its p in the final model; left out: its p were it entered next
+            f = sw.fit if v in sw.selected else _zols(d, "dls", sw.selected + [v])
+            ci = f.conf_int()
+            rows.append(dict(group=g, term=v, selected=v in sw.selected, beta=f.params[v], lo=ci.loc[v, 0], hi=ci.loc[v, 1], p=f.pvalues[v],
+                             n=len(d), adj_r2=sw.fit.rsquared_adj if sw.fit else np.nan, F=sw.fit.fvalue if sw.fit else np.nan,
+                             F_p=sw.fit.f_pvalue if sw.fit else np.nan))
+        _rec_ols(r, g, c, sw, len(cov))
     tab = pd.DataFrame(rows)
-    if len(tab): write_table(tab, "mu2021_assoc_ols", r.out_dir, title="Multivariable OLS of the DLS on metadata (standardised betas)")
+    if len(tab): write_table(tab, "mu2021_assoc_ols", r.out_dir, title="Stepwise multivariable OLS of the DLS on metadata (PIN 0.05, POUT 0.10; standardised betas; "
+                             "a left-out term's beta and p are those it would have on entering)")
     return tab
 
+# %% ../../nbs/papers/62_mu2021.ipynb #feddfdd5
+def roi_volume_ml(roi,  # ROI mask (SimpleITK image): every voxel > 0 is inside
+                 ) -> float:
+    "The ROI's volume in ml: voxels inside times the voxel volume (mm³ / 1000), on the ROI's own grid."
+    import SimpleITK as sitk
+    return float((sitk.GetArrayViewFromImage(roi) > 0).sum() * np.prod(roi.GetSpacing()) / 1000.0)
 
 # %% ../../nbs/papers/62_mu2021.ipynb #7359bc4b
 def necrosis(r: SimpleNamespace,  # `load`
              t: pd.DataFrame, groups: dict,  # `association_data`
             ) -> pd.DataFrame:
-    "Per patient of the groups: the PET necrosis ratio and global and necrotic volumes (`necrosis_ratio`), cached in out_dir/necrosis.csv keyed by patient and file paths; unusable patients are printed and left out."
+    "Per patient of the groups: the PET necrosis ratio and global and necrotic volumes (`necrosis_ratio`) and the ROI volume (`roi_volume_ml`), cached in out_dir/necrosis.csv keyed by patient and file paths; unusable patients are printed and left out."
     from ..core import PDL1Error, atomic_path, progress
     from ..io import read_image, read_pet_suv
     from ..petct.preprocess import necrosis_ratio
     cache = Path(r.out_dir) / "necrosis.csv"
     need = t[t["cohort"].isin([c for cs in groups.values() for c in cs])][["patient_id", "pet", "roi"]].dropna()
     old = pd.read_csv(cache, dtype={"patient_id": str}) if cache.is_file() else pd.DataFrame(columns=["patient_id", "pet", "roi"])
-    old = old.merge(need, on=["patient_id", "pet", "roi"], how="inner")
+    old = old.merge(need, on=["patient_id", "pet", "roi"], how="inner") if "roi_volume_ml" in old else old.iloc[0:0]   # an older cache: recomputed
     todo = need[~need["patient_id"].isin(old["patient_id"])]
     new, bad = [], []
     for x in progress(list(todo.itertuples(index=False)), desc="necrosis", unit="patient"):
         try:
-            n = necrosis_ratio(read_pet_suv(x.pet, x.patient_id), read_image(x.roi, x.patient_id), patient=x.patient_id)
-            new.append(dict(patient_id=x.patient_id, pet=x.pet, roi=x.roi, **n))
+            roi = read_image(x.roi, x.patient_id)
+            n = necrosis_ratio(read_pet_suv(x.pet, x.patient_id), roi, patient=x.patient_id)
+            new.append(dict(patient_id=x.patient_id, pet=x.pet, roi=x.roi, **n, roi_volume_ml=roi_volume_ml(roi)))
         except (PDL1Error, ValueError, RuntimeError) as e:
             bad.append(dict(patient_id=x.patient_id, reason=str(e)))
     nec = pd.concat([old, pd.DataFrame(new)], ignore_index=True) if new else old
@@ -656,7 +731,7 @@ _NEC_KEYS = ["spearman_dls_necrosis", "spearman_dls_necrosis_p", "necrosis_ols_a
              "necrosis_ols_coef", "necrosis_ols_coef_p"]
 
 def _necrosis_row(r, g, cohorts, d, ax) -> dict:
-    "One group's DLS vs necrosis ratio (Spearman among patients with necrosis, univariable standardised OLS) and vs volume, recorded; its scatter plot."
+    "One group's DLS vs necrosis ratio (Spearman among patients with necrosis, univariable standardised OLS) and vs the ROI volume, recorded; its scatter plot."
     dn, c = d[d["ratio"] > 0], "+".join(cohorts)
     x = _safe(spearman, dn["ratio"], dn["dls"]) if len(dn) >= 4 else None
     row = dict(group=g, n=len(d), n_with_necrosis=len(dn))
@@ -676,27 +751,27 @@ def _necrosis_row(r, g, cohorts, d, ax) -> dict:
     else:
         print(f"{g}: fewer than 4 patients with necrosis")
         _rec_na(r, _NEC_KEYS, cohorts, g, f"{len(dn)} patients with necrosis (< 4) or constant values")
-    v = _safe(spearman, d["global_ml"], d["dls"]) if len(d) >= 4 else None
+    v = _safe(spearman, d["roi_volume_ml"], d["dls"]) if len(d) >= 4 else None
     if v:
         row.update(rho_volume=v.r, volume_lo=v.lo, volume_hi=v.hi, p_volume=v.p)
-        r.rec(f"spearman_dls_volume.{g}", v.r, lo=v.lo, hi=v.hi, cohort=c, note="global tumour volume of the PET segmentation")
+        r.rec(f"spearman_dls_volume.{g}", v.r, lo=v.lo, hi=v.hi, cohort=c, note="tumour volume: the ROI's voxels x voxel volume")
         _rec_p(r, f"spearman_dls_volume_p.{g}", v.p, cohort=c)
     else:
-        _rec_na(r, ["spearman_dls_volume", "spearman_dls_volume_p"], cohorts, g, f"{len(d)} patients with a PET volume (< 4) or constant values")
+        _rec_na(r, ["spearman_dls_volume", "spearman_dls_volume_p"], cohorts, g, f"{len(d)} patients with an ROI volume (< 4) or constant values")
     return row
 
 def assoc_necrosis(r: SimpleNamespace,  # `load`
                    t: pd.DataFrame, groups: dict,  # `association_data`
-                   nec: pd.DataFrame,  # `necrosis`: patient_id, ratio, global_ml, necrosis_ml
+                   nec: pd.DataFrame,  # `necrosis`: patient_id, ratio, global_ml, necrosis_ml, roi_volume_ml
                   ) -> pd.DataFrame:
-    "The DLS against the PET necrosis ratio and the tumour volume per group; recorded, written, scatter plots."
-    tn = t.merge(nec[["patient_id", "ratio", "global_ml", "necrosis_ml"]], on="patient_id", how="inner") if len(nec) else t.iloc[0:0]
+    "The DLS against the PET necrosis ratio and the tumour (ROI) volume per group; recorded, written, scatter plots."
+    tn = t.merge(nec[["patient_id", "ratio", "global_ml", "necrosis_ml", "roi_volume_ml"]], on="patient_id", how="inner") if len(nec) else t.iloc[0:0]
     fig, axes = panels(len(groups), height=3.2)
     rows = [_necrosis_row(r, g, cohorts, tn[tn["cohort"].isin(cohorts)], ax) for ax, (g, cohorts) in zip(axes, groups.items())]
     finish(fig, "mu2021_assoc_necrosis", r.out_dir)
     tab = pd.DataFrame(rows)
     write_table(tab, "mu2021_assoc_necrosis_volume", r.out_dir,
-                title="DLS vs PET necrosis ratio (Spearman, patients with necrosis; univariable standardised OLS) and vs tumour volume (Spearman)")
+                title="DLS vs PET necrosis ratio (Spearman, patients with necrosis; univariable standardised OLS) and vs the ROI volume (Spearman)")
     return tab
 
 
@@ -759,7 +834,7 @@ def dls_vs_ihc_dcb(r: SimpleNamespace,  # `load`
 # %% ../../nbs/papers/62_mu2021.ipynb #600f0512
 def dls_vs_ihc_hr(r: SimpleNamespace,  # `load`
                   used: dict,  # `dls_vs_ihc_dcb`'s patients per cohort
-                  n_boot: int = 1000,  # bootstrap replicates of the HR difference (two Cox fits each)
+                  n_boot: int = 10000,  # bootstrap replicates of the HR difference (two Cox fits each; the paper: 10,000)
                   seed: int = 0,
                  ) -> pd.DataFrame:
     "PFS and OS: the Cox HR of high DLS and of IHC-positive status and the percentile bootstrap CI of their difference (`hr_difference`), per cohort; recorded and written."
@@ -1143,32 +1218,38 @@ def s10_ecog(r: SimpleNamespace,  # `load`
 
 
 # %% ../../nbs/papers/62_mu2021.ipynb #db3b534f
-MV_FULL, MV_CLIN = ["dls", "adc", "ecog_ge1"], ["adc", "ecog_ge1"]
-MV_MODELS = (("DLS + histology + ECOG", MV_FULL), ("histology + ECOG", MV_CLIN))
-UNI_COVS = ("age", "sex", "bmi", "stage", "smoking", "ecog", "histology", "egfr", "suvmax", "dls", "dls_high")
+MV_CANDIDATES = ("dls", "adc", "ecog_ge1", "age", "male", "bmi", "stage_num", "smoking", "egfr", "suvmax")
+MV_ALPHA = 0.05   # the paper's significance: two-sided p < 0.05
+FULL, CLIN = "DLS + selected covariates", "selected covariates only"
+
+def _binary(t, col, f):
+    "f(column) as 0/1 float, NaN where the column is missing (all NaN without the column)."
+    return np.where(t[col].isna(), np.nan, f(t[col]).astype(float)) if col in t else np.nan
 
 def multivariable_data(r: SimpleNamespace,  # `load`
                       ) -> SimpleNamespace:
-    "The ICI patients with `adc` (adenocarcinoma vs not) and `ecog_ge1` (ECOG >= 1) columns, the fitting cohort (retrospective MCC ICI), the cohorts the models are applied to, and the endpoints the study has."
+    "The ICI patients with the candidates coded as single terms (`adc`, `ecog_ge1`, `male`, `stage_num`), the fitting cohort (retrospective MCC ICI), the cohorts the models are applied to, the endpoints the study has, and the candidates present."
     t = r.t.copy()
-    t["adc"] = np.where(t["histology"].isna(), np.nan, (t["histology"] == "ADC").astype(float)) if "histology" in t else np.nan
-    t["ecog_ge1"] = np.where(t["ecog"].isna(), np.nan, (t["ecog"] >= 1).astype(float)) if "ecog" in t else np.nan
+    t["adc"] = _binary(t, "histology", lambda s: s == "ADC")
+    t["ecog_ge1"] = _binary(t, "ecog", lambda s: s >= 1)
+    t["male"] = _binary(t, "sex", lambda s: s.astype(str).str.lower().isin(["male", "m"]))
+    if "stage" in t: t["stage_num"] = _stage_num(t["stage"])
     train = r.pc.get("mcc_ici_retro")
     if train is None: print("no retrospective ICI cohort (first cohort with role 'ici'): the models cannot be fitted")
     eps = {"dcb": None, "pfs": ("pfs_months", "pfs_event"), "os": ("os_months", "os_event")}
     eps = {k: v for k, v in eps.items() if (k == "dcb" and "dcb" in t) or (v and v[0] in t)}
-    return SimpleNamespace(t=t, train=train, apply=r.ici, endpoints=eps, models={}, not_estimable={})
-
+    cand = [c for c in MV_CANDIDATES if c in t and pd.to_numeric(t[c], errors="coerce").notna().any()]
+    return SimpleNamespace(t=t, train=train, apply=r.ici, endpoints=eps, candidates=cand, covs={}, models={}, fits={}, not_estimable={})
 
 # %% ../../nbs/papers/62_mu2021.ipynb #a12dbb2c
 def univariable(r: SimpleNamespace,  # `load`
                 m: SimpleNamespace,  # `multivariable_data`
                ) -> pd.DataFrame:
-    "Supplementary S5-S8: univariable logistic (DCB; OR) and Cox (PFS, OS; HR) regressions on each characteristic in the fitting cohort; written."
+    "Supplementary S5-S8: univariable logistic (DCB; OR) and Cox (PFS, OS; HR) regressions on each candidate in the fitting cohort; written."
     rows = []
     if m.train is not None:
         tr = m.t[(m.t["cohort"] == m.train) & m.t["dls"].notna()]
-        covs = [c for c in UNI_COVS if c in tr and tr[c].notna().sum() > 2 and tr[c].nunique() > 1]
+        covs = [c for c in m.candidates if tr[c].notna().sum() > 2 and tr[c].nunique() > 1]
         if "dcb" in m.endpoints and tr["dcb"].notna().any():
             for c in covs:
                 try: u = logistic_univariable(tr, "dcb", [c])
@@ -1187,6 +1268,22 @@ def univariable(r: SimpleNamespace,  # `load`
     if len(tab): write_table(tab, "mu2021_univariable", r.out_dir, title=f"Univariable logistic (DCB) and Cox (PFS, OS) regressions, {m.train}")
     return tab
 
+# %% ../../nbs/papers/62_mu2021.ipynb #6be76087
+def select_covariates(m: SimpleNamespace,  # `multivariable_data`; its `covs` are filled
+                      uni: pd.DataFrame,  # `univariable`
+                      alpha: float = MV_ALPHA,  # enter when the univariable p is below it
+                     ) -> pd.DataFrame:
+    "Per endpoint, the candidates with univariable p < alpha: the DLS model's covariates (the DLS and the selected clinical ones) and the clinical-only model's (the latter; none selected: no clinical model), in `m.covs`; the screen as a table."
+    rows = []
+    for ep in m.endpoints:
+        u = uni[uni["endpoint"] == ep.upper()].set_index("variable") if len(uni) else pd.DataFrame(columns=["p"])
+        p = {c: float(u.loc[c, "p"]) if c in u.index else np.nan for c in m.candidates}
+        clin = [c for c in m.candidates if c != "dls" and p[c] < alpha]   # NaN (a separated screen): not significant
+        m.covs[(ep, FULL)] = ["dls"] + clin
+        if clin: m.covs[(ep, CLIN)] = clin
+        rows += [dict(endpoint=ep.upper(), variable=c, p=p[c], selected=p[c] < alpha, in_dls_model=c == "dls" or c in clin,
+                      note="kept in the DLS model although not significant" if c == "dls" and not p[c] < alpha else "") for c in m.candidates]
+    return pd.DataFrame(rows)
 
 # %% ../../nbs/papers/62_mu2021.ipynb #43b9fa5f
 def _fit(m, tr, ep, covs) -> tuple:
@@ -1199,43 +1296,40 @@ def _fit(m, tr, ep, covs) -> tuple:
     return f, (0.0, f.table.loc[covs, "coef"].to_numpy(float)), f.table.rename(columns={"hr": "ratio", "hr_lo": "lo", "hr_hi": "hi"})
 
 def fit_models(r: SimpleNamespace,  # `load`
-               m: SimpleNamespace,  # `multivariable_data`; its `models` and `not_estimable` are filled
+               m: SimpleNamespace,  # `multivariable_data` after `select_covariates`; its `models`, `fits` and `not_estimable` are filled
               ) -> pd.DataFrame:
-    "Supplementary S11: the DLS + histology + ECOG and the clinical-only models of DCB (logistic), PFS and OS (Cox) fitted on the fitting cohort; a separated or non-converged fit is kept out of `m.models` with its reason; coefficients written."
+    "Supplementary S11: the DLS and the clinical-only models of DCB (logistic), PFS and OS (Cox) on the selected covariates, fitted on the fitting cohort; a separated or non-converged fit is kept out of `m.models` with its reason; coefficients written."
     rows = []
     if m.train is not None:
         tr = m.t[m.t["cohort"] == m.train]
-        for ep in m.endpoints:
-            for mname, covs in MV_MODELS:
-                try: f, fitted, tab = _fit(m, tr, ep, covs)
-                except ValueError as e: print(f"{ep.upper()} {mname}: cannot fit on {m.train} ({e})"); continue
-                if f.separation or not f.converged:
-                    m.not_estimable[(ep, mname)] = f.warning
-                    print(f"{ep.upper()} {mname} on {m.train}: {f.warning}; not applied to the other cohorts")
-                else: m.models[(ep, mname)] = fitted
-                for term, x in tab.iterrows():
-                    rows.append(dict(endpoint=ep.upper(), model=mname, term=term, coef=x["coef"], se=x["se"], ratio=x["ratio"], lo=x["lo"],
-                                     hi=x["hi"], p=x["p"], n=f.n, measure="OR" if ep == "dcb" else "HR", warning=x["warning"]))
+        for (ep, mname), covs in m.covs.items():
+            try: f, fitted, tab = _fit(m, tr, ep, covs)
+            except ValueError as e: print(f"{ep.upper()} {mname}: cannot fit on {m.train} ({e})"); continue
+            if f.separation or not f.converged:
+                m.not_estimable[(ep, mname)] = f.warning
+                print(f"{ep.upper()} {mname} on {m.train}: {f.warning}; not applied to the other cohorts")
+            else: m.models[(ep, mname)], m.fits[(ep, mname)] = fitted, f
+            for term, x in tab.iterrows():
+                rows.append(dict(endpoint=ep.upper(), model=mname, covariates=" + ".join(covs), term=term, coef=x["coef"], se=x["se"], ratio=x["ratio"],
+                                 lo=x["lo"], hi=x["hi"], p=x["p"], n=f.n, measure="OR" if ep == "dcb" else "HR", warning=x["warning"]))
     tab = pd.DataFrame(rows)
     if len(tab):
-        write_table(tab, "mu2021_multivariable_models", r.out_dir, title=f"Multivariable models fitted on {m.train} (supplementary S11): OR for DCB, HR for PFS/OS")
+        write_table(tab, "mu2021_multivariable_models", r.out_dir, title=f"Multivariable models on the covariates selected by univariable p < {MV_ALPHA}, fitted on {m.train} (supplementary S11): OR for DCB, HR for PFS/OS")
     return tab
 
 def model_score(m: SimpleNamespace,  # `multivariable_data` after `fit_models`
-                ep: str, mname: str,  # endpoint ('dcb', 'pfs', 'os') and model name
+                ep: str, mname: str,  # endpoint ('dcb', 'pfs', 'os') and model name (`FULL` or `CLIN`)
                 d: pd.DataFrame,  # patients with the model's covariates
                ) -> np.ndarray:
     "The fitted model's linear predictor (log-odds of DCB, or Cox risk), computed once per distinct covariate row so ties stay ties."
     a, b = m.models[(ep, mname)]
-    return a + linear_predictor(d[MV_FULL if mname.startswith("DLS") else MV_CLIN].astype(float).to_numpy(), b)
-
+    return a + linear_predictor(d[m.covs[(ep, mname)]].astype(float).to_numpy(), b)
 
 # %% ../../nbs/papers/62_mu2021.ipynb #7951a085
 def _c_row(m, ep, d) -> tuple:
-    "(C, lo, hi, p vs 0.5, clinical-model columns, (y, p) for calibration or None) of the full model in one cohort; ValueError when not estimable."
-    full, clin = MV_MODELS[0][0], MV_MODELS[1][0]
-    sf = model_score(m, ep, full, d)
-    sc = model_score(m, ep, clin, d) if (ep, clin) in m.models else None
+    "(C, lo, hi, p vs 0.5, clinical-model columns, note) of the DLS model in one cohort; ValueError when not estimable."
+    sf = model_score(m, ep, FULL, d)
+    sc = model_score(m, ep, CLIN, d) if (ep, CLIN) in m.models else None
     if ep == "dcb":
         y = d["dcb"].astype(int).to_numpy()
         x = auc_test(y, sf)                               # AUC, DeLong CI and the p of AUC = 0.5
@@ -1243,7 +1337,7 @@ def _c_row(m, ep, d) -> tuple:
         rc = delong_ci(y, sc) if sc is not None and np.ptp(sc) > 0 else None
         cmp = delong_test(y, sf, sc) if rc is not None else None
         return (x["auc"], x["lo"], x["hi"], x["p"], dict(c_clinical=rc.auc if rc else np.nan, c_clinical_lo=rc.lo if rc else np.nan,
-                c_clinical_hi=rc.hi if rc else np.nan, p_vs_clinical=cmp.p if cmp else np.nan, measure="AUC (DeLong)"), (y, 1 / (1 + np.exp(-sf))), x["note"])
+                c_clinical_hi=rc.hi if rc else np.nan, p_vs_clinical=cmp.p if cmp else np.nan, measure="AUC (DeLong)"), x["note"])
     tc, ec = m.endpoints[ep]
     x = harrell_c(d[tc], d[ec], sf)
     p0 = float(2 * sst.norm.sf(abs((x.c - 0.5) / x.se))) if x.se > 0 else np.nan
@@ -1251,13 +1345,13 @@ def _c_row(m, ep, d) -> tuple:
     rc = harrell_c(d[tc], d[ec], sc) if ok_c else None
     cmp = compare_c(d[tc], d[ec], sf, sc) if ok_c else None
     return (x.c, x.lo, x.hi, p0, dict(c_clinical=rc.c if rc else np.nan, c_clinical_lo=rc.lo if rc else np.nan, c_clinical_hi=rc.hi if rc else np.nan,
-            p_vs_clinical=cmp.p if cmp else np.nan, measure="Harrell's C (IJ)"), None, "SE of the C-index is 0: no z")
+            p_vs_clinical=cmp.p if cmp else np.nan, measure="Harrell's C (IJ)"), "SE of the C-index is 0: no z")
 
 def cindex(r: SimpleNamespace,  # `load`
            m: SimpleNamespace,  # `multivariable_data` after `fit_models`
-          ) -> tuple:
-    "Supplementary S12: (C-indices of the full model per cohort and endpoint, applied unchanged, against the clinical-only model: DeLong for DCB, `compare_c` for PFS/OS; {cohort key: (y, predicted DCB probability)}); recorded, written."
-    rows, calib, full = [], {}, MV_MODELS[0][0]
+          ) -> pd.DataFrame:
+    "Supplementary S12: the C-indices of the DLS model per cohort and endpoint, applied unchanged, against the clinical-only model (DeLong for DCB, `compare_c` for PFS/OS); recorded, written."
+    rows, full = [], FULL
     for key in m.apply:
         name = r.pc[key]
         role = "training" if name == m.train else "applied unchanged"
@@ -1269,44 +1363,198 @@ def cindex(r: SimpleNamespace,  # `load`
                                  p_vs_0_5=np.nan, warning=f"model not estimable on {m.train}: {m.not_estimable[(ep, full)]}"))
                 na(rows[-1]["warning"]); continue
             if (ep, full) not in m.models: na(f"the model could not be fitted on {m.train}"); continue
-            d = m.t[m.t["cohort"] == name].dropna(subset=MV_FULL + (["dcb"] if ep == "dcb" else list(cols)))
+            d = m.t[m.t["cohort"] == name].dropna(subset=m.covs[(ep, full)] + (["dcb"] if ep == "dcb" else list(cols)))
             if len(d) < 5: print(f"{key} {ep.upper()}: {len(d)} complete patients, skipped"); na(f"{len(d)} complete patients (< 5)"); continue
-            try: c, lo, hi, p0, row_c, cal, why0 = _c_row(m, ep, d)
+            try: c, lo, hi, p0, row_c, why0 = _c_row(m, ep, d)
             except ValueError as e: print(f"{key} {ep.upper()}: {e}"); na(f"no C-index: {e}"); continue
-            if cal is not None: calib[key] = cal
-            rows.append(dict(cohort_key=key, cohort=name, role=role, endpoint=ep.upper(), n=len(d), c=c, lo=lo, hi=hi, p_vs_0_5=p0, **row_c, warning=""))
-            note = ("fitted here" if name == m.train else f"model fitted on {m.train}") + f"; vs clinical-only p={row_c['p_vs_clinical']:.3g}"
+            rows.append(dict(cohort_key=key, cohort=name, role=role, endpoint=ep.upper(), covariates=" + ".join(m.covs[(ep, full)]), n=len(d), c=c, lo=lo, hi=hi, p_vs_0_5=p0, **row_c, warning=""))
+            note = ("fitted here" if name == m.train else f"model fitted on {m.train}") + f"; vs clinical-only p={row_c['p_vs_clinical']:.3g}; covariates {' + '.join(m.covs[(ep, full)])}"
             rec(f"cindex_{ep}_model.{key}", c, lo, hi, note=note, why=note)
             rec(f"cindex_{ep}_model_p.{key}", p0 if np.isfinite(p0) else None, note="z = (C - 0.5) / SE, two-sided" if np.isfinite(p0) else why0)
     tab = pd.DataFrame(rows)
     if len(tab):
-        write_table(tab, "mu2021_cindex", r.out_dir, title="C-indices (95% CI) of the DLS + histology + ECOG models vs clinical-only (histology + ECOG) models (S12)")
-    return tab, calib
+        write_table(tab, "mu2021_cindex", r.out_dir, title="C-indices (95% CI) of the DLS models vs the clinical-only models, covariates selected by univariable p < 0.05 (S12)")
+    return tab
 
 
 # %% ../../nbs/papers/62_mu2021.ipynb #c3e24afb
-def calibration_dcb(r: SimpleNamespace,  # `load`
-                    calib: dict,  # `cindex`'s {cohort key: (y, predicted probability)}
-                   ) -> pd.DataFrame:
-    "Supplementary figure S9: calibration of the DCB model per cohort (binned observed rate with Wilson CIs, recalibration slope and intercept, CITL, Brier); written and plotted."
+def _cal_dcb(m, d) -> tuple:
+    "(bins table, summary) of the DCB model on one cohort's complete patients."
+    y, p = d["dcb"].astype(int).to_numpy(), 1 / (1 + np.exp(-model_score(m, "dcb", FULL, d)))
+    cb = calibration(y, p, n_bins=5 if len(y) < 100 else 10)
+    keys = ("slope", "slope_lo", "slope_hi", "intercept_recal", "intercept_recal_lo", "intercept_recal_hi", "citl", "citl_lo", "citl_hi", "brier")
+    return cb.table, {k: getattr(cb, k) for k in keys}
+
+def _km_at(time, event, h) -> tuple:
+    "(S(h), lo, hi) of the Kaplan-Meier curve (R survfit, log CI); NaN when follow-up ends before h."
+    km = kaplan_meier(time, event).table
+    if float(np.max(time)) < h and km["surv"].iloc[-1] > 0: return np.nan, np.nan, np.nan
+    k = km[km["time"] <= h]
+    if not len(k): return 1.0, 1.0, 1.0
+    x = k.iloc[-1]
+    return float(x["surv"]), float(x["lower"]), float(x["upper"])
+
+def _cal_cox(m, ep, d, h) -> tuple:
+    "(bins table, summary) of the Cox model of `ep` on one cohort: predicted S(h | x) against the KM survival at h per quantile bin."
+    tc, ec = m.endpoints[ep]
+    covs = m.covs[(ep, FULL)]
+    pred = m.fits[(ep, FULL)].model.predict_survival_function(d[covs].astype(float), times=[h]).to_numpy()[0]
+    k = 3 if len(d) < 60 else 5
+    bins = pd.qcut(pd.Series(pred).rank(method="first"), k, labels=False).to_numpy()
     rows = []
-    if not calib: return pd.DataFrame()
-    fig, axes = panels(len(calib), width=4.2, height=4.2)
-    for ax, (key, (y, p)) in zip(axes, calib.items()):
-        try: cb = calibration(y, p, n_bins=5 if len(y) < 100 else 10)
-        except ValueError as e: ax.set_axis_off(); print(f"{key}: {e}"); continue
-        plot_calibration(ax, cb.table, fmt="-")
-        ax.set(xlabel="predicted probability of DCB", ylabel="observed DCB rate",
-               title=f"{r.pc[key]}: slope {cb.slope:.2f}, intercept {cb.intercept_recal:.2f}, CITL {cb.citl:.2f}\nBrier {cb.brier:.3f}")
-        ax.title.set_fontsize(9)
-        summ = {k: getattr(cb, k) for k in ("slope", "slope_lo", "slope_hi", "intercept_recal", "intercept_recal_lo", "intercept_recal_hi",
-                                             "citl", "citl_lo", "citl_hi", "brier")}
-        rows += [dict(cohort=r.pc[key], **x.to_dict(), **summ) for _, x in cb.table.iterrows()]
-    finish(fig, "mu2021_calibration_dcb", r.out_dir)
+    for b in range(k):
+        s = bins == b
+        obs, lo, hi = _km_at(d[tc].to_numpy(float)[s], d[ec].to_numpy(float)[s], h)
+        rows.append(dict(bin=b + 1, n=int(s.sum()), mean_predicted=float(pred[s].mean()), observed=obs, observed_lo=lo, observed_hi=hi))
+    o_all = _km_at(d[tc].to_numpy(float), d[ec].to_numpy(float), h)[0]
+    return pd.DataFrame(rows), dict(horizon_months=h, mean_predicted_all=float(pred.mean()), km_all=o_all, observed_minus_predicted=o_all - float(pred.mean()))
+
+# %% ../../nbs/papers/62_mu2021.ipynb #849d69dd
+def calibration_models(r: SimpleNamespace,  # `load`
+                       m: SimpleNamespace,  # `multivariable_data` after `fit_models`
+                       horizon: float = 12.0,  # months: the survival models' calibration time
+                      ) -> pd.DataFrame:
+    "Supplementary figure S9: calibration of each fitted DLS model (DCB logistic, PFS and OS Cox) in every ICI cohort, applied unchanged; written and plotted (one panel per cohort and endpoint)."
+    jobs = []
+    for key in m.apply:
+        for ep, cols in m.endpoints.items():
+            if (ep, FULL) not in m.models: continue
+            d = m.t[m.t["cohort"] == r.pc[key]].dropna(subset=m.covs[(ep, FULL)] + (["dcb"] if ep == "dcb" else list(cols)))
+            if len(d) >= 5: jobs.append((key, ep, d))
+            else: print(f"{key} {ep.upper()}: {len(d)} complete patients, no calibration")
+    if not jobs: return pd.DataFrame()
+    fig, axes = panels(len(jobs), width=4.2, height=4.2)
+    rows = []
+    for ax, (key, ep, d) in zip(axes, jobs):
+        try: tab, summ = _cal_dcb(m, d) if ep == "dcb" else _cal_cox(m, ep, d, horizon)
+        except ValueError as e: ax.set_axis_off(); print(f"{key} {ep.upper()}: {e}"); continue
+        ok = tab.dropna(subset=["observed"])
+        plot_calibration(ax, ok, fmt="-")
+        what = "DCB" if ep == "dcb" else f"{ep.upper()} at {horizon:g} months"
+        ax.set(xlabel=f"predicted probability of {what}", ylabel=f"observed {what}")
+        ax.set_title(f"{r.pc[key]}: {what}" + (f"\nslope {summ['slope']:.2f}, CITL {summ['citl']:.2f}, Brier {summ['brier']:.3f}" if ep == "dcb"
+                     else f"\nKM {summ['km_all']:.2f} vs predicted {summ['mean_predicted_all']:.2f}"), fontsize=9)
+        rows += [dict(cohort=r.pc[key], endpoint=ep.upper(), **x.to_dict(), **summ) for _, x in tab.iterrows()]
+    finish(fig, "mu2021_calibration", r.out_dir)
     tab = pd.DataFrame(rows)
-    if len(tab): write_table(tab, "mu2021_calibration_dcb", r.out_dir, title="Calibration of the DLS + histology + ECOG logistic model (fitted on the retrospective ICI cohort)")
+    if len(tab): write_table(tab, "mu2021_calibration", r.out_dir, title=f"Calibration of the DLS models fitted on the retrospective ICI cohort (DCB: probability; PFS/OS: survival at {horizon:g} months vs Kaplan-Meier)")
     return tab
 
+# %% ../../nbs/papers/62_mu2021.ipynb #16a5ee6d
+FIG2_PANELS = (("A", "SCC", 1), ("B", "SCC", 0), ("C", "ADC", 1), ("D", "ADC", 0))
+
+def fig2_examples(r: SimpleNamespace,  # `load`
+                  seed: int = 0,  # the draw among the candidates
+                 ) -> pd.DataFrame:
+    "Figure 2A-D's example patients: one per (histology, PD-L1 status) of the validation and test cohorts, drawn among those whose DLS agrees with IHC at the cutoff (else any); the reasons for a missing panel printed."
+    t, lab, pc = r.t, r.lab, r.pc
+    names = [pc[k] for k in ("sph_val", "mcc_pdl1") if k in pc]
+    if "histology" not in t: print("no histology column: Figure 2A-D skipped"); return pd.DataFrame()
+    pool = t[t["cohort"].isin(names) & t[lab].notna() & t["dls"].notna() & t["histology"].isin(["SCC", "ADC"])
+             & t[["pet", "ct", "roi"]].notna().all(axis=1)].sort_values("patient_id")
+    rng, rows = np.random.default_rng(seed), []
+    for panel, h, pos in FIG2_PANELS:
+        cand = pool[(pool["histology"] == h) & (pool[lab] == pos)]
+        agree = cand[(cand["dls"] >= r.cutoff) == bool(pos)]
+        c = agree if len(agree) else cand
+        if len(c) == 0: print(f"Figure 2{panel}: no {h} PD-L1{'+' if pos else '-'} patient in {names}, skipped"); continue
+        x = c.iloc[int(rng.integers(len(c)))]
+        rows.append(dict(panel=panel, patient_id=x["patient_id"], cohort=x["cohort"], histology=h, pdl1="positive" if pos else "negative",
+                         pdl1_tps=x.get("pdl1_tps", np.nan), dls=x["dls"], dls_high=bool(x["dls"] >= r.cutoff), agrees_with_ihc=bool(len(agree) > 0)))
+    return pd.DataFrame(rows)
+
+# %% ../../nbs/papers/62_mu2021.ipynb #b6d98a3c
+def fig2_inputs(r: SimpleNamespace,  # `load`
+                ex: pd.DataFrame,  # `fig2_examples`
+               ) -> tuple:
+    "(the DLS model's network or None, {patient_id: HyperImages} of the examples); None and {} with the reason printed when there is no model or no example."
+    from pdl1_dls.analysis import run_models
+    from pdl1_dls.core import get_settings
+    from pdl1_dls.petct.preprocess import patient_hyperimages
+    from pdl1_dls.training import load_model
+    run = run_models(r.out_dir).get("dls")
+    if run is None or not (Path(run) / "model.pt").is_file(): print(f"no trained hyper-image model in {run}: Figure 2A-D skipped"); return None, {}
+    if len(ex) == 0: print("no example patient: Figure 2A-D skipped"); return None, {}
+    model, _ = load_model(run).net()
+    cache, ti = Path(get_settings().cache_dir) / "petct" / r.study.name, r.t.set_index("patient_id")
+    return model, {p: patient_hyperimages(p, ti.loc[p, "pet"], ti.loc[p, "ct"], ti.loc[p, "roi"], cache_dir=cache) for p in ex["patient_id"]}
+
+# %% ../../nbs/papers/62_mu2021.ipynb #fe0c1bf4
+def _centre(m) -> str:
+    "Centre of mass (row, column) of a map."
+    return "({:.1f}, {:.1f})".format(*((np.indices(m.shape) * m).reshape(2, -1).sum(1) / max(float(m.sum()), 1e-12)))
+
+def fig2_maps(r: SimpleNamespace,  # `load`
+              ex: pd.DataFrame,  # `fig2_examples`
+              model,  # the DLS network (`fig2_inputs`)
+              his: dict,  # {patient_id: HyperImages} (`fig2_inputs`)
+             ) -> pd.DataFrame:
+    "Figure 2A-D: per example the hyper-image, the top layer4 activation maps and the positive and negative Grad-CAM maps on its largest-tumour slice; figures saved, table written."
+    import matplotlib.pyplot as plt
+    import torch
+    from pdl1_dls.explain import activation_maps, gradcam, plot_hyperimage_gradcam, top_filters
+    from pdl1_dls.report import save_figure
+    hs = [his[p] for p in ex["patient_id"]]
+    ks = [int(np.argmax(h.ssm_area_mm2)) for h in hs]                 # the slice with the largest tumour square
+    imgs = np.stack([h.images[k] for h, k in zip(hs, ks)]).astype(np.float32)
+    cams_pos, cams_neg = gradcam(model, imgs, target=1), gradcam(model, imgs, target=0)
+    acts = activation_maps(model, imgs, layers=["layer4"])["layer4"]
+    model.eval()
+    with torch.no_grad(): p_sl = torch.sigmoid(model(torch.as_tensor(imgs).to(next(model.parameters()).device))).cpu().numpy().ravel()
+    rows = []
+    for (_, e), h, k, img, cp, cn, act, p in zip(ex.iterrows(), hs, ks, imgs, cams_pos, cams_neg, acts, p_sl):
+        top = top_filters(act, k=4)
+        fig = plot_hyperimage_gradcam(img, cp, cn, filters={f"layer4 filter {c}": act[c] for c in top},
+                                      title=f"Figure 2{e['panel']}: {e['histology']}, PD-L1 {e['pdl1']} (TPS {e['pdl1_tps']:.0f} %), DLS {e['dls']:.2f}, slice {int(h.slices[k])}")
+        save_figure(fig, f"mu2021_fig2{e['panel'].lower()}_{e['histology'].lower()}_pdl1_{'pos' if e['pdl1'] == 'positive' else 'neg'}", r.out_dir)
+        plt.close(fig)
+        rows.append(dict(e.to_dict(), n_slices=len(h.slices), slice=int(h.slices[k]), slice_probability=float(p), top_layer4_filters=" ".join(map(str, top)),
+                         pos_cam_centre=_centre(cp), neg_cam_centre=_centre(cn),
+                         pos_neg_cam_correlation=float(np.corrcoef(cp.ravel(), cn.ravel())[0, 1]) if cp.std() > 0 and cn.std() > 0 else np.nan))
+    tab = pd.DataFrame(rows)
+    write_table(tab, "mu2021_fig2_examples", r.out_dir, title="Figure 2A-D: example patients (slice with the largest tumour square)")
+    return tab
+
+# %% ../../nbs/papers/62_mu2021.ipynb #3c130687
+def fig2_clusters(r: SimpleNamespace,  # `load`
+                  feats: pd.DataFrame,  # patient_id + deep features (one row per patient)
+                  n_clusters: int = 4,  # the paper's four groups
+                 ) -> tuple:
+    "Figure 2E: (the `cluster_deep_features` result, cluster composition per group, χ² tests per group); recorded, written, heat map."
+    import matplotlib.pyplot as plt
+    from pdl1_dls.explain import cluster_deep_features, plot_feature_heatmap
+    from pdl1_dls.report import save_figure
+    from pdl1_dls.stats.association import chi_square
+    pc, t, lab = r.pc, r.t, r.lab
+    groups = {g: [pc[k] for k in ks if k in pc] for g, ks in (("SPH", ("sph_train", "sph_val")), ("MCC", ("mcc_pdl1",)))}
+    groups = {g: v for g, v in groups.items() if v}
+    if not groups: print("no PD-L1 cohort (train, validation or test) in this study: Figure 2E skipped"); return None, pd.DataFrame(), pd.DataFrame()
+    meta = t[t["cohort"].isin(sum(groups.values(), []))][["patient_id", "cohort", lab] + (["histology"] if "histology" in t else [])].copy()
+    meta["group"] = meta["cohort"].map({c: g for g, cs in groups.items() for c in cs})
+    meta[lab] = meta[lab].map({1.0: "PD-L1+", 0.0: "PD-L1-"})
+    res = cluster_deep_features(feats[feats["patient_id"].isin(meta["patient_id"])], meta, n_clusters=n_clusters, test_columns=(lab, "histology"))
+    fig = plot_feature_heatmap(res, annotate=(lab, "histology", "group"))
+    for m in fig.pdl1_grid.ax_heatmap.collections: m.set_rasterized(True)   # a 256 x n mesh as vectors makes a 10 MB SVG
+    save_figure(fig, "mu2021_fig2e_feature_heatmap", r.out_dir); plt.close(fig)
+    cl = res.clusters
+    comp = (cl.groupby(["group", "cluster"], observed=True)
+              .agg(n=("patient_id", "size"), pdl1_positive=(lab, lambda s: int((s == "PD-L1+").sum())),
+                   adc=("histology", lambda s: int((s == "ADC").sum())), scc=("histology", lambda s: int((s == "SCC").sum()))).reset_index())
+    comp["pdl1_positive_pct"] = 100 * comp["pdl1_positive"] / comp["n"]
+    write_table(comp, "mu2021_fig2e_clusters", r.out_dir, title="Figure 2E: deep-feature clusters by group (n, PD-L1+, histology)")
+    tests = []
+    for g in groups:
+        sub = cl[cl["group"] == g]
+        for v in [v for v in (lab, "histology") if v in sub]:
+            pk = f"cluster_{'pdl1' if v == lab else 'histology'}_p.{ {'SPH': 'sph', 'MCC': 'mcc_pdl1'}[g] }"
+            try: ct = chi_square(sub["cluster"].astype(str), sub[v], dropna=True)
+            except ValueError as err:
+                print(f"{g} {v}: {err}"); r.rec(pk, None, cohort="+".join(groups[g]), note=f"no chi-square: {err}"); continue
+            tests.append(dict(group=g, variable="PD-L1" if v == lab else v, chi2=ct.statistic, dof=ct.dof, p=ct.p, n=ct.n, min_expected=ct.min_expected))
+            r.rec(pk, ct.p, cohort="+".join(groups[g]), note=f"clusters from all PD-L1 cohorts pooled; chi-square within {g}")
+    tests = pd.DataFrame(tests)
+    write_table(tests, "mu2021_fig2e_chi2", r.out_dir, title="Figure 2E: χ² tests of the four clusters vs PD-L1 and histology per group")
+    return res, comp, tests
 
 # %% ../../nbs/papers/62_mu2021.ipynb #b76f7f15
 def plot_rqs(rqs: pd.DataFrame,  # `rqs_table`
