@@ -32,7 +32,7 @@ IMAGE_KEYS = {"petct": ("pet", "ct", "roi"), "mri": ("t1", "t2", "ce_t1", "roi")
 OPTIONAL_IMAGE_KEYS = ("roi_reader2",)
 _TOP_KEYS = {"time_unit", "name", "modality", "paper", "root", "synthetic", "id_column", "label", "outcomes",
              "covariates", "images", "checksums", "cohorts", "description", "notes", "train", "roi_name",
-             "preprocess"}
+             "preprocess", "rqs"}
 _COHORT_KEYS = {"name", "role", "clinical", "where", "images", "label", "outcomes", "description",
                 "read_csv", "id_column", "id_prefix", "patients", "time_unit", "roi_name"}
 _MONTHS_PER = {"months": 1.0, "days": 12 / 365.25, "weeks": 12 * 7 / 365.25, "years": 12.0}
@@ -207,6 +207,8 @@ def read_study(path: str | os.PathLike,  # the manifest YAML
     modality = spec.get("modality")
     if modality not in IMAGE_KEYS:
         P.append(Problem(f"modality must be one of {', '.join(IMAGE_KEYS)}, got {modality!r}", file=f)); modality = None
+    if isinstance(spec.get("rqs"), str) and not (path.parent / expand(spec["rqs"], "rqs")).is_file():
+        P.append(Problem("rqs names no file (the study's RQS checklist, relative to the manifest)", file=str(path.parent / spec["rqs"])))
     if spec.get("preprocess") is not None and modality != "petct":
         P.append(Problem("preprocess sets the PET/CT hyper-images; an MRI study's settings go in train:", file=f))
     elif spec.get("preprocess") is not None:
@@ -381,7 +383,8 @@ _TOP_TYPES = {"name": (_SCALAR, "a text"), "modality": ((str,), "a text"), "pape
               "images": ((dict, type(None)), "a mapping of image key to path"), "checksums": ((str, type(None)), "a path"),
               "synthetic": ((dict, type(None)), "a mapping"), "time_unit": ((str,), "a text"),
               "roi_name": (_SCALAR, "a structure name, a label value or a column name"),
-              "preprocess": ((dict, type(None)), "a mapping of hyper-image settings")}
+              "preprocess": ((dict, type(None)), "a mapping of hyper-image settings"),
+              "rqs": ((str, type(None)), "a path to the study's RQS checklist (YAML)")}
 _COHORT_TYPES = {"role": ((str,), "a text"), "clinical": ((str, type(None)), "a path"), "where": ((dict, type(None)), "a mapping"),
                  "images": ((dict, type(None)), "a mapping of image key to path"), "label": ((dict, type(None)), "a mapping"),
                  "outcomes": ((dict, type(None)), "a mapping"), "read_csv": ((dict, type(None)), "a mapping"),

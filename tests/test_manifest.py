@@ -171,3 +171,20 @@ def test_wrong_yaml_types_listed_not_raised(tmp_path):
                  "covariates must be a list of column names", "cohort=a file=", "where must be a mapping",
                  "role must be one of"):
         assert any(frag in l for l in lines), (frag, lines)
+
+
+def test_manifest_rqs_checklist_path(tmp_path):
+    "`rqs:` names the study's RQS checklist: a missing file is a problem; a present one answers the study items."
+    from pdl1_dls.manifest import read_study
+    from pdl1_dls.papers.mu2021 import RQS_NOT_ASSESSED, rqs_for_study
+    (tmp_path / "c.csv").write_text("patient_id,tps\nP1,5\n")
+    base = "name: x\nmodality: clinical\ncohorts:\n  - {name: a, role: ici, clinical: c.csv}\n"
+    (tmp_path / "m.yaml").write_text(base + "rqs: mine.yaml\n")
+    _, probs = read_study(tmp_path / "m.yaml")
+    assert [p.problem for p in probs] == ["rqs names no file (the study's RQS checklist, relative to the manifest)"]
+    (tmp_path / "mine.yaml").write_text("items:\n  - {id: 1, answer: 1, justification: protocol written down}\n")
+    study, probs = read_study(tmp_path / "m.yaml")
+    assert not probs
+    items = {i["id"]: i for i in rqs_for_study(study)["items"]}
+    assert items[1]["answer"] == 1 and items[1]["justification"] == "protocol written down"
+    assert items[2]["justification"] == RQS_NOT_ASSESSED or items[2].get("scope") == "pipeline"
