@@ -80,18 +80,23 @@ def cohort(folder: Path, manifest: Path, cache: Path, table, n: int) -> tuple[Pa
     return root / "study.yaml", ccache
 
 
-def child(manifest: str, out: str, cache: str, epochs: int, in_memory: bool):
+def child(manifest: str, out: str, cache: str, epochs: int, in_memory: bool, widths: tuple | None = None):
     "One training in this process: prints a JSON line with its wall time and metrics."
+    from pdl1_dls.petct import pipeline
     from pdl1_dls.petct.pipeline import train_study
+    if widths:  # a narrower SResCNN: the same data path, less arithmetic per slice (a shared 2-core machine)
+        import functools
+        pipeline.make_model = functools.partial(pipeline.make_model, widths=tuple(widths))
     t = time.perf_counter()
     m = train_study(manifest, out, quick=True, epochs=epochs, cache_dir=cache, device="cpu", resume=False,
                     in_memory=in_memory, tta=False)
     print(json.dumps(dict(seconds=time.perf_counter() - t, n_slices=m["n_slices"], train_auc=m["train_auc"])))
 
 
-def run_training(manifest: Path, out: Path, cache: Path, epochs: int, in_memory: bool) -> dict:
+def run_training(manifest: Path, out: Path, cache: Path, epochs: int, in_memory: bool, widths=None) -> dict:
     "A training in a fresh process: its seconds, metrics and peak RSS (MiB, `ru_maxrss` of that process alone)."
-    cmd = [sys.executable, __file__, "--child", str(manifest), str(out), str(cache), str(epochs), str(int(in_memory))]
+    cmd = [sys.executable, __file__, "--child", str(manifest), str(out), str(cache), str(epochs), str(int(in_memory)),
+           ",".join(map(str, widths or ()))]
     env = {**os.environ, "PDL1_DLS_PROGRESS": "0"}
     with tempfile.TemporaryFile("w+") as err:
         p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, env=env, text=True)
@@ -107,7 +112,7 @@ def run_training(manifest: Path, out: Path, cache: Path, epochs: int, in_memory:
     return res
 
 
-def rows(folder: Path, patients=(100, 400, 1600), epochs: int = 1, scale: str = "tiny") -> list[dict]:
+def rows(folder: Path, patients=(100, 400, 1600), epochs: int = 1, scale: str = "tiny", widths=None) -> list[dict]:
     "One row per (N, path): seconds and peak RSS, per patient, with the ratios (see the module docstring)."
     import torch
     from pdl1_dls.training import load_state
@@ -117,7 +122,8 @@ def rows(folder: Path, patients=(100, 400, 1600), epochs: int = 1, scale: str = 
         m, c = cohort(folder, manifest, cache, table, n)
         res = {}
         for in_memory in (False, True):
-            res[in_memory] = run_training(m, folder / f"run_{n}_{int(in_memory)}", c, epochs, in_memory)
+            shutil.rmtree(folder / f"run_{n}_{int(in_memory)}", ignore_errors=True)   # a bundle there would be reused, not trained
+            res[in_memory] = run_training(m, folder / f"run_{n}_{int(in_memory)}", c, epochs, in_memory, widths)
             print(f"# {n} patients, {'in memory' if in_memory else 'streamed'}: {res[in_memory]['seconds']:.1f} s, "
                   f"peak RSS {res[in_memory]['rss_mib']:.0f} MiB", file=sys.stderr, flush=True)
         a, b = (load_state(folder / f"run_{n}_{i}" / "model.pt") for i in (1, 0))
@@ -135,10 +141,11 @@ def rows(folder: Path, patients=(100, 400, 1600), epochs: int = 1, scale: str = 
     return out
 
 
-def print_table(rs: list[dict], epochs: int, scale: str):
+def print_table(rs: list[dict], epochs: int, scale: str, widths=None):
     import torch
+    net = f"SResCNN widths {tuple(widths)} (narrowed)" if widths else "SResCNN (32, 64, 128, 256)"
     print(f"# PET/CT training memory ({platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch threads "
-          f"{torch.get_num_threads()}, CPU; quick, {epochs} epoch(s), no TTA; source study {scale}; "
+          f"{torch.get_num_threads()}, CPU; {net}; quick, {epochs} epoch(s), no TTA; source study {scale}; "
           f"shared machine: load {os.getloadavg()[0]:.1f})")
     print("| path | patients | slices | seconds | s/patient | peak RSS MiB | RSS MiB/patient | time stream/memory | "
           "RSS stream/memory | RSS x first | same weights |")
@@ -151,20 +158,22 @@ def print_table(rs: list[dict], epochs: int, scale: str):
 
 def main():
     if len(sys.argv) > 1 and sys.argv[1] == "--child":
-        manifest, out, cache, epochs, in_memory = sys.argv[2:7]
-        return child(manifest, out, cache, int(epochs), bool(int(in_memory)))
+        manifest, out, cache, epochs, in_memory, widths = sys.argv[2:8]
+        return child(manifest, out, cache, int(epochs), bool(int(in_memory)), tuple(int(w) for w in widths.split(",") if w))
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--patients", type=int, nargs="*", default=[100, 400, 1600])
     ap.add_argument("--epochs", type=int, default=1)
     ap.add_argument("--scale", default="tiny", choices=["tiny", "small", "paper"])
     ap.add_argument("--folder", default=None, help="work folder (default: a temporary one, removed)")
+    ap.add_argument("--widths", type=int, nargs=4, default=None,
+                    help="narrow the SResCNN to these layer widths (same data path, less arithmetic); default: the paper's")
     a = ap.parse_args()
     if a.folder:
-        rs = rows(Path(a.folder), tuple(a.patients), a.epochs, a.scale)
+        rs = rows(Path(a.folder), tuple(a.patients), a.epochs, a.scale, a.widths)
     else:
         with tempfile.TemporaryDirectory(prefix="pdl1_memory_") as d:
-            rs = rows(Path(d), tuple(a.patients), a.epochs, a.scale)
-    print_table(rs, a.epochs, a.scale)
+            rs = rows(Path(d), tuple(a.patients), a.epochs, a.scale, a.widths)
+    print_table(rs, a.epochs, a.scale, a.widths)
 
 
 if __name__ == "__main__":
