@@ -202,7 +202,7 @@ class FakeStudy:
 @pytest.fixture
 def fake(monkeypatch):
     st = FakeStudy()
-    def hyper(study, table, cache_dir, params=None):
+    def hyper(study, table, cache_dir, params=None, mmap=True):
         keep = [p for p in table.patient_id if p != "tr000"]            # one patient "fails" preprocessing
         skipped = pd.DataFrame(dict(patient_id=["tr000"], reason=["ROI is empty"])) if "tr000" in set(table.patient_id) \
             else pd.DataFrame(columns=["patient_id", "reason"])

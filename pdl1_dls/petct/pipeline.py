@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import mmap
 import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -29,7 +30,8 @@ from ..training import (EarlyStopping, all_sum, barrier, config_hash, ddp_wrap, 
 
 # %% auto #0
 __all__ = ['QUICK', 'UNSTATED', 'DIHEDRAL', 'CHECKPOINT_FORMAT', 'PIPELINE', 'toy_patients', 'stack_slices', 'slice_weights',
-           'augment', 'TrainConfig', 'predict_slices', 'patient_mean', 'fit', 'train_study', 'PETCTPipeline']
+           'augment', 'ChannelView', 'channel_view', 'read_rows', 'SliceStore', 'TrainConfig', 'predict_slices',
+           'patient_mean', 'fit', 'train_study', 'PETCTPipeline']
 
 # %% ../../nbs/petct/12_pipeline.ipynb #d8cb7b37
 def toy_patients(n_patients: int = 40,  # number of patients (half positive)
@@ -96,6 +98,77 @@ def augment(x: torch.Tensor,  # batch (n, C, H, W)
     if jitter: x = x * gain + off
     return x
 
+# %% ../../nbs/petct/12_pipeline.ipynb #77211f87
+class ChannelView:
+    "Some channels of one patient's (n, C, H, W) slices, read only when indexed (a memory-mapped cache entry stays on disk)."
+    ndim = 4
+    def __init__(self, images, channels): self.images, self.channels = images, list(channels)
+    def __len__(self): return len(self.images)
+    @property
+    def shape(self): return (len(self.images), len(self.channels), *self.images.shape[2:])
+    def __array__(self, dtype=None, copy=None): return np.asarray(self.images[:, self.channels], dtype=dtype)
+
+def channel_view(images, channels):
+    "`images` itself when `channels` are all of its channels in order, else a `ChannelView` of them."
+    return images if list(channels) == list(range(images.shape[1])) else ChannelView(images, channels)
+
+# %% ../../nbs/petct/12_pipeline.ipynb #535d82e9
+def _file_backed(a) -> bool:
+    "A memory map made on a file (`np.memmap`, `npz_memmap`) itself, not a view of one: its filename and offset locate its rows."
+    return isinstance(a, np.memmap) and isinstance(a.base, mmap.mmap) and a.filename is not None and a.flags.c_contiguous
+
+def read_rows(a,  # one patient's slices: ndarray, np.memmap or ChannelView
+              rows: np.ndarray,  # row indices, best sorted
+             ) -> np.ndarray:
+    "Rows of one patient's slices as float32 (len(rows), C, H, W); from a memory map by file reads (one per run of consecutive rows), never by touching the map."
+    rows = np.asarray(rows, np.int64)
+    if isinstance(a, ChannelView): return read_rows(a.images, rows)[:, a.channels]
+    if not _file_backed(a): return np.asarray(a[rows], np.float32)
+    item = int(np.prod(a.shape[1:])) * a.dtype.itemsize
+    out = np.empty((len(rows), *a.shape[1:]), a.dtype)
+    buf = memoryview(out.reshape(-1).view(np.uint8))
+    cuts = np.flatnonzero(np.diff(rows) != 1) + 1
+    with open(a.filename, "rb", buffering=0) as f:
+        for j0, j1 in zip(np.r_[0, cuts], np.r_[cuts, len(rows)]):
+            f.seek(a.offset + int(rows[j0]) * item)
+            if f.readinto(buf[j0 * item:j1 * item]) != (j1 - j0) * item:
+                raise PDL1Error("cache entry is shorter than its header says (truncated file)", file=a.filename)
+    return out.astype(np.float32, copy=False)
+
+# %% ../../nbs/petct/12_pipeline.ipynb #03ba02ea
+class SliceStore:
+    "The slices of `pids` as one indexable cohort: each batch gathered from the patients' arrays (`read_rows`), or stacked in memory."
+    def __init__(self,
+                 data: dict,  # patient_id -> (n, C, H, W) slices: ndarray, memory map of a cache entry or ChannelView
+                 pids: list,  # patients, in order
+                 in_memory: bool = False,  # stack every slice into one tensor (memory grows with the cohort)
+                ):
+        self.pids = list(pids)
+        sizes = np.array([len(data[p]) for p in self.pids], np.int64)
+        self.owner = np.repeat(np.arange(len(sizes)), sizes)             # patient index of every slice
+        self.start = np.r_[0, np.cumsum(sizes)[:-1]].astype(np.int64)    # first slice of every patient
+        self.shape = (int(sizes.sum()), *(data[self.pids[0]].shape[1:] if self.pids else ()))
+        self.X = stack_slices(data, self.pids)[0] if in_memory else None
+        self.arrays = None if in_memory else [data[p] for p in self.pids]
+
+    def __len__(self): return len(self.owner)
+
+    def take(self, idx) -> torch.Tensor:
+        "Slices `idx` (ints, any order) as a float32 tensor (len(idx), C, H, W)."
+        if self.X is not None: return self.X[idx]
+        idx = np.asarray(idx, np.int64)
+        out = np.empty((len(idx), *self.shape[1:]), np.float32)
+        pat = self.owner[idx]
+        order = np.lexsort((idx, pat))                                    # by patient, then row: file order
+        for js in np.split(order, np.flatnonzero(np.diff(pat[order])) + 1):
+            if len(js): out[js] = read_rows(self.arrays[pat[js[0]]], idx[js] - self.start[pat[js[0]]])
+        return torch.from_numpy(out)
+
+    def batches(self, batch_size: int):
+        "Consecutive batches of slices, in order (scoring)."
+        for s in range(0, len(self), batch_size):
+            yield self.X[s:s + batch_size] if self.X is not None else self.take(np.arange(s, min(s + batch_size, len(self))))
+
 # %% ../../nbs/petct/12_pipeline.ipynb #fa14cecd
 @dataclass
 class TrainConfig:
@@ -141,7 +214,7 @@ def _view(x: torch.Tensor, flip: bool, k: int) -> torch.Tensor:
 
 @torch.no_grad()
 def predict_slices(model: torch.nn.Module,  # a trained SResCNN
-                   X: torch.Tensor,  # slices (n, C, 64, 64)
+                   X: torch.Tensor | SliceStore,  # slices (n, C, 64, 64): a tensor or a `SliceStore` (read batch by batch)
                    device=None,  # torch device; default: the model's
                    batch_size: int = 256,  # slices per batch
                    features: bool = False,  # also return the (n, 256) deep features
@@ -151,7 +224,7 @@ def predict_slices(model: torch.nn.Module,  # a trained SResCNN
     model.eval()
     device = device or next(model.parameters()).device
     probs, feats = [], []
-    for xb in torch.split(X, batch_size):
+    for xb in (X.batches(batch_size) if isinstance(X, SliceStore) else torch.split(X, batch_size)):
         xb = xb.to(device)
         p_views, f_views = [], []
         for flip, k in (DIHEDRAL if tta else [(False, 0)]):
@@ -211,6 +284,7 @@ def fit(data: dict,  # patient_id -> (n, C, 64, 64) float32 slices (training coh
         resume: bool = True,  # continue from out_dir/checkpoint.pt when it belongs to the same config and data
         on_epoch_end: Callable | None = None,  # called as f(epoch, log_row) after each checkpoint (tests interrupt here)
         identity: str | None = None,  # the run's identity; default: hash of cfg and the data fingerprint
+        in_memory: bool = False,  # stack every slice in memory (`SliceStore`); default: read each batch from the patients' arrays
        ) -> dict:
     "Train an SResCNN with early stopping on an inner patient split (`training.fit_epochs`; DDP under torchrun); return the best model and the run's summary."
     if cfg.monitor not in ("auc", "loss"): raise ValueError(f"monitor must be 'auc' or 'loss', got {cfg.monitor!r}")
@@ -227,12 +301,12 @@ def fit(data: dict,  # patient_id -> (n, C, 64, 64) float32 slices (training coh
             raise PDL1Error(f"expected slices of shape (n, {in_ch}, H, W), got {tuple(a.shape)}", patient=p)
     identity = f"{identity or config_hash(asdict(cfg), _data_id(data, labels, pids))}-ck{CHECKPOINT_FORMAT}"
 
-    X, owner = stack_slices(data, fit_ids)
+    X = SliceStore(data, fit_ids, in_memory); owner = X.owner
     y_pat = np.array([labels[p] for p in fit_ids], int)
     y = torch.from_numpy(y_pat[owner].astype(np.float32))
     w = torch.from_numpy(slice_weights(owner, y_pat))
     sub_inner = shard(inner_ids)                          # this rank's inner patients (all of them in one process)
-    Xi, owner_i = stack_slices(data, sub_inner)
+    Xi = SliceStore(data, sub_inner, in_memory); owner_i = Xi.owner
     y_inner = np.array([labels[p] for p in inner_ids], int)
 
     seed_everything(cfg.seed)
@@ -261,7 +335,7 @@ def fit(data: dict,  # patient_id -> (n, C, 64, 64) float32 slices (training coh
         if len(batches) > 1 and len(batches[-1]) < 2: batches[-2] = torch.cat(batches[-2:]); batches.pop()
         tot, wsum = 0.0, 0.0
         for idx in batches:
-            xb = augment(X[idx], g, cfg.flip, cfg.rot90, cfg.jitter).to(device)
+            xb = augment(X.take(idx), g, cfg.flip, cfg.rot90, cfg.jitter).to(device)
             yb, wb = y[idx].to(device), w[idx].to(device)
             loss = (F.binary_cross_entropy_with_logits(net(xb), yb, reduction="none") * wb).sum() / wb.sum()
             opt.zero_grad(set_to_none=True); loss.backward(); opt.step()
@@ -306,19 +380,19 @@ def _check_petct(study):
 def _default_cache(study, cache_dir):
     return Path(cache_dir) if cache_dir is not None else PIPELINE.cache_dir(study.name)
 
-def _hyper(study, table: pd.DataFrame, cache_dir, params: dict | None = None) -> tuple[dict, pd.DataFrame]:
-    "Hyper-images of the table's patients (cached) and the skipped patients with reasons."
+def _hyper(study, table: pd.DataFrame, cache_dir, params: dict | None = None, mmap: bool = True) -> tuple[dict, pd.DataFrame]:
+    "Hyper-images of the table's patients (cached; memory-mapped unless `mmap=False`) and the skipped patients with reasons."
     from pdl1_dls.petct.preprocess import build_hyperimages
-    return build_hyperimages(table, _default_cache(study, cache_dir), **(params or {}))
+    return build_hyperimages(table, _default_cache(study, cache_dir), mmap=mmap, **(params or {}))
 
 def _select(hyper: dict, pids, channels: str) -> dict:
-    ch = list(CHANNELS[channels])
-    return {p: np.ascontiguousarray(hyper[p].images[:, ch], dtype=np.float32) for p in pids}
+    "The model's channels of each patient's hyper-images, without copying them (`channel_view`)."
+    return {p: channel_view(hyper[p].images, CHANNELS[channels]) for p in pids}
 
-def _dls(model, data: dict, pids, device, cfg) -> np.ndarray:
-    "Patient DLS (mean slice probability, with the config's test-time augmentation) of `pids`."
-    X, own = stack_slices(data, pids)
-    return patient_mean(predict_slices(model, X, device, cfg.eval_batch_size, tta=cfg.tta), own, len(pids))
+def _dls(model, data: dict, pids, device, cfg, in_memory: bool = False) -> np.ndarray:
+    "Patient DLS (mean slice probability, with the config's test-time augmentation) of `pids`, read batch by batch."
+    X = SliceStore(data, pids, in_memory)
+    return patient_mean(predict_slices(model, X, device, cfg.eval_batch_size, tta=cfg.tta), X.owner, len(pids))
 
 def _write_csv(df: pd.DataFrame, path):
     with atomic_write(path) as f: df.to_csv(f, index=False)
@@ -344,6 +418,7 @@ def train_study(study_or_path,  # manifest path or `pdl1_dls.manifest.Study`
                 skipped_out: str | Path | None = None,  # where to write the skipped patients (never into the bundle)
                 cache_dir: str | Path | None = None,  # hyper-image cache; default settings.cache_dir/petct/<study>
                 on_epoch_end: Callable | None = None,  # f(epoch, log_row) after each epoch's checkpoint
+                in_memory: bool = False,  # load and stack the whole cohort in memory (same numbers; memory grows with the cohort)
                 **overrides,  # any other `TrainConfig` field (lr, batch_size, patience, ...)
                ) -> dict:
     "Train the SResCNN on the training cohort, select on an inner split, report AUC on the validation cohort; write the bundle (DDP under torchrun)."
@@ -368,7 +443,7 @@ def train_study(study_or_path,  # manifest path or `pdl1_dls.manifest.Study`
     prep = study_preprocessing(study)                       # the manifest's `preprocess:` block over the paper's values
     dev = rank_device(device if device is not None else get_device())
     ctx = dist_context(dev)                                 # under torchrun: rank, world size; one process: rank 0 of 1
-    with main_first(): hyper, skipped = _hyper(study, t, cache_dir, prep)   # rank 0 fills the cache, the others read it
+    with main_first(): hyper, skipped = _hyper(study, t, cache_dir, prep, mmap=not in_memory)   # rank 0 fills the cache, the others read it
     refuse_skipped(skipped, skip_bad)
     if skipped_out is not None and ctx.main: _write_csv(skipped, skipped_out)
     rows = t[t["patient_id"].isin(list(hyper))]
@@ -383,9 +458,9 @@ def train_study(study_or_path,  # manifest path or `pdl1_dls.manifest.Study`
     identity = config_hash(request)
     done = reuse_or_clear(out_dir, identity, request, retrain)
     if done is not None: return done
-    res = fit(data, train_lab, cfg, out_dir, dev, resume, on_epoch_end, identity=identity)
+    res = fit(data, train_lab, cfg, out_dir, dev, resume, on_epoch_end, identity=identity, in_memory=in_memory)
     model = res["model"]
-    dls_t = shard_map(lambda ids: _dls(model, data, ids, dev, cfg), tids)   # each rank its share, every patient once
+    dls_t = shard_map(lambda ids: _dls(model, data, ids, dev, cfg, in_memory), tids)   # each rank its share, every patient once
     y_t = np.array([train_lab[p] for p in tids])
     cutoff = float(youden_cutoff(y_t, dls_t).threshold)
     ev = {c: dict(role="train", **auc_ci(y_t[np.isin(tids, g.patient_id)], dls_t[np.isin(tids, g.patient_id)]))
@@ -403,7 +478,7 @@ def train_study(study_or_path,  # manifest path or `pdl1_dls.manifest.Study`
              cutoff=cutoff, world_size=ctx.world_size)
     if len(va):
         vids = va["patient_id"].tolist()
-        dls_v = shard_map(lambda ids: _dls(model, _select(hyper, ids, channels), ids, dev, cfg), vids)
+        dls_v = shard_map(lambda ids: _dls(model, _select(hyper, ids, channels), ids, dev, cfg, in_memory), vids)
         yv = va[lab].astype(int).to_numpy()
         a = auc_ci(yv, dls_v)
         m.update(val_auc=a["auc"], val_auc_lo=a["lo"], val_auc_hi=a["hi"])
@@ -451,9 +526,8 @@ class PETCTPipeline:
         return net.to(torch.device(device) if device is not None else get_device()).eval(), cfg
 
     def _apply(self, net, cfg, images: dict, pids):
-        data = {p: np.ascontiguousarray(images[p][:, list(CHANNELS[cfg.channels])], dtype=np.float32) for p in pids}
-        X, own = stack_slices(data, pids)
         if not len(pids): return np.zeros(0), np.zeros((0, net.n_features)), np.zeros(0, int)
+        X = SliceStore({p: channel_view(images[p], CHANNELS[cfg.channels]) for p in pids}, pids); own = X.owner
         p, f = predict_slices(net, X, next(net.parameters()).device, cfg.eval_batch_size, features=True, tta=cfg.tta)
         return patient_mean(p, own, len(pids)), patient_mean(f, own, len(pids)), np.bincount(own, minlength=len(pids))
 

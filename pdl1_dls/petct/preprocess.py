@@ -30,7 +30,7 @@ from ..io import check_overlap, read_image, read_pet_suv, read_roi, resample_to,
 # %% auto #0
 __all__ = ['CHANNELS', 'DEFAULTS', 'CACHE_FORMAT', 'PREPROCESS_KEYS', 'pet_coverage', 'square_masks', 'crop_resize', 'window',
            'fuse', 'HyperImages', 'hyperimages', 'suvmax', 'tumour_volume', 'necrosis_ratio', 'cache_key',
-           'patient_hyperimages', 'build_hyperimages', 'preprocess_problems', 'preprocess_params',
+           'patient_hyperimages', 'npz_memmap', 'build_hyperimages', 'preprocess_problems', 'preprocess_params',
            'study_preprocessing', 'bundle_preprocessing', 'image_suvmax', 'fill_suvmax']
 
 # %% ../../nbs/petct/10_preprocess.ipynb #78a8cfe5
@@ -206,11 +206,14 @@ class HyperImages:
                 np.savez(f, meta=np.array(json.dumps(meta)), **arrays)
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "HyperImages":
+    def load(cls, path: str | os.PathLike,
+             mmap: bool = False,  # `images` as a read-only memory map of the file (`npz_memmap`): nothing read until indexed
+            ) -> "HyperImages":
         "Read an .npz written by `save`."
         with np.load(path, allow_pickle=False) as z:
             meta = json.loads(str(z["meta"]))
-            arrays = {k: z[k] for k in z.files if k != "meta"}
+            arrays = {k: z[k] for k in z.files if k != "meta" and not (mmap and k == "images")}
+        if mmap: arrays["images"] = npz_memmap(path, "images")
         return cls(**arrays, spacing=tuple(meta["spacing"]), pet_coverage=meta["pet_coverage"],
                    params=meta["params"], patient=meta["patient"], channels=tuple(meta["channels"]))
 
@@ -353,6 +356,7 @@ def patient_hyperimages(patient_id: str,  # pseudonymous patient_id
                         hash_files: bool = False,  # key files by SHA-256 instead of size + mtime
                         refresh: bool = False,  # rebuild even when a cache entry exists
                         roi_name: str | None = None,  # RTSTRUCT/SEG structure or label value; default: the only one
+                        mmap: bool = False,  # with a cache: `images` memory-mapped from the cache entry, never held in memory
                         **params,  # `hyperimages` parameters (dilation_mm, keep_fraction, size, windows, ...)
                        ) -> HyperImages:
     "Hyper-images of one patient from files, through the per-patient cache."
@@ -366,7 +370,7 @@ def patient_hyperimages(patient_id: str,  # pseudonymous patient_id
         f = Path(cache_dir) / f"{_safe(patient_id)}-{cache_key(paths, p, hash_files, roi_name)[:24]}.npz"
         if f.is_file() and not refresh:
             try:
-                hi = HyperImages.load(f); hi.patient = patient_id
+                hi = HyperImages.load(f, mmap); hi.patient = patient_id
                 return hi
             except Exception:  # unreadable entry (e.g. disk trouble): rebuild it
                 pass
@@ -376,8 +380,31 @@ def patient_hyperimages(patient_id: str,  # pseudonymous patient_id
     hi = hyperimages(imgs["pet"], imgs["ct"], roi, **{**p, "label": None}, patient=str(patient_id),
                      files={k: str(v) for k, v in paths.items()})
     hi.params["label"] = label
-    if f is not None: hi.save(f)
+    if f is not None:
+        hi.save(f)
+        if mmap: hi.images = npz_memmap(f, "images")   # the entry just written, not the arrays built
     return hi
+
+# %% ../../nbs/petct/10_preprocess.ipynb #cbbc65ab
+def npz_memmap(path: str | os.PathLike,  # an .npz written by `np.savez` (not `savez_compressed`)
+               name: str,  # the array's name in it
+              ) -> np.ndarray:
+    "Read-only `np.memmap` of one array of an uncompressed .npz, at its offset in the file: nothing is read until it is indexed."
+    import struct, zipfile
+    with zipfile.ZipFile(path) as z: info = z.getinfo(f"{name}.npy")
+    if info.compress_type != zipfile.ZIP_STORED: raise ValueError(f"{name} is compressed in {path}: cannot memory-map it")
+    fmt = np.lib.format
+    with open(path, "rb") as f:
+        f.seek(info.header_offset)
+        head = f.read(30)
+        if head[:4] != b"PK\x03\x04": raise ValueError(f"{path}: no zip entry header for {name}")
+        f.seek(info.header_offset + 30 + sum(struct.unpack("<HH", head[26:30])))   # past the name and extra fields
+        version = fmt.read_magic(f)
+        shape, fortran, dtype = (fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0)(f)
+        offset = f.tell()
+    if dtype.hasobject: raise ValueError(f"{name} in {path} holds Python objects")
+    if not np.prod(shape): return np.zeros(shape, dtype)
+    return np.memmap(path, dtype=dtype, mode="r", shape=shape, order="F" if fortran else "C", offset=offset)
 
 # %% ../../nbs/petct/10_preprocess.ipynb #e70259d5
 def build_hyperimages(table: pd.DataFrame,  # one row per patient: id, cohort, image paths
@@ -387,6 +414,7 @@ def build_hyperimages(table: pd.DataFrame,  # one row per patient: id, cohort, i
                       progress: bool = True,  # show a progress bar
                       hash_files: bool = False,  # key the cache by SHA-256 of the files
                       skip_bad: bool = True,  # record a bad patient in `skipped` and go on; False: raise on the first
+                      mmap: bool = False,  # with a cache: every patient's images memory-mapped from its entry (memory flat in cohort size)
                       **params,  # `hyperimages` parameters
                      ) -> tuple[dict, pd.DataFrame]:
     "Hyper-images of every patient in `table`: ({patient_id: HyperImages}, skipped[patient_id, cohort, file, reason])."
@@ -408,7 +436,7 @@ def build_hyperimages(table: pd.DataFrame,  # one row per patient: id, cohort, i
             skipped.append(dict(patient_id=pid, cohort=cohort, file=None, reason=f"no {bad[0]} path")); continue
         try:
             out[pid] = patient_hyperimages(pid, *paths, cache_dir=cache_dir, hash_files=hash_files,
-                                           roi_name=row.get("roi_name"), **params)
+                                           roi_name=row.get("roi_name"), mmap=mmap, **params)
         except PDL1Error as e:
             if not skip_bad: raise e.with_context(patient=pid, cohort=cohort) from None
             skipped.append(dict(patient_id=pid, cohort=cohort, file=e.file, reason=e.problem))
