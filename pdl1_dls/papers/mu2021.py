@@ -19,7 +19,7 @@ from scipy import stats as sst
 
 import pdl1_dls
 from ..analysis import load_scores, paper_cohorts
-from ..plots import finish, panels, plot_box_strip, plot_calibration, plot_km, plot_roc
+from ..plots import PALETTE, finish, panels, plot_box_strip, plot_calibration, plot_km, plot_roc
 from ..report import published, record, write_table
 from ..stats.association import (anova_lsd, compare_correlations, fisher_exact, icc, mann_whitney, point_biserial,
                                         spearman)
@@ -975,13 +975,13 @@ def _fig4_km(r, key, name, d, ep, ax, out) -> None:
         for k_ in (f"hr_{ep}_dls", f"hr_{ep}_dls_p", f"logrank_{ep}_p", f"median_{ep}", f"median_{ep}_high", f"median_{ep}_low"):
             rec(f"{k_}.{key}", None, note=f"a DLS group without patients or {ep.upper()} events: not estimable")
         return
-    kp = plot_km(ax, de[tc], de[ec], de["group"], order=["high DLS", "low DLS"], colors=["C3", "C0"], times=_at_risk_times(float(de[tc].max())),
+    kp = plot_km(ax, de[tc], de[ec], de["group"], order=["high DLS", "low DLS"], times=_at_risk_times(float(de[tc].max())),
                  conf_type=MEDIAN_CI)
     for g_, r_ in kp.at_risk.iterrows():
         out["risk"] += [dict(cohort_key=key, cohort=name, endpoint=ep.upper(), group=g_, month=float(tp), at_risk=int(v)) for tp, v in r_.items()]
     lr = logrank(de[tc], de[ec], de["group"])
     c = cox(de, tc, ec, ["dls_high"]).table.loc["dls_high"]
-    ax.set_title(f"{name}: {ep.upper()}  HR {c['hr']:.2f} ({c['hr_lo']:.2f}-{c['hr_hi']:.2f}), log-rank p={lr.p:.3g}", fontsize=9)
+    ax.set_title(f"{name}: {ep.upper()} by DLS group (HR and log-rank p in the panel)", fontsize=9)
     out["fig4"].append(dict(cohort_key=key, cohort=name, analysis=ep.upper(), n=len(de), events=int(de[ec].sum()), estimate=c["hr"],
                             lo=c["hr_lo"], hi=c["hr_hi"], p=c["p"], measure="HR high vs low DLS (Cox)", logrank_p=lr.p))
     rec(f"hr_{ep}_dls.{key}", c["hr"], c["hr_lo"], c["hr_hi"], note=f"Cox p={c['p']:.3g}")
@@ -1108,7 +1108,7 @@ def _plot_fig5a(r, keys, rates):
     fig, axes = panels(len(keys), width=4.5, height=3.6)
     for ax, key in zip(axes, keys):
         x, rk = np.arange(2), rates[rates["cohort_key"] == key]
-        for j, (g, col) in enumerate((("high", "C3"), ("low", "C0"))):
+        for j, (g, col) in enumerate((("high", PALETTE["high DLS"]), ("low", PALETTE["low DLS"]))):
             rr = rk[rk["dls_group"] == g].set_index("histology").reindex(["ADC", "SCC"])
             bars = ax.bar(x + (j - 0.5) * 0.38, 100 * rr["dcb_rate"].fillna(0), 0.38, color=col, label=f"{g} DLS")
             for b, n, k in zip(bars, rr["n"].fillna(0), rr["dcb"].fillna(0)):
@@ -1148,9 +1148,9 @@ def fig5_dcb_rates(r: SimpleNamespace,  # `load`
 def _strata_km(r, key, name, de, ep, ax, km_rows, hr_rows):
     "KM of one cohort's `ep` in the four DLS x histology strata (log-rank across them) and the Cox HR of high vs low DLS within each histology."
     tc, ec = f"{ep}_months", f"{ep}_event"
-    kp = plot_km(ax, de[tc], de[ec], de["stratum"], order=HIST_STRATA, colors=["C3", "C0", "C1", "C2"], times=_at_risk_times(float(de[tc].max())))
+    kp = plot_km(ax, de[tc], de[ec], de["stratum"], order=HIST_STRATA, times=_at_risk_times(float(de[tc].max())))
     lr = logrank(de[tc], de[ec], de["stratum"])
-    ax.set_title(f"{name}: {ep.upper()} by DLS × histology, log-rank p={lr.p:.3g}", fontsize=9)
+    ax.set_title(f"{name}: {ep.upper()} by DLS × histology (log-rank p in the panel)", fontsize=9)
     for _, m in kp.medians.iterrows():
         km_rows.append(dict(cohort_key=key, cohort=name, endpoint=ep.upper(), stratum=m["group"], n=m["n"],
                             events=m["events"], median=m["median"], lo=m["lo"], hi=m["hi"], logrank_p_4groups=lr.p))
