@@ -132,7 +132,7 @@ class _Study:
 def seen(monkeypatch):
     "The preprocessing parameters each call of the pipeline's `_hyper` was given (stand-in hyper-images)."
     calls = []
-    def hyper(study, table, cache_dir, params=None):
+    def hyper(study, table, cache_dir, params=None, mmap=True):
         calls.append(dict(params))
         return {p: SimpleNamespace(images=study._data[p]) for p in table.patient_id}, pd.DataFrame(columns=["patient_id", "reason"])
     monkeypatch.setattr(T, "_hyper", hyper)
