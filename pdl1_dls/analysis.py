@@ -17,7 +17,7 @@ import pandas as pd
 
 from .core import PDL1Error, atomic_path, progress, write_json
 from .manifest import Study, load_study
-from .training import load_model, manifest_train_settings, pipeline
+from .training import load_model, manifest_train_settings, pipeline, pipeline_of
 
 # %% auto #0
 __all__ = ['PAPER_COHORTS', 'mri_profile', 'reader2_study', 'train_models', 'apply_models', 'train_and_score', 'run_models',
@@ -163,6 +163,8 @@ def load_scores(manifest: str | os.PathLike | Study,  # study manifest
     if not p.is_file() or not j.is_file(): raise PDL1Error("no scores yet: run the paper's first notebook (train and score) first", file=p)
     s = pd.read_csv(p, dtype={"patient_id": str}).drop(columns=["cohort", "role", "dls_high"], errors="ignore")
     t = study.table().merge(s, on="patient_id", how="left")
+    pipe = pipeline_of(study)
+    if pipe is not None: t = pipe.complete_table(t, study)         # PET/CT: SUVmax from the images where the table has none
     cut = float(json.loads(j.read_text())["cutoff"])
     t["dls_high"] = np.where(t["dls"].isna(), np.nan, (t["dls"] >= cut).astype(float))
     return t, cut, study

@@ -103,7 +103,7 @@ def _cmd_predict(a):
     from pdl1_dls.training import load_model
     files = {k: getattr(a, k) for k in ("pet", "ct", "roi", "t1", "t2", "ce_t1") if getattr(a, k) is not None}
     with folder_lock(a.out, "output folder"):
-        r = load_model(a.model).predict(a.out, device=a.device, gradcam=not a.no_gradcam, **files)
+        r = load_model(a.model).predict(a.out, device=a.device, gradcam=not a.no_gradcam, roi_name=a.roi_name, **files)
     print(f"dls={r['dls']:.4f} ({'high' if r['dls_high'] else 'low'}; cutoff {r['cutoff']:.4f}): {Path(a.out) / 'prediction.json'}")
     return 0
 
@@ -273,6 +273,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--model", required=True, help="bundle folder written by `pdl1-dls train`")
     s.add_argument("--out", required=True, help="folder for prediction.json and gradcam.png")
     for k in ("pet", "ct", "t1", "t2", "ce-t1", "roi"): s.add_argument(f"--{k}", default=None, help=f"{k.upper()} image (file or DICOM folder)")
+    s.add_argument("--roi-name", default=None, help="the structure of an RTSTRUCT (name) or DICOM SEG (label or number) that --roi holds several of")
     _common(s, "device")
     s.add_argument("--no-gradcam", action="store_true", help="skip the Grad-CAM figure")
     s.set_defaults(func=_cmd_predict)

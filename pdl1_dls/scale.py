@@ -102,8 +102,9 @@ def cache_plan(study,  # a `pdl1_dls.manifest.Study`
         raise PDL1Error(f"the bundle is a {model.modality} model, the study is {m}", file=model.path)
     if m == "petct":
         from pdl1_dls.petct.pipeline import _default_cache
-        from pdl1_dls.petct.preprocess import DEFAULTS
-        params = dict(model.meta.get("preprocessing") or {}) if model is not None else dict(DEFAULTS)
+        from pdl1_dls.petct.preprocess import bundle_preprocessing, study_preprocessing
+        # what train (the manifest's preprocess: block) or score (the bundle's values) would build, so the cache hits
+        params = bundle_preprocessing(model.meta.get("preprocessing"), study) if model is not None else study_preprocessing(study)
         return dict(modality=m, cache_dir=_default_cache(study, cache_dir), params=params)
     if m == "mri":
         from pdl1_dls.mri.pipeline import MRITrainConfig

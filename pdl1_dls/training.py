@@ -33,7 +33,7 @@ __all__ = ['BUNDLE_FORMAT', 'MODEL_JSON', 'CITATIONS', 'PIPELINES', 'split_inner
            'merge_shards', 'gather_patients', 'shard_map', 'broadcast_stop', 'sync_buffers', 'all_sum', 'ddp_wrap',
            'barrier', 'main_first', 'on_main', 'EarlyStopping', 'fit_epochs', 'config_hash', 'config_diff',
            'reuse_or_clear', 'refuse_skipped', 'manifest_train_settings', 'write_bundle', 'read_bundle', 'model_card',
-           'pipeline', 'Model', 'load_model', 'write_scores']
+           'pipeline', 'pipeline_of', 'Model', 'load_model', 'write_scores']
 
 # %% ../nbs/30_training.ipynb #e4b6801d
 def split_inner(labels: dict,  # patient_id -> 0/1 (training patients)
@@ -503,6 +503,11 @@ def pipeline(modality: str):
     mod, obj = look_up_option(modality, PIPELINES, "modality").split(":")
     return getattr(importlib.import_module(mod), obj)
 
+def pipeline_of(study):
+    "The pipeline of a study's modality; None for a clinical-only study (no images, nothing to train or score)."
+    return pipeline(study.modality) if study.modality in PIPELINES else None
+
+
 # %% ../nbs/30_training.ipynb #3a345b8f
 @dataclass
 class Model:
@@ -546,11 +551,14 @@ class Model:
         if out is not None: write_scores(out, self, dls, res["features"], sk, study=getattr(s, "name", "table"))
         return dls
 
-    def predict(self, out=None, device=None, gradcam: bool = True, **files) -> dict:
+    def predict(self, out=None, device=None, gradcam: bool = True,
+                roi_name=None,  # the structure of an RTSTRUCT/SEG `roi` that holds several (name or segment number)
+                **files) -> dict:
         "Score one patient from image files (`pet=, ct=, roi=` or `t1=, t2=, ce_t1=, roi=`): dls, dls_high, cutoff, per-sequence scores."
         missing = [k for k in self.meta["inputs"] if not files.get(k)]
         if missing: raise PDL1Error(f"this {self.modality} model needs {', '.join('--' + k.replace('_', '-') for k in missing)}")
-        return self.pipeline.predict(self, {k: files[k] for k in self.meta["inputs"]}, out=out, device=device, gradcam=gradcam)
+        return self.pipeline.predict(self, {k: files[k] for k in self.meta["inputs"]}, out=out, device=device, gradcam=gradcam,
+                                     roi_name=roi_name)
 
 def load_model(run_dir, verify: bool = True) -> Model:
     "A checked bundle ready to `score` or `predict` (one-line PDL1Error if damaged or from a newer package)."

@@ -533,7 +533,7 @@ class PETCTPipeline:
 
     def score(self, model, study, cohorts=None, device=None, skip_bad=False, cache_dir=None) -> dict:
         "dls (patient_id, cohort, dls, n_slices), features {'features': (n, 256)} and skipped patients of a study's cohorts."
-        net, cfg = self.load(model, device)
+        net, cfg = model.net(device)                        # the bundle's weights, read once per Model and device
         t = study.table()
         if cohorts is not None: t = t[t["cohort"].isin(cohorts)]
         from pdl1_dls.petct.preprocess import bundle_preprocessing   # the bundle's values; a differing manifest block warns
@@ -545,11 +545,12 @@ class PETCTPipeline:
         df = pd.DataFrame(dict(patient_id=pids, cohort=t["cohort"].tolist(), dls=dls, n_slices=ns))
         return dict(dls=df, features=dict(features=feats.astype(np.float32)), skipped=skipped)
 
-    def predict(self, model, files: dict, out=None, device=None, gradcam=True) -> dict:
-        "One patient from files: dls, dls_high, cutoff, n_slices; writes prediction.json and gradcam.png into `out`."
+    def predict(self, model, files: dict, out=None, device=None, gradcam=True, roi_name=None) -> dict:
+        "One patient from files (`roi_name`: the RTSTRUCT/SEG structure): dls, dls_high, cutoff, n_slices; writes prediction.json and gradcam.png into `out`."
         from pdl1_dls.petct.preprocess import patient_hyperimages
-        net, cfg = self.load(model, device)
-        hi = patient_hyperimages("patient", files["pet"], files["ct"], files["roi"], cache_dir=None, **self._preprocessing(model))
+        net, cfg = model.net(device)
+        hi = patient_hyperimages("patient", files["pet"], files["ct"], files["roi"], cache_dir=None, roi_name=roi_name,
+                                 **self._preprocessing(model))
         dls, _, ns = self._apply(net, cfg, {"patient": hi.images}, ["patient"])
         res = dict(dls=float(dls[0]), dls_high=bool(dls[0] >= model.cutoff), cutoff=model.cutoff, n_slices=int(ns[0]),
                    model=str(model.path), config_hash=model.meta.get("config_hash"))
@@ -576,6 +577,11 @@ class PETCTPipeline:
     def _preprocessing(self, model) -> dict:
         "The bundle's hyper-image parameters as `patient_hyperimages` takes them (JSON lists back to tuples)."
         return {k: (tuple(v) if isinstance(v, list) else v) for k, v in (model.meta.get("preprocessing") or {}).items()}
+
+    def complete_table(self, table: pd.DataFrame, study) -> pd.DataFrame:
+        "The analyses' table with SUVmax measured from the images where the clinical table has none (`suvmax_source` says which)."
+        from pdl1_dls.petct.preprocess import fill_suvmax
+        return fill_suvmax(table, cache_dir=self.cache_dir(study.name))
 
     # What the Grad-CAM explorer (`pdl1_dls.explore.GradcamExplorer`) asks of a pipeline
     def cache_dir(self, study: str, root=None) -> Path:
@@ -606,16 +612,16 @@ class PETCTPipeline:
         return gradcam(m, np.ascontiguousarray(x, dtype=np.float32), target=int(target))
 
     def explorer_figure(self, inputs: dict, cams: np.ndarray, pos: int, name: str, alpha: float = 0.45):
-        "CT, PET and fusion of one hyper-image, with the Grad-CAM over the CT and over the fusion (the explorer adds the title)."
+        "CT, PET and fusion of one hyper-image, with the Grad-CAM over the CT and over the fusion and its colour bar (the explorer adds the title)."
         import matplotlib.pyplot as plt
+        from pdl1_dls.explain import _cam_colorbar, _overlay           # the figures' overlay and colour bar
         pet, ct, fus = inputs["images"].images[pos]
-        fig, axes = plt.subplots(1, 5, figsize=(11, 2.9))
+        fig, axes = plt.subplots(1, 5, figsize=(11.6, 2.9))
         for ax, img, t, cm in zip(axes, (ct, pet, fus), ("CT", "PET", "fusion"), ("gray", "hot", "gray")):
-            ax.imshow(img, cmap=cm, vmin=0, vmax=1); ax.set_title(t, fontsize=9)
+            ax.imshow(img, cmap=cm, vmin=0, vmax=1); ax.set_title(t, fontsize=9); ax.axis("off")
         for ax, base, t in ((axes[3], ct, "Grad-CAM on CT"), (axes[4], fus, "Grad-CAM on fusion")):
-            ax.imshow(base, cmap="gray", vmin=0, vmax=1); ax.imshow(cams[pos], cmap="jet", alpha=alpha, vmin=0, vmax=1)
-            ax.set_title(t, fontsize=9)
-        for ax in axes: ax.axis("off")
+            _overlay(ax, base, cams[pos], alpha, "jet", t)
+        _cam_colorbar(fig, axes[3:5], "jet", alpha)
         return fig
 
 PIPELINE = PETCTPipeline()
