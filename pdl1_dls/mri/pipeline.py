@@ -401,7 +401,7 @@ class _Finished:
             try: old = load_state(self.path)
             except Exception as e: warnings.warn(f"{self.path}: unreadable ({e.__class__.__name__}); training from the start")
         if old is not None and old.get("identity") == self.identity:
-            for tmp in self.path.parent.glob("member*/.*.part*"): tmp.unlink()   # what a killed write left
+            for tmp in [*self.path.parent.glob(".*.part*"), *self.path.parent.glob("member*/.*.part*")]: tmp.unlink()   # a killed write's
             return
         if old is not None:
             diff = "; ".join(config_diff(old.get("request", {}), self.request)) or "other training data"
