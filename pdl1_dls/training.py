@@ -28,10 +28,10 @@ import pdl1_dls
 from .core import PDL1Error, atomic_path, atomic_write, look_up_option, progress, sha256, write_json
 
 # %% auto #0
-__all__ = ['BUNDLE_FORMAT', 'MODEL_JSON', 'CITATIONS', 'PIPELINES', 'split_inner', 'permute_patient_labels', 'save_state',
-           'load_state', 'DistContext', 'dist_context', 'dist_teardown', 'rank_device', 'shard', 'rank_batch',
-           'merge_shards', 'gather_patients', 'shard_map', 'broadcast_stop', 'sync_buffers', 'all_sum', 'ddp_wrap',
-           'barrier', 'main_first', 'on_main', 'EarlyStopping', 'fit_epochs', 'config_hash', 'config_diff',
+__all__ = ['BUNDLE_FORMAT', 'MODEL_JSON', 'CITATIONS', 'PIPELINES', 'split_inner', 'permute_patient_labels', 'stream_seed',
+           'save_state', 'load_state', 'DistContext', 'dist_context', 'dist_teardown', 'rank_device', 'shard',
+           'rank_batch', 'merge_shards', 'gather_patients', 'shard_map', 'broadcast_stop', 'sync_buffers', 'all_sum',
+           'ddp_wrap', 'barrier', 'main_first', 'on_main', 'EarlyStopping', 'fit_epochs', 'config_hash', 'config_diff',
            'reuse_or_clear', 'refuse_skipped', 'manifest_train_settings', 'write_bundle', 'read_bundle', 'model_card',
            'pipeline', 'pipeline_of', 'Model', 'load_model', 'write_scores']
 
@@ -68,6 +68,29 @@ def permute_patient_labels(labels: dict,  # patient_id -> 0/1
         vals = y[rng.permutation(len(pids))]
         if max_phi is None or len(np.unique(y)) < 2 or abs(np.corrcoef(y, vals)[0, 1]) <= max_phi: break
     return {p: int(v) for p, v in zip(pids, vals)}
+
+# %% ../nbs/30_training.ipynb #4c10cfa7
+def _path_key(path) -> tuple:
+    "Prefix-free integer key of a stream path: an index as (0, i); a name as (1, byte length, its UTF-8 bytes as 32-bit words)."
+    key = []
+    for p in path:
+        if isinstance(p, str):
+            b = p.encode("utf-8")
+            key += [1, len(b), *np.frombuffer(b.ljust(-(-len(b) // 4) * 4, b"\0"), "<u4").tolist()]
+        elif isinstance(p, (int, np.integer)) and not isinstance(p, (bool, np.bool_)) and 0 <= p < 2**32:
+            key += [0, int(p)]
+        else: raise PDL1Error(f"a seed stream is named by strings and integers in [0, 2**32), not {p!r}")
+    return tuple(key)
+
+def stream_seed(seed: int,  # the run's seed (a non-negative integer)
+                *path,  # the stream's name: strings and indices, e.g. "cnn", 0, "t1"
+               ) -> int:
+    "The seed in [0, 2**63) of the stream `path` of `seed` (`numpy.random.SeedSequence`): reproducible everywhere, unrelated to any other stream."
+    if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise PDL1Error(f"the seed must be a non-negative integer, not {seed!r}")
+    ss = np.random.SeedSequence(int(seed), spawn_key=_path_key(path))
+    return int(ss.generate_state(1, np.uint64)[0]) >> 1
+
 
 # %% ../nbs/30_training.ipynb #9011ba5e
 def save_state(obj, path):

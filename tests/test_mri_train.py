@@ -6,10 +6,11 @@ import numpy as np
 import pandas as pd
 import pytest
 import SimpleITK as sitk
+import torch
 
 from pdl1_dls.core import PDL1Error
 from pdl1_dls.mri.pipeline import crossfit_plan, toy_mri_table, train_mri_study
-from pdl1_dls.training import load_model
+from pdl1_dls.training import load_model, load_state
 
 TINY = dict(quick=True, device="cpu", size=32, input_size=32, epochs=1, fusion_epochs=10, backbone="resnet18")
 
@@ -18,6 +19,13 @@ TINY = dict(quick=True, device="cpu", size=32, input_size=32, epochs=1, fusion_e
 def toy(tmp_path_factory):
     d = tmp_path_factory.mktemp("toy")
     return d, toy_mri_table(d / "img", {"train": 16, "validation": 8}, seed=0)
+
+
+@pytest.fixture(scope="module")
+def tiny_run(toy):
+    "One uninterrupted tiny training (TINY settings, seed 0): its folder and metrics. Read it, never write into it."
+    d, tab = toy
+    return d / "run", _train(tab, d / "run", d / "cache")
 
 
 def _train(tab, out, cache, **kw):
@@ -30,9 +38,9 @@ def _score(run, tab, out, cache):
     return load_model(run).score(tab, out, cache_dir=cache).merge(tab[["patient_id", "role", "pdl1"]], on="patient_id")
 
 
-def test_outputs_and_scoring(toy):
+def test_outputs_and_scoring(toy, tiny_run):
     d, tab = toy
-    m = _train(tab, d / "run", d / "cache")
+    _, m = tiny_run
     assert sorted(p.name for p in (d / "run").iterdir()) == ["MODEL_CARD.md", "member0", "member1", "metrics.json", "model.json", "train_log.csv"]
     for k in (0, 1):    # two cross-fitting members
         for f in ("fusion.pt", "reducer.npz", "cnn_t1.pt", "cnn_t2.pt", "cnn_ce_t1.pt"):
@@ -64,6 +72,97 @@ def test_outputs_and_scoring(toy):
         assert z["tokens"].shape == (24, 2, 3, 7) and z["features"].shape == (24, 2, 3, 512)    # patient, member, sequence
         assert list(z["patient_id"]) == dls.patient_id.tolist()
     assert json.loads((d / "score" / "score.json").read_text())["cutoff"] == m["cutoff"]
+
+
+class Stop(Exception):
+    "Raised by a test's on_member_end: an interrupted training."
+
+
+def _stop_after(n, seen):
+    "on_member_end that records each finished member's key (checking its log rows) and interrupts after the n-th."
+    def cb(key, rows):
+        seen.append(key)
+        assert rows and {r["member"] for r in rows} == {int(key[len("member")])}
+        if len(seen) == n: raise Stop(key)
+    return cb
+
+
+@pytest.fixture
+def counted(monkeypatch):
+    "How often the CNN and fusion trainers are called (every member trained, not loaded, is one call)."
+    import pdl1_dls.mri.pipeline as mp
+    n = {"cnn": 0, "fusion": 0}
+    def count(fn, kind):
+        def f(*a, **k): n[kind] += 1; return fn(*a, **k)
+        return f
+    monkeypatch.setattr(mp, "fit_sequence", count(mp.fit_sequence, "cnn"))
+    monkeypatch.setattr(mp, "fit_fusion", count(mp.fit_fusion, "fusion"))
+    return n
+
+
+def _weights(run):
+    "Every member's state-dict tensors and reducer arrays of a bundle, keyed by (file, name)."
+    out = {}
+    for f in sorted(run.glob("member*/*.pt")):
+        out.update({(f.relative_to(run).as_posix(), n): v for n, v in load_state(f).items()})
+    for f in sorted(run.glob("member*/reducer.npz")):
+        with np.load(f) as z: out.update({(f.relative_to(run).as_posix(), n): torch.as_tensor(z[n]) for n in z.files})
+    return out
+
+
+def _files(run): return sorted(p.relative_to(run).as_posix() for p in run.rglob("*"))
+
+
+def test_resume_after_interruptions(toy, tiny_run, counted, tmp_path):
+    "Interrupted after its first member and again later, a training resumes without retraining what it finished, and its bundle equals the uninterrupted one: every weight, the log, the cutoff, the DLS."
+    d, tab = toy
+    ref, ref_m = tiny_run
+    run, seen = tmp_path / "run", []
+    with pytest.raises(Stop, match="member0/cnn_t1"):
+        _train(tab, run, d / "cache", on_member_end=_stop_after(1, seen))
+    assert counted == {"cnn": 1, "fusion": 0}
+    assert _files(run) == ["member0", "member0/cnn_t1.pt", "resume.pt"]       # the finished member, its record; no temporary file
+    with pytest.raises(PDL1Error, match="unfinished training run"): load_model(run)
+    with pytest.raises(Stop, match="member0/fusion0"):
+        _train(tab, run, d / "cache", on_member_end=_stop_after(4, seen))
+    assert seen == ["member0/cnn_t1", "member0/cnn_t2", "member0/cnn_ce_t1", "member0/fusion0"]
+    assert counted == {"cnn": 3, "fusion": 1}                               # member0/cnn_t1 was loaded, not trained again
+    m = _train(tab, run, d / "cache", on_member_end=lambda key, rows: seen.append(key))
+    assert counted == {"cnn": 6, "fusion": 4}                               # 2 folds x 3 sequences, 2 x 2 fusions: each trained once
+    assert m["resumed_members"] == ["member0/cnn_t1", "member0/cnn_t2", "member0/cnn_ce_t1", "member0/fusion0"]
+    assert seen[4:] == ["member0/fusion1", "member1/cnn_t1", "member1/cnn_t2", "member1/cnn_ce_t1", "member1/fusion0", "member1/fusion1"]
+    assert _files(run) == _files(ref) and "resume.pt" not in _files(run)    # the bundle's files only
+    a, b = _weights(run), _weights(ref)
+    assert len(a) > 100 and a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert ref_m["resumed_members"] == []
+    for k in ("val_auc", "train_auc", "cutoff", "pca_components"): assert m[k] == ref_m[k], k
+    la, lb = (pd.read_csv(r / "train_log.csv").drop(columns="seconds") for r in (run, ref))
+    pd.testing.assert_frame_equal(la, lb)                                   # the loaded members' log rows are kept
+    sa, sb = (_score(r, tab, tmp_path / f"s{i}", d / "cache") for i, r in enumerate((run, ref)))
+    assert sa.dls.tolist() == sb.dls.tolist() and sa.dls_t2.tolist() == sb.dls_t2.tolist()
+
+
+def test_interrupted_training_with_other_settings(toy, counted, tmp_path):
+    "What an interrupted training finished is never reused by other settings: refused with retrain=False, else cleared and trained afresh; resume=False starts afresh too."
+    d, tab = toy
+    run, seen = tmp_path / "run", []
+    with pytest.raises(Stop): _train(tab, run, d / "cache", on_member_end=_stop_after(2, seen))
+    before = (run / "resume.pt").read_bytes()
+    with pytest.raises(PDL1Error, match=r"interrupted training with other settings \(config.lr: 0.01 -> 0.02\)"):
+        _train(tab, run, d / "cache", lr=0.02, retrain=False)
+    assert (run / "resume.pt").read_bytes() == before and counted["cnn"] == 2   # refused before anything was touched
+    seen.clear()
+    with pytest.warns(UserWarning, match="interrupted training there had other settings"), pytest.raises(Stop):
+        train_mri_study(tab, run, cache_dir=d / "cache", **{**TINY, "lr": 0.02}, on_member_end=_stop_after(1, seen))
+    assert counted["cnn"] == 3 and _files(run) == ["member0", "member0/cnn_t1.pt", "resume.pt"]   # member0/cnn_t2 of lr 0.01 is gone
+    assert load_state(run / "resume.pt")["request"]["config"]["lr"] == 0.02
+    seen.clear()
+    with pytest.raises(Stop, match="member0/cnn_t1"):                       # resume=False: the same settings' member is trained again
+        _train(tab, run, d / "cache", lr=0.02, resume=False, on_member_end=_stop_after(1, seen))
+    assert counted["cnn"] == 4
+    m = _train(tab, run, d / "cache", lr=0.02)
+    assert counted == {"cnn": 9, "fusion": 4} and m["resumed_members"] == ["member0/cnn_t1"]
+    assert json.loads((run / "model.json").read_text())["config"]["lr"] == 0.02 and not (run / "resume.pt").exists()
 
 
 def test_retrain_or_refuse(toy, tmp_path):
@@ -189,7 +288,7 @@ def test_demo_mri_null_control_centred(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         aucs = [train_mri_study(man, tmp_path / f"s{s}", seed=s, permute_labels=True, device="cpu")["val_auc"] for s in (0, 1, 2)]
-    assert abs(np.mean(aucs) - 0.5) <= 0.1, aucs   # measured: 0.568, 0.461, 0.652 (nbs/30_train.ipynb, "The null control, measured")
+    assert abs(np.mean(aucs) - 0.5) <= 0.1, aucs   # 0.568, 0.461, 0.652 with the arithmetic seeds before training.stream_seed; not re-measured since
 
 
 def test_paper_profile_is_the_papers_method():

@@ -8,11 +8,14 @@ Docs: https://pdl1-dls.github.io/pdl1_dls/mri/pipeline.html.md"""
 from __future__ import annotations
 
 import json
+import re
+import shutil
 import time
 import warnings
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -22,15 +25,17 @@ from torch import nn
 
 from ..core import PDL1Error, atomic_write, get_device, get_settings, progress, seed_everything, write_json
 from ..stats.roc import auc_ci
-from ..training import (EarlyStopping, all_sum, barrier, config_hash, ddp_wrap, dist_context, fit_epochs, gather_patients,
-                               load_state, main_first, manifest_train_settings, permute_patient_labels, rank_batch, rank_device,
-                               read_bundle, refuse_skipped, reuse_or_clear, save_state, shard, shard_map, split_inner, write_bundle)
+from ..training import (EarlyStopping, all_sum, barrier, config_diff, config_hash, ddp_wrap, dist_context, fit_epochs,
+                               gather_patients, load_state, main_first, manifest_train_settings, on_main, permute_patient_labels,
+                               rank_batch, rank_device, read_bundle, refuse_skipped, reuse_or_clear, save_state, shard, shard_map,
+                               split_inner, stream_seed, write_bundle)
 from .preprocess import PLANES, SEQUENCES, MRIParams, augment_batch, mri_augment, mri_cohort
 from .models import FeatureReducer, FusionTransformer, SequenceNet, extract_features, focal_loss
 
 # %% auto #0
-__all__ = ['PAPER_METHOD', 'MRITRAIN_PROFILES', 'PIPELINE', 'toy_mri_table', 'MRITrainConfig', 'deviations', 'fit_sequence',
-           'fit_fusion', 'MRIMember', 'MRIRun', 'n_members', 'crossfit_plan', 'train_mri_study', 'MRIPipeline']
+__all__ = ['PAPER_METHOD', 'MRITRAIN_PROFILES', 'RESUME', 'PIPELINE', 'toy_mri_table', 'MRITrainConfig', 'deviations',
+           'fit_sequence', 'fit_fusion', 'MRIMember', 'MRIRun', 'n_members', 'crossfit_plan', 'train_mri_study',
+           'MRIPipeline']
 
 # %% ../../nbs/mri/22_pipeline.ipynb #18c77e5a
 def toy_mri_table(root,  # folder for the NIfTI files
@@ -169,7 +174,7 @@ def fit_sequence(x_fit: torch.Tensor,  # (n, 3, size, size) z-scored training im
     yf = torch.as_tensor(y_fit, dtype=torch.float32)
     sub_inner = shard(np.arange(len(x_inner)))       # this rank's inner patients (all of them in one process)
     xi = _resize(x_inner[sub_inner], cfg.input_size).to(dev); yi = torch.as_tensor(y_inner, dtype=torch.float32).to(dev)
-    g = torch.Generator().manual_seed(seed)
+    g = torch.Generator().manual_seed(stream_seed(seed, "batches"))   # batch order: its own stream, not the initialisation's
     net, bs = ddp_wrap(model), rank_batch(cfg.batch_size)   # under torchrun: gradients averaged over ranks
 
     def train_epoch(ep):
@@ -212,9 +217,13 @@ def fit_fusion(tok_fit: np.ndarray,  # (n, n_seq, k) training tokens (fit part)
     "Train the transformer fusion full batch with SGD and early stopping on the inner loss (on one thread)."
     with _one_thread(): return _fit_fusion(tok_fit, y_fit, tok_inner, y_inner, cfg, seed)
 
+def _fusion_net(cfg, n_tokens: int, n_seq: int) -> FusionTransformer:
+    "The fusion of `cfg` over `n_seq` tokens of length `n_tokens` (8 heads, 3 encoder layers)."
+    return FusionTransformer(n_tokens, n_seq, cfg.d_model, 8, 3, cfg.fusion_dropout)
+
 def _fit_fusion(tok_fit, y_fit, tok_inner, y_inner, cfg, seed):
     seed_everything(seed)
-    model = FusionTransformer(tok_fit.shape[2], tok_fit.shape[1], cfg.d_model, 8, 3, cfg.fusion_dropout)
+    model = _fusion_net(cfg, tok_fit.shape[2], tok_fit.shape[1])
     opt = torch.optim.SGD(model.parameters(), lr=cfg.fusion_lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     tf, yf = torch.as_tensor(tok_fit), torch.as_tensor(y_fit, dtype=torch.float32)
     ti, yi = torch.as_tensor(tok_inner), torch.as_tensor(y_inner, dtype=torch.float32)
@@ -319,18 +328,20 @@ class MRIRun:
         members = []
         for k in range(n_members(cfg)):
             d = run_dir / f"member{k}"
-            models = []
-            for s in cfg.sequences:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
-                    m = SequenceNet(cfg.backbone, None, cfg.dropout)
-                m.load_state_dict(load_state(d / f"cnn_{s}.pt")); m.eval(); models.append(m)
+            models = [_sequence_net(cfg, load_state(d / f"cnn_{s}.pt")) for s in cfg.sequences]
             with np.load(d / "reducer.npz", allow_pickle=False) as z: red = FeatureReducer.from_state(dict(z))
-            fus = nn.ModuleList([FusionTransformer(red.k_, len(cfg.sequences), cfg.d_model, 8, 3, cfg.fusion_dropout)
-                                 for _ in range(cfg.fusion_inits)])
+            fus = nn.ModuleList([_fusion_net(cfg, red.k_, len(cfg.sequences)) for _ in range(cfg.fusion_inits)])
             fus.load_state_dict(load_state(d / "fusion.pt")); fus.eval()
             members.append(MRIMember(models, red, fus))
         return cls(cfg, members, [tuple(v) for v in meta["zscore"]], float(meta["cutoff"]["value"]))
+
+def _sequence_net(cfg: MRITrainConfig, state: dict) -> SequenceNet:
+    "A trained sequence CNN from its state dict, in eval mode (no weights file is read)."
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        m = SequenceNet(cfg.backbone, None, cfg.dropout)
+    m.load_state_dict(state)
+    return m.eval()
 
 def n_members(cfg: MRITrainConfig) -> int:
     "Members of a run: `cfg.crossfit` folds, or 1 without cross-fitting."
@@ -354,13 +365,13 @@ def crossfit_plan(labels: dict,  # training patient_id -> 0/1 (as the model sees
     k = int(k)
     if k < 1: raise PDL1Error(f"crossfit must be 1 (no cross-fitting) or a number of folds ≥ 2, not {k}")
     if k == 1:
-        fit, inner = split_inner(labels, inner_frac, seed)
+        fit, inner = split_inner(labels, inner_frac, stream_seed(seed, "crossfit", "inner"))
         return [dict(cnn_fit=fit, cnn_stop=inner, pca=sorted(labels), fusion_fit=fit, fusion_stop=inner)]
     n = {c: sum(v == c for v in labels.values()) for c in (0, 1)}
     if min(n.values()) < k:  # every fold needs both classes
         raise PDL1Error(f"crossfit={k} needs at least {k} training patients of each class (have {n[0]} low, {n[1]} high); "
                         "use fewer folds or crossfit=1")
-    rng = np.random.default_rng([seed, 2])
+    rng = np.random.default_rng(stream_seed(seed, "crossfit", "folds"))   # not [seed, 2]: permute_patient_labels draws from that
     fold, j = {}, 0
     for c in (0, 1):  # deal each class round the folds in turn, carrying on from one class to the next: sizes differ by ≤ 1
         ids = sorted(p for p in labels if labels[p] == c)
@@ -368,10 +379,55 @@ def crossfit_plan(labels: dict,  # training patient_id -> 0/1 (as the model sees
     plan = []
     for f in range(k):
         hold = sorted(p for p in labels if fold[p] == f)
-        ffit, fstop = split_inner({p: labels[p] for p in hold}, inner_frac, seed * 10 + f)
+        ffit, fstop = split_inner({p: labels[p] for p in hold}, inner_frac, stream_seed(seed, "crossfit", "fusion_split", f))
         plan.append(dict(cnn_fit=sorted(p for p in labels if fold[p] != f), cnn_stop=hold, pca=hold,
                          fusion_fit=ffit, fusion_stop=fstop))
     return plan
+
+# %% ../../nbs/mri/22_pipeline.ipynb #69c292d5
+RESUME = "resume.pt"  # the members an interrupted MRI training finished (removed once the bundle is written)
+
+class _Finished:
+    "The members of one run finished so far, recorded in `out_dir/resume.pt` under the run's identity (rank 0 writes)."
+    def __init__(self, out_dir: Path, identity: str, request: dict, resume: bool = True, retrain: bool = True):
+        self.path, self.identity, self.request = Path(out_dir) / RESUME, identity, request
+        on_main(self._keep_or_clear, resume, retrain)           # rank 0 decides; then every rank reads the same record
+        self.parts = load_state(self.path)["parts"] if self.path.is_file() else {}
+        self.resumed = list(self.parts)                         # the members this call loads instead of training
+
+    def _keep_or_clear(self, resume, retrain):
+        old = None
+        if resume and self.path.is_file():
+            try: old = load_state(self.path)
+            except Exception as e: warnings.warn(f"{self.path}: unreadable ({e.__class__.__name__}); training from the start")
+        if old is not None and old.get("identity") == self.identity:
+            for tmp in [*self.path.parent.glob(".*.part*"), *self.path.parent.glob("member*/.*.part*")]: tmp.unlink()   # a killed write's
+            return
+        if old is not None:
+            diff = "; ".join(config_diff(old.get("request", {}), self.request)) or "other training data"
+            if not retrain:
+                raise PDL1Error(f"holds an interrupted training with other settings ({diff}); train without --no-retrain "
+                                "to replace it, or use another --out", file=self.path.parent)
+            warnings.warn(f"{self.path.parent}: the interrupted training there had other settings ({diff[:300]}); training from the start")
+        self.path.unlink(missing_ok=True)                       # first: never a record naming members that are gone
+        for d in self.path.parent.glob("member*"):
+            if d.is_dir() and re.fullmatch(r"member\d+", d.name): shutil.rmtree(d)
+
+    def __contains__(self, key: str) -> bool: return key in self.parts
+
+    def log(self, key: str) -> list: return json.loads(self.parts[key]["log"])
+    def state(self, key: str) -> dict: return self.parts[key]["state"]
+
+    def add(self, key: str, rows: list, callback: Callable | None = None, state: dict | None = None):
+        "Record a finished member (its bundle file already written), save the record atomically, then call `callback(key, rows)`."
+        self.parts[key] = dict(log=json.dumps(rows), **({} if state is None else {"state": {n: v.detach().cpu().clone() for n, v in state.items()}}))
+        if dist_context().main: save_state(dict(identity=self.identity, request=self.request, parts=self.parts), self.path)
+        if callback is not None: callback(key, rows)
+
+    def close(self):
+        "The bundle is finished: remove the record (rank 0)."
+        if dist_context().main: self.path.unlink(missing_ok=True)
+
 
 # %% ../../nbs/mri/22_pipeline.ipynb #de93ccd1
 def train_mri_study(study_or_path,  # manifest path, `pdl1_dls.manifest.Study`, or a table (see `toy_mri_table`)
@@ -388,6 +444,8 @@ def train_mri_study(study_or_path,  # manifest path, `pdl1_dls.manifest.Study`, 
                     retrain: bool = True,  # out_dir holds a model with other settings: train again (False: refuse, naming them)
                     skip_bad: bool = True,  # leave out patients preprocessing cannot use (False: refuse the first)
                     skipped_out=None,  # where to write the skipped patients (never into the bundle)
+                    resume: bool = True,  # keep the members an interrupted training of the same run left in out_dir (False: start afresh)
+                    on_member_end: Callable | None = None,  # f(member key, its log rows) after each member trained here is saved
                     **overrides,  # any MRITrainConfig field
                    ) -> dict:
     "Train the per-sequence CNNs, PCA and transformer fusion on the training cohort; write the bundle; return metrics."
@@ -434,7 +492,10 @@ def train_mri_study(study_or_path,  # manifest path, `pdl1_dls.manifest.Study`, 
     if ctx.world_size > 1: request["world_size"] = ctx.world_size   # other batches, other numbers: another run
     identity = config_hash(request)
     done = reuse_or_clear(out_dir, identity, request, retrain)
-    if done is not None: return done
+    if done is not None:
+        on_main(lambda: (out_dir / RESUME).unlink(missing_ok=True))   # a crash between the bundle and this file's removal
+        return done
+    finished = _Finished(out_dir, identity, request, resume, retrain)   # what an interrupted training of this run left
     plan = crossfit_plan(labels, cfg.crossfit, cfg.inner_frac, seed)
     n_pca = min(cfg.n_components, min(len(pl["pca"]) for pl in plan) - 1)  # one token length for every member
     members, log = [], []
@@ -443,9 +504,15 @@ def train_mri_study(study_or_path,  # manifest path, `pdl1_dls.manifest.Study`, 
         yy = {key: np.array([labels[p] for p in pl[key]]) for key in ("cnn_fit", "cnn_stop", "fusion_fit", "fusion_stop")}
         models = []
         for s, sname in enumerate(cfg.sequences):
-            m, lg = fit_sequence(_resize(xz[s][ix["cnn_fit"]], cfg.size), yy["cnn_fit"], xz[s][ix["cnn_stop"]], yy["cnn_stop"],
-                                 cfg, seed * 100 + 10 * k + s, dev, sname, f"{sname} (member {k + 1}/{len(plan)})")
-            models.append(m.cpu()); log += [dict(r, member=k) for r in lg]
+            key, path = f"member{k}/cnn_{sname}", out_dir / f"member{k}" / f"cnn_{sname}.pt"
+            if key in finished: m, lg = _sequence_net(cfg, load_state(path)), finished.log(key)
+            else:
+                m, lg = fit_sequence(_resize(xz[s][ix["cnn_fit"]], cfg.size), yy["cnn_fit"], xz[s][ix["cnn_stop"]], yy["cnn_stop"],
+                                     cfg, stream_seed(seed, "cnn", k, sname), dev, sname, f"{sname} (member {k + 1}/{len(plan)})")
+                m, lg = m.cpu(), [dict(r, member=k) for r in lg]
+                if ctx.main: save_state({n: v.cpu() for n, v in m.state_dict().items()}, path)   # already the bundle's file
+                finished.add(key, lg, on_member_end)
+            models.append(m); log += lg
         # deep features -> PCA -> fusion, all on training patients (the held-out fold when cross-fitting)
         feats = [extract_features(m, _prep(X[ix["pca"], s], *zs[s], cfg.input_size))[0] for s, m in enumerate(models)]
         red = FeatureReducer(n_pca, seed).fit(feats)
@@ -453,8 +520,16 @@ def train_mri_study(study_or_path,  # manifest path, `pdl1_dls.manifest.Study`, 
                for key in ("fusion_fit", "fusion_stop")}
         fus = nn.ModuleList()
         for j in range(cfg.fusion_inits):
-            f, lg = fit_fusion(tok["fusion_fit"], yy["fusion_fit"], tok["fusion_stop"], yy["fusion_stop"], cfg, seed * 1000 + 900 + 10 * k + j)
-            fus.append(f); log += [dict(r, member=k, init=j) for r in lg]
+            key = f"member{k}/fusion{j}"
+            if key in finished:
+                f, lg = _fusion_net(cfg, tok["fusion_fit"].shape[2], tok["fusion_fit"].shape[1]), finished.log(key)
+                f.load_state_dict(finished.state(key)); f.eval()
+            else:
+                f, lg = fit_fusion(tok["fusion_fit"], yy["fusion_fit"], tok["fusion_stop"], yy["fusion_stop"], cfg,
+                                   stream_seed(seed, "fusion", k, j))
+                lg = [dict(r, member=k, init=j) for r in lg]
+                finished.add(key, lg, on_member_end, state=f.state_dict())
+            fus.append(f); log += lg
         members.append(MRIMember(models, red, fus))
     run = MRIRun(cfg, members, zs)
     sc = shard_map(lambda ix: run.score(X[ix]), np.arange(len(X)))   # each rank its share, every patient once
@@ -492,7 +567,7 @@ def train_mri_study(study_or_path,  # manifest path, `pdl1_dls.manifest.Study`, 
                    members=[{f"n_{key}": len(v) for key, v in pl.items()} for pl in plan],
                    n_skipped=int(len(skipped)), backbone=cfg.backbone, pretrained=cfg.weights is not None, quick=quick, profile=cfg.profile,
                    pca_components=int(members[0].reducer.k_), train_seconds=round(time.time() - t0, 1), device=str(dev),
-                   world_size=ctx.world_size)
+                   world_size=ctx.world_size, resumed_members=finished.resumed)
     trc = sorted(set(meta.cohort.iloc[tr]))
     n_pos = int(sum(labels.values()))
     bmeta = dict(name=f"{getattr(study_or_path, 'paper', None) or 'mri'} MRI fusion ({cfg.backbone}){' null control' if permute_labels else ''}",
@@ -512,6 +587,7 @@ def train_mri_study(study_or_path,  # manifest path, `pdl1_dls.manifest.Study`, 
         with atomic_write(out_dir / "train_log.csv") as f: pd.DataFrame(log).to_csv(f, index=False)
         write_json(metrics, out_dir / "metrics.json")
         write_bundle(out_dir, bmeta, files + ["train_log.csv", "metrics.json"])
+    finished.close()                                        # the bundle is whole: no record of parts stays beside it
     barrier()                                               # every rank returns once the bundle is there
     return metrics
 
