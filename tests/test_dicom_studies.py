@@ -317,3 +317,17 @@ def test_voxel_centre_contours_lose_boundary_voxels_only(studies, bundles, ibsi,
                                                              for k, v in res.items() if k[0] == modality)
               + f"; max |DLS diff| {d.max():.2e}, spread {spread:.2e}")
         assert d.max() < 0.01 and d.max() < 0.5 * spread, modality
+
+
+def test_predict_picks_the_named_structure(studies, bundles, tmp_path):
+    "`predict(roi_name=...)` (CLI `--roi-name`) picks one structure of a two-structure RTSTRUCT/SEG: the DLS equals `score`'s; without it, a one-line error naming both."
+    from pdl1_dls.core import PDL1Error
+    from pdl1_dls.training import load_model
+    pid, model = PATIENTS[0], load_model(bundles["petct"])
+    study = load_study(studies["manifests"]["petct_dicom"])
+    ref = model.score(study, cache_dir=tmp_path / "c").set_index("patient_id").dls[pid]
+    row = study.table().set_index("patient_id").loc[pid]
+    files = dict(pet=row["pet"], ct=row["ct"], roi=row["roi"])
+    assert abs(model.predict(gradcam=False, roi_name=ROI, **files)["dls"] - ref) < 1e-6
+    with pytest.raises(PDL1Error, match=r"holds 2 structures \(GTV_Edema, GTV_Mass\); set roi_name"):
+        model.predict(gradcam=False, **files)

@@ -184,7 +184,7 @@ def fit_sequence(x_fit: torch.Tensor,  # (n, 3, size, size) z-scored training im
             if len(idx) < 2: continue  # batch norm needs two images
             xb = augment_batch(x_fit[idx], tf).to(dev)
             loss = focal_loss(net(xb), yf[idx].to(dev), cfg.focal_alpha, cfg.focal_gamma)
-            opt.zero_grad(); loss.backward(); opt.step(); tot += float(loss) * len(idx)
+            opt.zero_grad(); loss.backward(); opt.step(); tot += float(loss.detach()) * len(idx)
         return dict(sequence=name, epoch=ep, train_loss=all_sum(tot)[0] / len(x_fit))
 
     def evaluate(ep):
@@ -610,7 +610,7 @@ class MRIPipeline:
 
     def score(self, model, study, cohorts=None, device=None, skip_bad=False, cache_dir=None) -> dict:
         "dls (patient_id, cohort, dls, dls_<seq>, n_slices), features (deep features, tokens, per-sequence probabilities), skipped."
-        run = self.load(model)
+        run = model.net(device)                             # the bundle's weights, read once per Model and device
         table, lab, name = _as_table(study, None)
         if cohorts is not None: table = table[table["cohort"].isin(cohorts)]
         cache = Path(cache_dir) if cache_dir is not None else self.cache_dir(name)
@@ -620,11 +620,11 @@ class MRIPipeline:
         return dict(dls=_dls_frame(meta, sc, run.cfg.sequences), skipped=skipped,
                     features=dict(features=sc["features"].astype(np.float32), tokens=sc["tokens"], seq_prob=sc["seq_prob"]))
 
-    def predict(self, model, files: dict, out=None, device=None, gradcam=True) -> dict:
-        "One patient from files: dls, dls_high, cutoff, dls_<seq>; writes prediction.json and gradcam.png into `out`."
+    def predict(self, model, files: dict, out=None, device=None, gradcam=True, roi_name=None) -> dict:
+        "One patient from files (`roi_name`: the RTSTRUCT/SEG structure): dls, dls_high, cutoff, dls_<seq>; writes prediction.json and gradcam.png into `out`."
         from pdl1_dls.mri.preprocess import mri_slices
-        run = self.load(model)
-        x, _ = mri_slices({s: files[s] for s in run.cfg.sequences}, files["roi"], self._params(run.cfg))
+        run = model.net(device)
+        x, _ = mri_slices({s: files[s] for s in run.cfg.sequences}, files["roi"], self._params(run.cfg), roi_name=roi_name)
         X = np.asarray(x, np.float32)[None]
         sc = run.score(X, device=get_device(device) if device is not None else None)
         res = dict(dls=float(sc["dls"][0]), dls_high=bool(sc["dls"][0] >= model.cutoff), cutoff=model.cutoff,
@@ -650,6 +650,10 @@ class MRIPipeline:
         return path
 
     # What the Grad-CAM explorer (`pdl1_dls.explore.GradcamExplorer`) asks of a pipeline
+    def complete_table(self, table: pd.DataFrame, study) -> pd.DataFrame:
+        "The analyses' table as it is: an MRI study's clinical table has nothing measured from the images to add."
+        return table
+
     def cache_dir(self, study: str, root=None) -> Path:
         "Where the per-patient 2.5D inputs of a study are cached: `root` (default: settings cache_dir)/mri/<study>."
         return Path(root if root is not None else get_settings().cache_dir) / "mri" / study
@@ -687,11 +691,13 @@ class MRIPipeline:
         x, s = inputs["images"], inputs["sequences"].index(name)
         rest = [i for i in range(len(PLANES)) if i != pos]
         panels = [(pos, False, f"{name} {PLANES[pos]}"), (pos, True, "Grad-CAM overlay")] + [(i, True, f"{PLANES[i]} (same map)") for i in rest]
-        fig, axes = plt.subplots(1, len(panels), figsize=(9.5, 2.9))
+        from pdl1_dls.explain import _cam_colorbar                    # the figures' colour bar
+        fig, axes = plt.subplots(1, len(panels), figsize=(10.2, 2.9))
         for ax, (i, overlay, title) in zip(axes, panels):
             ax.imshow(x[s, i], cmap="gray", vmin=0, vmax=1)
             if overlay: ax.imshow(cams[i], cmap="jet", alpha=alpha, vmin=0, vmax=1)
             ax.set_title(title, fontsize=9); ax.axis("off")
+        _cam_colorbar(fig, axes[1:], "jet", alpha)
         return fig
 
 PIPELINE = MRIPipeline()
