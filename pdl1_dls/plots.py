@@ -74,7 +74,7 @@ def plot_roc(ax,  # matplotlib Axes
 
 # %% ../nbs/64_plots.ipynb #f3cb109f
 def km_times(tmax: float,  # the longest follow-up
-             n: int = 6,  # about this many ticks
+             n: int = 8,  # at most this many intervals
             ) -> np.ndarray:
     "Round tick times from 0 to `tmax` (steps of 1, 2, 2.5 or 5 × a power of ten): the x ticks and the at-risk times of a KM figure."
     from matplotlib.ticker import MaxNLocator

@@ -81,7 +81,10 @@ def augment(x: torch.Tensor,  # batch (n, C, H, W)
             rot90: bool = True,  # random multiples of 90°
             jitter: float = 0.1,  # per-channel gain ×(1±jitter) and offset ±jitter/2
            ) -> torch.Tensor:
-    "Random flips, 90° rotations and intensity jitter, per sample, reproducible from `g`."
+    "Random flips (torchvision v2), 90° rotations and intensity jitter, per sample, drawn from `g`."
+    # torchvision's random transforms draw one decision per call for the whole batch and from torch's global generator;
+    # the per-sample decisions are drawn here from `g` (the training's own stream) and applied with its functional ops
+    from torchvision.transforms.v2 import functional as TF
     n, c = x.shape[:2]
     u = torch.rand(n, 3, generator=g)
     k = torch.randint(0, 4, (n,), generator=g)
@@ -90,7 +93,7 @@ def augment(x: torch.Tensor,  # batch (n, C, H, W)
     x = x.clone()
     if flip:
         h, v = u[:, 0] < 0.5, u[:, 1] < 0.5
-        x[h] = x[h].flip(-1); x[v] = x[v].flip(-2)
+        x[h] = TF.horizontal_flip(x[h]); x[v] = TF.vertical_flip(x[v])
     if rot90:
         for r in (1, 2, 3):
             m = k == r
