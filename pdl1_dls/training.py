@@ -94,8 +94,10 @@ def stream_seed(seed: int,  # the run's seed (a non-negative integer)
 
 # %% ../nbs/30_training.ipynb #9011ba5e
 def save_state(obj, path):
-    "torch.save, atomically (a crash never leaves a half-written file)."
-    with atomic_path(path) as tmp: torch.save(obj, tmp)
+    "torch.save, atomically (a crash never leaves a half-written file) and byte-reproducibly (the same state, the same bytes)."
+    import io
+    buf = io.BytesIO(); torch.save(obj, buf)       # saved to a path, the archive records that (temporary) file's name
+    with atomic_path(path) as tmp: Path(tmp).write_bytes(buf.getvalue())
 
 def load_state(path, map_location="cpu"):
     "torch.load with `weights_only=True`: tensors and plain containers only, no pickled code."

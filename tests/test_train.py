@@ -137,6 +137,7 @@ def test_fit_deterministic_for_seed(toy, tmp_path):
     for name, seed in (("a", 0), ("b", 0), ("c", 1)):
         fit(data, lab, TrainConfig(seed=seed, **FAST), tmp_path / name, device="cpu")
     assert _same_weights(tmp_path / "a/model.pt", tmp_path / "b/model.pt")
+    assert (tmp_path / "a/model.pt").read_bytes() == (tmp_path / "b/model.pt").read_bytes()   # the file too, byte for byte
     pd.testing.assert_frame_equal(_log(tmp_path / "a"), _log(tmp_path / "b"))
     assert not _same_weights(tmp_path / "a/model.pt", tmp_path / "c/model.pt")
 
