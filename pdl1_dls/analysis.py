@@ -20,8 +20,8 @@ from .manifest import Study, load_study
 from .training import load_model, manifest_train_settings, pipeline, pipeline_of
 
 # %% auto #0
-__all__ = ['PAPER_COHORTS', 'mri_profile', 'reader2_study', 'train_models', 'apply_models', 'train_and_score', 'run_models',
-           'external_bundles', 'paper_cohorts', 'training_cutoff', 'load_scores']
+__all__ = ['PAPER_COHORTS', 'SKIPPED_COLUMNS', 'mri_profile', 'reader2_study', 'train_models', 'apply_models', 'train_and_score',
+           'run_models', 'external_bundles', 'paper_cohorts', 'training_cutoff', 'load_scores', 'skipped_table']
 
 # %% ../nbs/61_analysis.ipynb #f14c937d
 def mri_profile(study: Study, quick: bool = False, profile: str | None = None) -> str:
@@ -168,3 +168,25 @@ def load_scores(manifest: str | os.PathLike | Study,  # study manifest
     cut = float(json.loads(j.read_text())["cutoff"])
     t["dls_high"] = np.where(t["dls"].isna(), np.nan, (t["dls"] >= cut).astype(float))
     return t, cut, study
+
+# %% ../nbs/61_analysis.ipynb #95a53f88
+SKIPPED_COLUMNS = ["stage", "patient_id", "cohort", "reason"]
+
+def skipped_table(out_dir: str | os.PathLike,  # the run folder
+                  models,  # model (bundle) names, e.g. ("hyper", "pet", "ct") or ("mri",)
+                  name: str,  # the table's file stem
+                  model_column: bool = True,  # a `model` column first (runs of several models)
+                 ) -> pd.DataFrame:
+    "The patients skipped in training and scoring of `models` (stage, patient, cohort, reason), duplicates dropped; written as `name`, the count printed."
+    from pdl1_dls.report import write_table
+    cols = (["model"] if model_column else []) + SKIPPED_COLUMNS
+    sk = []
+    for m in models:
+        for p, stage in ((Path(out_dir) / "skipped" / f"training_{m}.csv", "training"), (Path(out_dir) / "scores" / m / "skipped.csv", "scoring")):
+            if p.is_file() and p.stat().st_size:
+                d = pd.read_csv(p, dtype={"patient_id": str})
+                if len(d): sk.append(d.assign(model=m, stage=stage)[cols])
+    skipped = pd.concat(sk, ignore_index=True).drop_duplicates() if sk else pd.DataFrame(columns=cols)
+    write_table(skipped, name, out_dir, title="Patients skipped (reason recorded; the cohort goes on)")
+    print(f"{skipped['patient_id'].nunique()} patient(s) skipped" if len(skipped) else "no patient skipped")
+    return skipped

@@ -20,7 +20,7 @@ from .stats.survival import at_risk, cox, kaplan_meier, logrank
 
 # %% auto #0
 __all__ = ['HIGH', 'LOW', 'GROUP_COLORS', 'PALETTE', 'group_colors', 'plot_roc', 'km_times', 'KMPlot', 'plot_km', 'panels',
-           'finish', 'plot_box_strip', 'plot_calibration']
+           'finish', 'plot_box_strip', 'plot_calibration', 'plot_training_curves']
 
 # %% ../nbs/64_plots.ipynb #e68da93a
 HIGH, LOW = "#d62728", "#1f77b4"          # matplotlib's tab:red and tab:blue (C3, C0)
@@ -258,3 +258,29 @@ def plot_calibration(ax,  # matplotlib Axes
         ax.plot([0, 1], [0, 1], color=PALETTE["reference"], lw=0.8, ls=":"); ax._pdl1_diag = True
     ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="predicted probability", ylabel="observed proportion")
     return eb
+
+# %% ../nbs/64_plots.ipynb #536c02ab
+def plot_training_curves(logs: dict,  # model name -> train_log DataFrame (epoch, train_loss, inner_loss, inner_auc; optional member, best_epoch)
+                         loss_label: str = "loss",  # the loss's axis label
+                         auc_label: str = "inner-split AUC",  # the AUC's axis label
+                         title: str = "Training curves",
+                         log_loss: bool = False,  # log scale for the loss
+                         figsize=(8, 3.2),
+                        ):
+    "Two panels: loss (solid training, dashed early-stopping patients) and early-stopping AUC per model (and member), one palette colour per model; the selected epoch dotted. Returns the figure."
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, 2, figsize=figsize)
+    for col, (name, lg) in zip(group_colors(logs), logs.items()):
+        members = list(lg.groupby("member")) if "member" in lg else [(None, lg)]
+        for k, g in members:
+            lab, a = (name, 1.0) if k is None else (f"{name} member {k + 1}", 1 - 0.4 * k)
+            axes[0].plot(g["epoch"], g["train_loss"], color=col, alpha=a, label=f"{lab} train")
+            axes[0].plot(g["epoch"], g["inner_loss"], color=col, alpha=a, ls="--")
+            axes[1].plot(g["epoch"], g["inner_auc"], color=col, alpha=a, label=lab)
+            if "best_epoch" in g and g["best_epoch"].notna().any():
+                axes[1].axvline(int(g["best_epoch"].dropna().iloc[-1]), color=col, alpha=a, ls=":", lw=0.8)
+    axes[0].set_xlabel("epoch"); axes[0].set_ylabel(loss_label); axes[0].legend(fontsize=6)
+    if log_loss: axes[0].set_yscale("log")
+    axes[1].set_xlabel("epoch"); axes[1].set_ylabel(auc_label); axes[1].legend(fontsize=6)
+    fig.suptitle(title, fontsize=9); fig.tight_layout()
+    return fig

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import scipy.stats as st
 
-from ..analysis import load_scores, paper_cohorts, training_cutoff
+from ..analysis import load_scores, mri_profile, paper_cohorts, training_cutoff
 from ..plots import PALETTE, finish, group_colors, panels, plot_box_strip, plot_calibration, plot_km, plot_roc
 from ..report import published, record, write_table
 from ..stats.association import mann_whitney, table1 as _table1
@@ -25,7 +25,8 @@ from ..stats.survival import cox, kaplan_meier, logrank
 # %% auto #0
 __all__ = ['SEQUENCES', 'MODEL_COLORS', 'KEY', 'NAMES', 'T1_VARS', 'T1_LEVELS', 'FIG3', 'FIG5_KM', 'load', 'table1',
            'record_table1', 'prevalence', 'sequence_cutoffs', 'table2', 'delong_vs_sequences', 'roc_dca_calibration',
-           'gradcam_patients', 'pfs_by_dls', 'dcb_roc']
+           'gradcam_patients', 'pfs_by_dls', 'dcb_roc', 'models_table', 'delong_table', 'deviations_table',
+           'training_curves', 'null_control']
 
 # %% ../../nbs/papers/63_ding2025.ipynb #0ebc1fb2
 SEQUENCES = {"dls_t1": "T1WI", "dls_t2": "T2WI", "dls_ce_t1": "CE-T1WI", "dls": "DLS"}   # score column -> the paper's name
@@ -375,3 +376,107 @@ def dcb_roc(r: SimpleNamespace,  # `load`
     write_table(dcb, "ding2025_fig5f_dcb", r.out_dir, title="Figure 5f: AUC of the DLS for DCB (DeLong 95 % CI); DLS of DCB vs non-DCB (Mann-Whitney)")
     return dcb
 
+
+# %% ../../nbs/papers/63_ding2025.ipynb #a8ea7cd8
+def _run_metrics(out_dir) -> dict:
+    "The trained MRI bundle's metrics.json."
+    import json
+    from pathlib import Path
+    return json.loads((Path(out_dir) / "models" / "mri" / "metrics.json").read_text())
+
+def models_table(study,  # the `Study`
+                 out_dir,  # the run folder with models/mri/
+                ) -> pd.DataFrame:
+    "Per model (fused DLS, each sequence) and paper cohort (not ICI): AUC, DeLong CI and n from metrics.json, with backbone, pretrained, profile and seed; written as ding2025_models, the validation AUCs printed."
+    pc, met = paper_cohorts(study), _run_metrics(out_dir)
+    seqs = list(met.get("sequences", {}))
+    rows = []
+    for model in ["dls"] + [f"dls_{s}" for s in seqs]:
+        r = dict(model="fused DLS" if model == "dls" else model.replace("dls_", ""))
+        for key, c in pc.items():
+            if key == "ici": continue
+            a = met.get("cohorts", {}).get(c, {}).get(model)
+            if a: r.update({f"auc_{key}": a["auc"], f"auc_{key}_lo": a["lo"], f"auc_{key}_hi": a["hi"], f"n_{key}": a["n"]})
+        rows.append(r)
+    mt = pd.DataFrame(rows)
+    mt["backbone"], mt["pretrained"], mt["profile"], mt["seed"] = met.get("backbone"), met.get("pretrained"), met.get("profile", "quick" if met.get("quick") else "paper"), met.get("seed")
+    write_table(mt, "ding2025_models", out_dir, title="Per-sequence and fused models: AUC (DeLong 95 % CI) per cohort, from metrics.json")
+    print(f"validation AUC: fused {met['val_auc']:.3f}; " + ", ".join(f"{s} {v['val_auc']:.3f}" for s, v in met.get("sequences", {}).items()))
+    return mt
+
+# %% ../../nbs/papers/63_ding2025.ipynb #7e71f1bf
+def delong_table(out_dir,  # the run folder with models/mri/
+                ) -> pd.DataFrame:
+    "The DeLong tests of the fused DLS vs each sequence on the validation cohort, from metrics.json; written as ding2025_models_delong_validation."
+    dl = _run_metrics(out_dir).get("delong_fused_vs_sequence_validation", {})
+    dt = pd.DataFrame([dict(comparison=f"fused DLS vs {s}", **v) for s, v in dl.items()])
+    write_table(dt, "ding2025_models_delong_validation", out_dir, title="DeLong test, fused DLS vs each sequence, validation cohort (from metrics.json)")
+    return dt
+
+# %% ../../nbs/papers/63_ding2025.ipynb #43a3a2ac
+def deviations_table(out_dir,  # the run folder with models/mri/
+                    ) -> pd.DataFrame:
+    "The trained profile's deviations from the paper's method (setting, paper, this), from the bundle's model.json; written as ding2025_deviations."
+    import json
+    from pathlib import Path
+    from pdl1_dls.mri.pipeline import MRITrainConfig, deviations
+    conf = json.loads((Path(out_dir) / "models" / "mri" / "model.json").read_text())["config"]
+    cfg = MRITrainConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in conf.items()})
+    dev = pd.DataFrame(deviations(cfg), columns=["setting", "paper", "this"]).astype(str)
+    write_table(dev, "ding2025_deviations", out_dir, title=f"Deviations from the paper's method (profile {cfg.profile})")
+    return dev
+
+# %% ../../nbs/papers/63_ding2025.ipynb #956596af
+def training_curves(out_dir,  # the run folder with models/mri/
+                   ) -> pd.DataFrame | None:
+    "The CNNs' training curves per sequence and member, saved as ding2025_training_curves; the best early-stopping AUC and its epoch per (sequence, member), or None without a log."
+    from pathlib import Path
+    import matplotlib.pyplot as plt
+    from pdl1_dls.plots import plot_training_curves
+    from pdl1_dls.report import save_figure
+    p = Path(out_dir) / "models" / "mri" / "train_log.csv"
+    lg = pd.read_csv(p) if p.is_file() else pd.DataFrame()
+    cnn = lg[lg["sequence"] != "fusion"] if len(lg) else lg
+    if not len(cnn): return None
+    if "member" not in cnn: cnn = cnn.assign(member=0)
+    fig = plot_training_curves({s: g.drop(columns="best_epoch", errors="ignore") for s, g in cnn.groupby("sequence", sort=False)},
+                               loss_label="focal loss", auc_label="AUC on the early-stopping patients", log_loss=True, figsize=(9, 3.2),
+                               title="CNN training curves per member (solid: training patients, dashed: early-stopping patients)")
+    save_figure(fig, "ding2025_training_curves", out_dir); plt.close(fig)
+    return cnn.groupby(["sequence", "member"], sort=False)["inner_auc"].agg(["max", "idxmax"]).assign(
+        best_epoch=lambda d: cnn.loc[d["idxmax"], "epoch"].to_numpy()).drop(columns="idxmax").round(3)
+
+# %% ../../nbs/papers/63_ding2025.ipynb #1f06b312
+def _finished_null(study, run, seed: int, quick: bool) -> bool:
+    "Whether `run` is a finished permuted-label MRI run with `seed` and the model's profile."
+    import json
+    p = run / "metrics.json"
+    if not (p.is_file() and (run / "member0" / "fusion.pt").is_file()): return False
+    m = json.loads(p.read_text())
+    return m.get("seed") == seed and m.get("permuted") is True and m.get("profile") == mri_profile(study, quick)
+
+def null_control(study,  # the `Study`
+                 out_dir,  # the run folder
+                 seed: int = 0,  # the permutation's and training's seed
+                 quick: bool = False,  # the `quick` profile
+                ) -> pd.DataFrame:
+    "Train (or reuse) the label-permuted null control with the model's profile; its validation and external AUC beside the true-label one, written as ding2025_null_control and printed."
+    import json, time
+    from pathlib import Path
+    from pdl1_dls.mri.pipeline import train_mri_study
+    met = _run_metrics(out_dir)
+    null_run = Path(out_dir) / "models" / f"mri_permuted_s{seed}"
+    t1 = time.time()
+    if not _finished_null(study, null_run, seed, quick):
+        train_mri_study(study, null_run, seed=seed, permute_labels=True, quick=quick)
+    nm = json.loads((null_run / "metrics.json").read_text())
+    qs = json.loads((null_run / "model.json").read_text())["config"]
+    ci = nm.get("val_auc_ci") or [None, None]
+    null = pd.DataFrame([dict(model=f"mri_permuted_s{seed}", seed=seed, permuted=nm.get("permuted"), profile=nm.get("profile"),
+                              val_auc=nm.get("val_auc"), val_auc_lo=ci[0], val_auc_hi=ci[1], external_auc=nm.get("external_auc"),
+                              true_label_val_auc=met.get("val_auc"), seconds=round(time.time() - t1, 1),
+                              note=f"profile {qs['profile']}: {qs['size']} px cache, {qs['input_size']} px input, up to {qs['epochs']} epochs")])
+    write_table(null, "ding2025_null_control", out_dir,
+                title="Label-permuted null control (same training profile as the model): validation AUC should be near 0.5")
+    print(f"true labels: validation AUC {met['val_auc']:.3f}; permuted labels (seed {seed}): {nm['val_auc']:.3f}")
+    return null

@@ -38,7 +38,7 @@ __all__ = ['TPS_GROUPS', 'TABLE2_LEVELS', 'RQS_NOT_ASSESSED', 'PDL1_COHORTS', 'I
            'dls_vs_ihc_dcb', 'dls_vs_ihc_hr', 'reader_icc', 'bootstrap_mean', 'fig4_prognosis', 'table2',
            'fig5_dcb_rates', 'fig5_km_histology', 's10_ecog', 'multivariable_data', 'univariable', 'select_covariates',
            'fit_models', 'model_score', 'cindex', 'calibration_models', 'fig2_examples', 'fig2_inputs', 'fig2_maps',
-           'fig2_clusters', 'plot_rqs']
+           'fig2_clusters', 'plot_rqs', 'metrics_row', 'models_table', 'training_curves', 'null_control']
 
 # %% ../../nbs/papers/62_mu2021.ipynb #6b339f3e
 TPS_GROUPS = ("<1%", "1-49%", ">=50%")
@@ -1572,3 +1572,81 @@ def plot_rqs(rqs: pd.DataFrame,  # `rqs_table`
     ax.legend(fontsize=7, loc="lower right")
     return finish(fig, "mu2021_rqs", out_dir)
 
+
+# %% ../../nbs/papers/62_mu2021.ipynb #e7b17a3e
+def metrics_row(name: str,  # the row's model name
+                run,  # the bundle folder with metrics.json
+                quick: bool = False,  # the run's `quick`, where metrics.json does not say
+               ) -> dict:
+    "One trained model's metrics.json as a row: channels, seed, permuted, quick_settings, validation AUC (DeLong CI), training/inner AUC, best epoch, patients and slices."
+    import json
+    m = json.loads((Path(run) / "metrics.json").read_text())
+    n_p, n_s = m.get("n_patients", {}), m.get("n_slices", {})
+    return dict(model=name, channels=m.get("channels"), seed=m.get("seed"), permuted=m.get("permuted", False),
+                quick_settings=bool(m.get("quick", quick)), val_auc=m.get("val_auc"), val_auc_lo=m.get("val_auc_lo"),
+                val_auc_hi=m.get("val_auc_hi"), train_auc=m.get("train_auc"), inner_auc=m.get("inner_auc"),
+                best_epoch=m.get("best_epoch"), epochs_run=m.get("epochs_run"),
+                n_fit=n_p.get("fit"), n_inner=n_p.get("inner"), n_validation=n_p.get("validation"),
+                slices_fit=n_s.get("fit"), slices_inner=n_s.get("inner"), slices_validation=n_s.get("validation"),
+                n_skipped=m.get("n_skipped"))
+
+def models_table(out_dir,  # the run folder with models/
+                 quick: bool = False,  # the run's `quick`
+                ) -> pd.DataFrame:
+    "`metrics_row` of every trained paper model (hyper, pet, ct), written as mu2021_models."
+    from pdl1_dls.training import pipeline
+    models_dir = Path(out_dir) / "models"
+    met = pd.DataFrame([metrics_row(ch, models_dir / ch, quick) for ch in pipeline("petct").paper_models
+                        if (models_dir / ch / "metrics.json").is_file()])
+    write_table(met, "mu2021_models", out_dir, title="Trained models: validation AUC (DeLong 95 % CI), training/inner AUC, best epoch, patients and slices")
+    return met
+
+# %% ../../nbs/papers/62_mu2021.ipynb #228d8374
+def training_curves(out_dir,  # the run folder with models/
+                   ):
+    "The paper models' training curves (weighted BCE loss, inner-split AUC, the selected epoch dotted), saved as mu2021_training_curves; the PNG path, or None without a log."
+    import matplotlib.pyplot as plt
+    from pdl1_dls.plots import plot_training_curves
+    from pdl1_dls.report import save_figure
+    from pdl1_dls.training import pipeline
+    models_dir = Path(out_dir) / "models"
+    logs = {ch: pd.read_csv(models_dir / ch / "train_log.csv") for ch in pipeline("petct").paper_models if (models_dir / ch / "train_log.csv").is_file()}
+    if not logs: return None
+    fig = plot_training_curves(logs, loss_label="weighted BCE loss", title="Training curves (dotted: selected epoch)")
+    png = save_figure(fig, "mu2021_training_curves", out_dir); plt.close(fig)
+    return png
+
+# %% ../../nbs/papers/62_mu2021.ipynb #e196146f
+def _finished_null(run, seed: int) -> bool:
+    "Whether `run` is a finished permuted-label hyper-image run with `seed`."
+    import json
+    p = run / "metrics.json"
+    if not (p.is_file() and (run / "model.pt").is_file()): return False
+    m = json.loads(p.read_text())
+    return m.get("seed") == seed and m.get("permuted") is True
+
+def null_control(study,  # the `Study`
+                 out_dir,  # the run folder
+                 seed: int = 0,  # the first seed
+                 quick: bool = False,  # one seed only
+                ) -> pd.DataFrame:
+    "Train (or reuse) the label-permuted hyper-image null control per seed (trainer quick settings); written as mu2021_null_control, the AUCs printed."
+    import time
+    from pdl1_dls.petct.pipeline import QUICK, train_study
+    models_dir = Path(out_dir) / "models"
+    nrows = []
+    for s in ([seed] if quick else [seed, seed + 1, seed + 2]):
+        run = models_dir / f"permuted_s{s}"
+        t1 = time.time()
+        if not _finished_null(run, s):
+            train_study(study, run, seed=s, permute_labels=True, channels="hyper", quick=True)
+        r = metrics_row(f"permuted_s{s}", run)
+        r.update(quick_settings=True, note=f"null control on permuted labels, trainer quick settings {QUICK}", seconds=round(time.time() - t1, 1))
+        nrows.append(r)
+    null = pd.DataFrame(nrows)
+    write_table(null, "mu2021_null_control", out_dir,
+                title="Label-permuted null control (hyper-image model; trainer quick settings to fit the time budget): validation AUC should be near 0.5")
+    if (models_dir / "hyper" / "metrics.json").is_file():
+        print(f"true labels: validation AUC {metrics_row('hyper', models_dir / 'hyper')['val_auc']:.3f}")
+    print("permuted labels:", ", ".join(f"seed {r.seed}: {r.val_auc:.3f}" for r in null.itertuples() if r.val_auc is not None))
+    return null
