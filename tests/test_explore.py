@@ -155,7 +155,8 @@ def test_gradcam_explorer(run_dir):
     assert inf["label"] == row.pdl1 and inf["ihc"] == row.pdl1_tps
     assert inf["extra"] == {} and gx.slice_label(p, 1) == f"CT slice {hi.slices[1]}"
     fig = gx.figure(p, 0)
-    assert len(fig.axes) == 5 and p in fig._suptitle.get_text() and f"{inf['dls']:.3f}" in fig._suptitle.get_text()
+    panels = [a for a in fig.axes if a.get_label() != "<colorbar>"]
+    assert len(panels) == 5 and len(fig.axes) == 6 and p in fig._suptitle.get_text()   # 5 panels and the Grad-CAM colour bar and f"{inf['dls']:.3f}" in fig._suptitle.get_text()
     with pytest.raises(ValueError, match="slice_pos"): gx.figure(p, len(hi))
     with pytest.raises(ValueError, match="model must be one of"): gx.cams(p, "pet")
     with pytest.raises(PDL1Error, match="not in the study"): gx.info("nobody")
@@ -284,7 +285,8 @@ def test_gradcam_explorer_mri(mri_run_dir):
     assert np.allclose(cams[1], ref, atol=1e-6)
     assert not np.allclose(gx.cams(pid, "t1", 1), cams)          # another sequence, another CNN, another map
     fig = gx.figure(pid, 2, "t2", 0)
-    assert len(fig.axes) == 4 and "sagittal plane" in fig._suptitle.get_text() and "fused DLS" in fig._suptitle.get_text()
+    panels = [a for a in fig.axes if a.get_label() != "<colorbar>"]
+    assert len(panels) == 4 and len(fig.axes) == 5 and "sagittal plane" in fig._suptitle.get_text()   # and the colour bar and "fused DLS" in fig._suptitle.get_text()
     assert "t2 CNN probability" in fig._suptitle.get_text()
     plt.close(fig)
     with pytest.raises(ValueError, match="model must be one of"): gx.figure(pid, 0, "hyper", 1)
