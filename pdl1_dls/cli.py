@@ -165,7 +165,9 @@ def _common(s, *names, **helps):
             "profile": (("--profile",), dict(default=None, choices=["paper", "robust", "cpu", "quick"], help="MRI training profile")),
             "quick": (("--quick",), dict(action="store_true", help="short training for smoke tests")),
             "device": (("--device",), dict(type=_device_arg, default=None, help="auto, cpu, cuda, cuda:N (default: settings)")),
-            "skip_bad": (("--skip-bad",), dict(action="store_true", help="leave out patients whose data cannot be used instead of stopping"))}
+            "skip_bad": (("--skip-bad",), dict(action="store_true", help="leave out patients whose data cannot be used instead of stopping")),
+            "model": (("--model",), dict(required=True, help="bundle folder written by `pdl1-dls train`")),
+            "out": (("--out",), dict(required=True, help="output folder"))}
     for n in names:
         flags, kw = spec[n]
         s.add_argument(*flags, **{**kw, **({"help": helps[n]} if n in helps else {})})
@@ -211,9 +213,9 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("synth", help="generate a synthetic PET/CT or MRI study with known truth",
                        description="Generate a synthetic study (NIfTI images, clinical.csv, truth.csv, study.yaml).")
     s.add_argument("--kind", choices=["petct", "mri"], default="petct")
-    s.add_argument("--out", required=True, help="folder to write the study into")
+    _common(s, "out", out="folder to write the study into")
     s.add_argument("--scale", choices=["tiny", "small", "paper"], default="small", help="cohort sizes (paper: the papers' sizes)")
-    s.add_argument("--seed", type=int, default=st.seed)
+    _common(s, "seed")
     s.add_argument("--overwrite", action="store_true", help="replace an existing study folder")
     s.set_defaults(func=_cmd_synth)
 
@@ -243,7 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "OUT holding a bundle of the same settings and data is reused; of other settings, it is trained again "
                                    "(--no-retrain: refused, naming them). A patient that cannot be used stops it (exit 2) unless --skip-bad.")
     _common(s, "manifest", "seed")
-    s.add_argument("--out", required=True, help="bundle folder (model.json, weights, metrics.json, MODEL_CARD.md)")
+    _common(s, "out", out="bundle folder (model.json, weights, metrics.json, MODEL_CARD.md)")
     s.add_argument("--permute-labels", action="store_true", help="train on permuted labels: the null control")
     s.add_argument("--channels", choices=["hyper", "pet", "ct"], default=None, help="PET/CT input: hyper-image (default), PET only or CT only (ablation)")
     s.add_argument("--epochs", type=_positive_int, default=None, help="maximum training epochs (at least 1)")
@@ -260,9 +262,8 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Apply the bundle MODEL to every patient of every cohort of MANIFEST: OUT/dls.csv (patient_id, cohort, dls, "
                                    "dls_high at the bundle's cutoff, per-sequence scores for MRI, n_slices), OUT/features.npz (deep features), "
                                    "OUT/skipped.csv and OUT/score.json. Nothing is written into the bundle.")
-    s.add_argument("--model", required=True, help="bundle folder written by `pdl1-dls train` (or a reproduction run's models/<name>)")
-    s.add_argument("--out", required=True, help="folder for the scores (never the bundle)")
-    _common(s, "manifest", "cohorts", "device", "skip_bad", cohorts="score only these cohorts",
+    _common(s, "model", "out", "manifest", "cohorts", "device", "skip_bad", cohorts="score only these cohorts",
+            model="bundle folder written by `pdl1-dls train` (or a reproduction run's models/<name>)", out="folder for the scores (never the bundle)",
             skip_bad="leave out (and list in skipped.csv) patients whose data cannot be used instead of stopping")
     _scale_args(s, "first fill the per-patient cache on Dask")
     s.set_defaults(func=_cmd_score)
@@ -270,8 +271,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("predict", help="score one patient from image files with a trained bundle",
                        description="One patient from files (NIfTI/NRRD/MHA or a DICOM series folder): OUT/prediction.json (dls, dls_high, cutoff, "
                                    "per-sequence scores for MRI) and OUT/gradcam.png. PET/CT: --pet --ct --roi; MRI: --t1 --t2 --ce-t1 --roi.")
-    s.add_argument("--model", required=True, help="bundle folder written by `pdl1-dls train`")
-    s.add_argument("--out", required=True, help="folder for prediction.json and gradcam.png")
+    _common(s, "model", "out", out="folder for prediction.json and gradcam.png")
     for k in ("pet", "ct", "t1", "t2", "ce-t1", "roi"): s.add_argument(f"--{k}", default=None, help=f"{k.upper()} image (file or DICOM folder)")
     s.add_argument("--roi-name", default=None, help="the structure of an RTSTRUCT (name) or DICOM SEG (label or number) that --roi holds several of")
     _common(s, "device")

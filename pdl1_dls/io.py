@@ -43,6 +43,16 @@ def _is_dicom_file(p: Path) -> bool:
         return len(head) == 132 and head[128:132] == b"DICM"
     return False
 
+def _is_dicom(p: Path) -> bool:
+    "A single DICOM file: not named as an ITK format, and a DICOM suffix or the DICM preamble."
+    return not p.name.lower().endswith(_ITK_EXT) and _is_dicom_file(p)
+
+def _existing(path, patient=None) -> Path:
+    "`path` as a Path, or a one-line 'file not found' naming it."
+    p = Path(path)
+    if not p.exists(): raise PDL1Error("file not found", patient=patient, file=p)
+    return p
+
 def _itk_reason(ex: Exception) -> str:
     "A short reason from an ITK exception: its 'ITK ERROR:' or 'Description:' text on one line."
     import re
@@ -182,13 +192,12 @@ def read_image(path: str | os.PathLike,  # image file, or a folder holding one D
                patient: str | None = None,  # pseudonymous patient_id, for error messages
               ) -> sitk.Image:
     "Read NIfTI, NRRD, MHA/MHD, a DICOM file or a DICOM series folder as a SimpleITK image."
-    p = Path(path)
-    if not p.exists(): raise PDL1Error("file not found", patient=patient, file=p)
+    p = _existing(path, patient)
     if p.is_dir():
         img, files, headers = _read_dicom_series(p, patient)
         return strip_metadata(img, _dicom_keep(headers[0]))
     if p.stat().st_size == 0: raise PDL1Error("file is empty (0 bytes)", patient=patient, file=p)
-    is_dcm = not p.name.lower().endswith(_ITK_EXT) and _is_dicom_file(p)
+    is_dcm = _is_dicom(p)
     if p.name.lower().endswith((".nii", ".nii.gz")): _check_nifti(p, patient)
     try:
         with _quiet_itk(): img = sitk.ReadImage(str(p))
@@ -350,24 +359,28 @@ def suv_factors(headers: Sequence,  # pydicom datasets of the slices (sorted), p
     return weight_g / (dose * np.power(2.0, -dts / half)), info
 
 # %% ../nbs/02_io.ipynb #a7bc4328
+def _pet_dicom(p: Path, patient=None) -> tuple[sitk.Image, list]:
+    "A DICOM PET series folder or single (multi-frame) file: the float32 image and one header per slice."
+    if p.is_dir():
+        img, _, headers = _read_dicom_series(p, patient)
+        return img, headers
+    img = sitk.Cast(read_image(p, patient), sitk.sitkFloat32)
+    headers = _dicom_headers([p], patient)
+    if img.GetDepth() > 1 and int(headers[0].get("NumberOfFrames", 1) or 1) > 1:
+        headers = headers * img.GetDepth()  # multi-frame: one header shared by every frame
+    return img, headers
+
 def read_pet_suv(path: str | os.PathLike,  # DICOM PET series folder (or file), or a NIfTI/NRRD/MHA already in SUV
                  patient: str | None = None,  # pseudonymous patient_id, for error messages
                 ) -> sitk.Image:
     "Read a PET image in SUVbw: DICOM Bq/ml is converted with decay correction; SUV inputs pass through."
-    p = Path(path)
-    if not p.exists(): raise PDL1Error("file not found", patient=patient, file=p)
-    if p.is_dir():
-        img, files, headers = _read_dicom_series(p, patient)
-    elif not p.name.lower().endswith(_ITK_EXT) and _is_dicom_file(p):
-        img = sitk.Cast(read_image(p, patient), sitk.sitkFloat32)
-        headers = _dicom_headers([p], patient)
-        if img.GetDepth() > 1 and int(headers[0].get("NumberOfFrames", 1) or 1) > 1:
-            headers = headers * img.GetDepth()  # multi-frame: one header shared by every frame
-    else:
+    p = _existing(path, patient)
+    if not (p.is_dir() or _is_dicom(p)):
         img = read_image(p, patient)  # NIfTI/NRRD/MHA: assumed SUV already
         img = sitk.Cast(img, sitk.sitkFloat32) if img.GetNumberOfComponentsPerPixel() == 1 else img
         img.SetMetaData(_KEEP_PREFIX + "suv", "assumed (non-DICOM input)")
         return img
+    img, headers = _pet_dicom(p, patient)
     if str(headers[0].get("Modality", "PT")) != "PT":
         raise PDL1Error(f"not a PET series (Modality {headers[0].get('Modality')})", patient=patient, file=p)
     factors, info = suv_factors(headers, patient, p)
@@ -382,8 +395,7 @@ def read_pet_suv(path: str | os.PathLike,  # DICOM PET series folder (or file), 
 # %% ../nbs/02_io.ipynb #dde88757
 def _read_rtstruct_ds(rtstruct_file, patient=None):
     import pydicom
-    p = Path(rtstruct_file)
-    if not p.exists(): raise PDL1Error("file not found", patient=patient, file=p)
+    p = _existing(rtstruct_file, patient)
     try: ds = pydicom.dcmread(str(p))
     except Exception as ex:
         raise PDL1Error(f"unreadable DICOM file ({type(ex).__name__})", patient=patient, file=p) from None
@@ -569,8 +581,7 @@ def read_roi(path: str | os.PathLike,  # label image (NIfTI/NRRD/MHA/DICOM serie
              patient: str | None = None,  # pseudonymous patient_id, for error messages
             ) -> sitk.Image:
     "The tumour ROI as a UInt8 0/1 mask, whatever kind of file holds it."
-    p = Path(path)
-    if not p.exists(): raise PDL1Error("file not found", patient=patient, file=p)
+    p = _existing(path, patient)
     if roi_name is not None and isinstance(roi_name, float) and math.isnan(roi_name): roi_name = None
     mod = dicom_modality(p)
     if mod in ("RTSTRUCT", "SEG"):
