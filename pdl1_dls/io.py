@@ -25,9 +25,10 @@ from .core import sha256 as _sha256
 
 # %% auto #0
 __all__ = ['GRID_TOL', 'strip_metadata', 'read_image', 'file_stamp', 'cache_key', 'write_dicom_series', 'suv_factors',
-           'read_pet_suv', 'list_rtstruct_rois', 'read_rtstruct', 'read_seg', 'dicom_modality', 'read_roi', 'same_grid',
-           'check_same_grid', 'resample_to', 'resample_mask', 'physical_bounds', 'overlap_fraction', 'check_overlap',
-           'same_axes', 'check_covers', 'check_same_frame', 'resample_pet_to_ct', 'read_mask', 'dice']
+           'read_pet_suv', 'list_rtstruct_rois', 'read_rtstruct', 'pick_structure', 'read_seg', 'dicom_modality',
+           'read_roi', 'same_grid', 'check_same_grid', 'resample_to', 'resample_mask', 'physical_bounds',
+           'overlap_fraction', 'check_overlap', 'same_axes', 'check_covers', 'check_same_frame', 'resample_pet_to_ct',
+           'read_mask', 'dice']
 
 # %% ../nbs/02_io.ipynb #ac00fa06
 GRID_TOL = 1e-3  # the one geometry tolerance: mm for spacing and origin, cosine for direction
@@ -486,7 +487,7 @@ def read_rtstruct(rtstruct_file: str | os.PathLike,  # RTSTRUCT DICOM file
 def _seg_segments(ds) -> list[tuple[int, str]]:
     return [(int(s.SegmentNumber), str(s.get("SegmentLabel", "") or "")) for s in ds.get("SegmentSequence", [])]
 
-def _pick(names: list[str], roi_name, what: str, patient=None, file=None) -> str:
+def pick_structure(names: list[str], roi_name, what: str, patient=None, file=None) -> str:
     "The structure called `roi_name` (exact, else case-insensitive); without a name, the only one."
     if roi_name is None or str(roi_name) == "":
         if len(names) == 1: return names[0]
@@ -511,7 +512,7 @@ def read_seg(seg_file: str | os.PathLike,  # DICOM SEG file
     if ds.get("Modality") != "SEG": raise bad(f"not a DICOM SEG file (Modality {ds.get('Modality')})")
     segs = _seg_segments(ds)
     if not segs: raise bad("SEG holds no segment")
-    name = _pick([s[1] for s in segs], roi_name, "SEG", patient, p)
+    name = pick_structure([s[1] for s in segs], roi_name, "SEG", patient, p)
     number = dict((s[1], s[0]) for s in segs)[name]
     try: px = ds.pixel_array
     except Exception as ex: raise bad(f"unreadable SEG pixel data ({type(ex).__name__})") from None
@@ -587,7 +588,7 @@ def read_roi(path: str | os.PathLike,  # label image (NIfTI/NRRD/MHA/DICOM serie
     if mod in ("RTSTRUCT", "SEG"):
         if reference is None: raise PDL1Error(f"an {mod} ROI needs the image it was drawn on", patient=patient, file=p)
         if mod == "SEG": return read_seg(p, reference, roi_name, patient)
-        name = _pick(list_rtstruct_rois(p, patient), roi_name, "RTSTRUCT", patient, p)
+        name = pick_structure(list_rtstruct_rois(p, patient), roi_name, "RTSTRUCT", patient, p)
         return read_rtstruct(p, reference, name, patient)
     return _label_mask(read_image(p, patient), roi_name, patient, p)
 

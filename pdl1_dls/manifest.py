@@ -500,20 +500,29 @@ def _check_patient(modality: str, files: dict, roi_name=None, cohort=None, patie
             if not io.same_axes(imgs[k], ref): add("sequence is not in the CE-T1WI frame (axis directions differ)", k); continue
             try: io.check_same_frame(ref, imgs[k], 0.0, what="sequence and CE-T1WI", patient=patient)
             except PDL1Error as e: add(e.problem, k)
-    if files.get("roi") and ref is not None:
+    if files.get("roi"):   # also when the reference image is missing or broken: the ROI is opened on its own
         P += _roi_problems(files["roi"], ref, imgs.get("pet"), ref_key, roi_name, cohort, patient)
     return P
 
 # %% ../nbs/01_manifest.ipynb #f0b0cd66
+def _roi_alone(path, roi_name=None, patient=None):
+    "The ROI opened without the image it was drawn on: a label image as its 0/1 mask; an RTSTRUCT's structure looked up (None)."
+    from pdl1_dls import io
+    mod = io.dicom_modality(path)
+    if mod == "RTSTRUCT": io.pick_structure(io.list_rtstruct_rois(path, patient), roi_name, "RTSTRUCT", patient, path)
+    return None if mod in ("RTSTRUCT", "SEG") else io.read_roi(path, None, roi_name, patient)
+
 def _roi_problems(path, ref, pet, ref_key: str, roi_name=None, cohort=None, patient=None) -> list[Problem]:
     "Read the ROI the way the pipelines do and check it lies, not empty, on the grid it belongs to."
     from pdl1_dls import io
     import SimpleITK as sitk
     def prob(msg): return [Problem(msg, cohort=cohort, patient=patient, file=str(path))]
-    try: roi = io.read_roi(path, ref, roi_name, patient)
+    try: roi = io.read_roi(path, ref, roi_name, patient) if ref is not None else _roi_alone(path, roi_name, patient)
     except PDL1Error as e: return prob(e.problem)
+    if roi is None: return []   # an RTSTRUCT or SEG without its image: nothing more can be checked
     if roi.GetDimension() != 3: return prob(f"ROI image is {roi.GetDimension()}-D; a 3-D mask is needed")
     if not sitk.GetArrayViewFromImage(roi).any(): return prob("ROI mask is empty")
+    if ref is None: return []   # the grid checks need the reference image (its own problem is reported)
     grids = [ref] + ([pet] if pet is not None else [])
     if any(io.same_grid(roi, g) for g in grids): return []
     if io.overlap_fraction(roi, ref) <= 0:

@@ -178,3 +178,24 @@ def test_second_validate_reads_nothing_unless_a_file_changed(synth, tmp_path, mo
     assert len(calls) == 2
     _write(_img(r["roi"]), tmp_path / "roi.nii.gz")              # fixed: re-read, and the problem is gone
     assert validate_study(path, generate=False, cache_dir=tmp_path / "cache") == [] and calls[2:] == ["bad"]
+
+
+def test_roi_is_opened_when_its_reference_image_is_missing_or_broken(synth, tmp_path):
+    "A missing CT does not hide an empty ROI; a corrupt CE-T1WI does not hide an RTSTRUCT whose structure is ambiguous."
+    from dicom_rois import box_contours, write_rtstruct
+    r = synth["petct"].iloc[1]
+    empty = _write(_img(r["roi"]) * 0, tmp_path / "roi.nii.gz")
+    path = _study(tmp_path, synth["petct"], "petct", {"ct": tmp_path / "no_such_ct.nii.gz", "roi": empty})
+    lines = [p.line() for p in validate_study(path, generate=False)]
+    assert any("no_such_ct.nii.gz" in ln for ln in lines), lines
+    assert [ln for ln in lines if "roi.nii.gz" in ln and ln.endswith("ROI mask is empty")], lines
+    m = synth["mri"].iloc[1]
+    d = tmp_path / "mri"; d.mkdir()
+    ce = d / "ce_t1.nii.gz"; shutil.copy(m["ce_t1"], ce); b = ce.read_bytes(); ce.write_bytes(b[: len(b) // 2])
+    ref = _img(m["ce_t1"]); box = box_contours(ref, sitk.GetArrayFromImage(_img(m["roi"])) > 0)
+    write_rtstruct(d / "rs.dcm", {"GTV": box, "Liver": box})
+    lines = [p.line() for p in validate_study(_study(d, synth["mri"], "mri", {"ce_t1": ce, "roi": d / "rs.dcm"}), generate=False)]
+    assert [ln for ln in lines if "ce_t1.nii.gz" in ln and "corrupt NIfTI file" in ln], lines
+    hit = [ln for ln in lines if "rs.dcm" in ln]
+    assert len(hit) == 1 and "RTSTRUCT holds 2 structures (GTV, Liver); set roi_name" in hit[0], lines
+    for s in SECRETS.values(): assert all(s not in ln for ln in lines)
