@@ -75,10 +75,12 @@ def plot_roc(ax,  # matplotlib Axes
 # %% ../nbs/64_plots.ipynb #f3cb109f
 def km_times(tmax: float,  # the longest follow-up
              n: int = 8,  # at most this many intervals
+             step: float | None = None,  # a fixed step instead (e.g. 6 months, as a paper tabulates): 0, step, ... to the first at or past tmax
             ) -> np.ndarray:
     "Round tick times from 0 to `tmax` (steps of 1, 2, 2.5 or 5 × a power of ten): the x ticks and the at-risk times of a KM figure."
     from matplotlib.ticker import MaxNLocator
     if not np.isfinite(tmax) or tmax <= 0: return np.array([0.0])
+    if step is not None: return np.arange(0, step * np.ceil(tmax / step) + 1e-9, step, dtype=float)
     tk = MaxNLocator(nbins=n, steps=[1, 2, 2.5, 5, 10]).tick_values(0, tmax)
     return tk[(tk >= 0) & (tk <= tmax + 1e-9)].astype(float)
 

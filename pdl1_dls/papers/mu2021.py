@@ -19,7 +19,7 @@ from scipy import stats as sst
 
 import pdl1_dls
 from ..analysis import load_scores, paper_cohorts
-from ..plots import PALETTE, finish, panels, plot_box_strip, plot_calibration, plot_km, plot_roc
+from ..plots import PALETTE, finish, km_times, panels, plot_box_strip, plot_calibration, plot_km, plot_roc
 from ..report import published, record, write_table
 from ..stats.association import (anova_lsd, compare_correlations, fisher_exact, icc, mann_whitney, point_biserial,
                                         spearman)
@@ -940,8 +940,8 @@ MEDIAN_CI = "plain"   # the paper's (SPSS) median CIs are the plain symmetric on
 DLS_GROUP = {1.0: "high DLS", 0.0: "low DLS"}
 
 def _at_risk_times(tmax: float) -> np.ndarray:
-    "At-risk time points: every 6 months when follow-up reaches 18 months, else 4 points from 0 to the last time."
-    return np.arange(0, 6.0 * np.ceil(tmax / 6.0) + 1e-9, 6.0) if tmax >= 18 else np.linspace(0, tmax, 4)
+    "At-risk time points: every 6 months, as the paper's Fig. 4, when follow-up reaches 18 months; else round ticks (`plots.km_times`)."
+    return km_times(tmax, step=6.0 if tmax >= 18 else None)
 
 def _fig4_dcb(r, key, name, d, ax) -> dict | None:
     "One cohort's DCB ROC (AUC against 0.5) and DLS of DCB vs no DCB, recorded; None when a class has fewer than 2 patients."
