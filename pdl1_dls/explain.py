@@ -22,8 +22,8 @@ from .stats.association import chi_square
 
 # %% auto #0
 __all__ = ['BinaryLogitTarget', 'cam_layer', 'gradcam', 'default_activation_layers', 'activation_maps', 'top_filters',
-           'plot_hyperimage_gradcam', 'plot_activations', 'plot_mri_gradcam', 'ClusterResult', 'cluster_deep_features',
-           'plot_feature_heatmap']
+           'overlay_cam', 'cam_colorbar', 'plot_hyperimage_gradcam', 'plot_activations', 'plot_mri_gradcam',
+           'ClusterResult', 'cluster_deep_features', 'plot_feature_heatmap']
 
 # %% ../nbs/40_explain.ipynb #21f6343b
 class BinaryLogitTarget:
@@ -190,11 +190,12 @@ def _resize2d(a: np.ndarray, shape: tuple) -> np.ndarray:
     a = np.asarray(a, np.float32)
     return a if a.shape == tuple(shape) else cv2.resize(a, (shape[1], shape[0]))
 
-def _overlay(ax, base, cam, alpha, cmap, title):
+def overlay_cam(ax, base, cam, alpha, cmap, title):
+    "Draw `cam` (0-1, resized to `base`) over the grey `base` image on `ax`, titled, without axes: one Grad-CAM panel."
     ax.imshow(base, cmap="gray"); ax.imshow(_resize2d(cam, base.shape), cmap=cmap, alpha=alpha, vmin=0, vmax=1)
     ax.set_title(title, fontsize=9); ax.axis("off")
 
-def _cam_colorbar(fig, axes, cmap, alpha):
+def cam_colorbar(fig, axes, cmap, alpha):
     "One colour bar (0-1, the heat maps' opacity) beside the Grad-CAM panels `axes`; return its Colorbar."
     import matplotlib as mpl
     sm = mpl.cm.ScalarMappable(norm=mpl.colors.Normalize(0, 1), cmap=cmap)
@@ -227,8 +228,8 @@ def plot_hyperimage_gradcam(hyper: np.ndarray,  # one hyper-image (3, H, W): PET
     fig, axes = plt.subplots(1 + (nf > 0), ncol, figsize=(2.2 * ncol, 2.6 * (1 + (nf > 0))), squeeze=False)
     for ax, img, t, cm in zip(axes[0], (ct, pet, fus), ("CT", "PET", "fusion"), ("gray", "hot", "gray")):
         ax.imshow(img, cmap=cm, vmin=0, vmax=1); ax.set_title(t, fontsize=9); ax.axis("off")
-    _overlay(axes[0, 3], ct, cam_neg, alpha, cmap, "negative filter")
-    _overlay(axes[0, 4], ct, cam_pos, alpha, cmap, "positive filter")
+    overlay_cam(axes[0, 3], ct, cam_neg, alpha, cmap, "negative filter")
+    overlay_cam(axes[0, 4], ct, cam_pos, alpha, cmap, "positive filter")
     for ax in axes[0, 5:]: ax.axis("off")
     if nf:
         for ax, (lab, m) in zip(axes[1], filters.items()):
@@ -236,7 +237,7 @@ def plot_hyperimage_gradcam(hyper: np.ndarray,  # one hyper-image (3, H, W): PET
         for ax in axes[1, nf:]: ax.axis("off")
     _suptitle(fig, title, group)
     fig.tight_layout()
-    _cam_colorbar(fig, axes[0, 3:5], cmap, alpha)
+    cam_colorbar(fig, axes[0, 3:5], cmap, alpha)
     return fig
 
 def plot_activations(act: np.ndarray,  # one image's activations (C, h, w)
@@ -283,10 +284,10 @@ def plot_mri_gradcam(planes: np.ndarray,  # (S, P, H, W): S sequences × P plane
     fig, axes = plt.subplots(S, P, figsize=(2.4 * P, 2.4 * S), squeeze=False)
     for i in range(S):
         for j in range(P):
-            _overlay(axes[i, j], p[i, j], c[i, j], alpha, cmap, f"{sequences[i]} {plane_names[j]}")
+            overlay_cam(axes[i, j], p[i, j], c[i, j], alpha, cmap, f"{sequences[i]} {plane_names[j]}")
     _suptitle(fig, title, group)
     fig.tight_layout()
-    _cam_colorbar(fig, axes.ravel(), cmap, alpha)
+    cam_colorbar(fig, axes.ravel(), cmap, alpha)
     return fig
 
 # %% ../nbs/40_explain.ipynb #71f6ad52

@@ -269,7 +269,7 @@ class GradcamExplorer:
         if not self.models: raise PDL1Error("scores.json names no model the Grad-CAM explorer can show", file=self.run.run_dir / "scores.json")
         self.model_names = list(self.models)
         self.cache_dir = self._find_cache()   # where training or scoring cached the inputs; else built in memory only
-        self._bundles, self._nets, self._inputs, self._cams = {}, {}, {}, {}
+        self._bundles, self._inputs, self._cams = {}, {}, {}   # each bundle keeps its loaded weights (`Model.net`)
 
     def _find_cache(self) -> Path | None:
         "The pipeline's cache folder of this study under the settings' cache_dir: beside the run, the settings file or cwd."
@@ -309,9 +309,7 @@ class GradcamExplorer:
 
     def model(self, name: str | None = None):
         "The trained network(s) of a model as its pipeline loads them (`Model.net`: PET/CT (SResCNN, TrainConfig), MRI `MRIRun`)."
-        b = self.bundle(name)
-        if b.path not in self._nets: self._nets[b.path] = b.net(self.device)
-        return self._nets[b.path]
+        return self.bundle(name).net(self.device)
 
     def inputs(self, pid: str, model: str | None = None) -> dict:
         "The patient's inputs to the model as its pipeline shows them: `images`, `slices` (indices), `labels` (how the slider reads)."

@@ -691,13 +691,13 @@ class MRIPipeline:
         x, s = inputs["images"], inputs["sequences"].index(name)
         rest = [i for i in range(len(PLANES)) if i != pos]
         panels = [(pos, False, f"{name} {PLANES[pos]}"), (pos, True, "Grad-CAM overlay")] + [(i, True, f"{PLANES[i]} (same map)") for i in rest]
-        from pdl1_dls.explain import _cam_colorbar                    # the figures' colour bar
+        from pdl1_dls.explain import cam_colorbar                    # the figures' colour bar
         fig, axes = plt.subplots(1, len(panels), figsize=(10.2, 2.9))
         for ax, (i, overlay, title) in zip(axes, panels):
             ax.imshow(x[s, i], cmap="gray", vmin=0, vmax=1)
             if overlay: ax.imshow(cams[i], cmap="jet", alpha=alpha, vmin=0, vmax=1)
             ax.set_title(title, fontsize=9); ax.axis("off")
-        _cam_colorbar(fig, axes[1:], "jet", alpha)
+        cam_colorbar(fig, axes[1:], "jet", alpha)
         return fig
 
 PIPELINE = MRIPipeline()

@@ -617,14 +617,14 @@ class PETCTPipeline:
     def explorer_figure(self, inputs: dict, cams: np.ndarray, pos: int, name: str, alpha: float = 0.45):
         "CT, PET and fusion of one hyper-image, with the Grad-CAM over the CT and over the fusion and its colour bar (the explorer adds the title)."
         import matplotlib.pyplot as plt
-        from pdl1_dls.explain import _cam_colorbar, _overlay           # the figures' overlay and colour bar
+        from pdl1_dls.explain import cam_colorbar, overlay_cam           # the figures' overlay and colour bar
         pet, ct, fus = inputs["images"].images[pos]
         fig, axes = plt.subplots(1, 5, figsize=(11.6, 2.9))
         for ax, img, t, cm in zip(axes, (ct, pet, fus), ("CT", "PET", "fusion"), ("gray", "hot", "gray")):
             ax.imshow(img, cmap=cm, vmin=0, vmax=1); ax.set_title(t, fontsize=9); ax.axis("off")
         for ax, base, t in ((axes[3], ct, "Grad-CAM on CT"), (axes[4], fus, "Grad-CAM on fusion")):
-            _overlay(ax, base, cams[pos], alpha, "jet", t)
-        _cam_colorbar(fig, axes[3:5], "jet", alpha)
+            overlay_cam(ax, base, cams[pos], alpha, "jet", t)
+        cam_colorbar(fig, axes[3:5], "jet", alpha)
         return fig
 
 PIPELINE = PETCTPipeline()
