@@ -21,7 +21,8 @@ from .training import load_model, manifest_train_settings, pipeline, pipeline_of
 
 # %% auto #0
 __all__ = ['PAPER_COHORTS', 'SKIPPED_COLUMNS', 'mri_profile', 'reader2_study', 'train_models', 'apply_models', 'train_and_score',
-           'run_models', 'external_bundles', 'paper_cohorts', 'training_cutoff', 'load_scores', 'skipped_table']
+           'run_models', 'external_bundles', 'paper_cohorts', 'training_cutoff', 'load_scores', 'skipped_table',
+           'cohort_summary', 'outcomes_by_cohort']
 
 # %% ../nbs/61_analysis.ipynb #f14c937d
 def mri_profile(study: Study, quick: bool = False, profile: str | None = None) -> str:
@@ -190,3 +191,46 @@ def skipped_table(out_dir: str | os.PathLike,  # the run folder
     write_table(skipped, name, out_dir, title="Patients skipped (reason recorded; the cohort goes on)")
     print(f"{skipped['patient_id'].nunique()} patient(s) skipped" if len(skipped) else "no patient skipped")
     return skipped
+
+# %% ../nbs/61_analysis.ipynb #642fa812
+def cohort_summary(study: Study,  # the study
+                   out_dir: str | os.PathLike | None = None,  # write study_cohorts here (None: nothing written)
+                  ) -> pd.DataFrame:
+    "Per cohort: role, patients, labelled, positive, and the prevalence (%) of the study's label."
+    lab, rows = study.label_column, []
+    for c in study.cohorts.values():
+        y = c.table[lab] if lab in c.table else pd.Series(np.nan, index=c.table.index)
+        n_lab, n_pos = int(y.notna().sum()), int((y == 1).sum())
+        rows.append(dict(cohort=c.name, role=c.role, n=len(c.table), n_labeled=n_lab, n_positive=n_pos,
+                         prevalence_pct=100 * n_pos / n_lab if n_lab else np.nan))
+    tab = pd.DataFrame(rows)
+    if out_dir is not None:
+        from pdl1_dls.report import write_table
+        write_table(tab, "study_cohorts", out_dir, title=f"Cohorts of {study.name}")
+    return tab
+
+
+# %% ../nbs/61_analysis.ipynb #5fb6b193
+def outcomes_by_cohort(study: Study,  # the study
+                       out_dir: str | os.PathLike,  # the run folder (figures/study_km_<outcome>, tables/study_km_<outcome>)
+                      ) -> pd.DataFrame:
+    "Kaplan-Meier curves of each time-to-event outcome by cohort, saved and shown, and their medians (written, returned)."
+    import matplotlib.pyplot as plt
+    from pdl1_dls.plots import plot_km
+    from pdl1_dls.report import save_figure, write_table
+    meds = []
+    for name, o in {k: v for k, v in study.outcomes.items() if isinstance(v, dict)}.items():
+        t = study.table()
+        keep = [c for c in study.cohorts if o["time"] in t and t.loc[t["cohort"] == c, o["time"]].notna().sum() >= 2]
+        if not keep: print(f"{name}: no cohort with two patients followed up"); continue
+        t = t[t["cohort"].isin(keep)]
+        fig, ax = plt.subplots(figsize=(6.5, 4.6))
+        kp = plot_km(ax, t[o["time"]], t[o["event"]], t["cohort"], order=keep, stats=False, ylabel=f"{name.upper()} probability")
+        ax.set_title(f"{name.upper()} by cohort", fontsize=10)
+        save_figure(fig, f"study_km_{name}", out_dir); plt.close(fig)
+        m = kp.medians.rename(columns={"group": "cohort"}).assign(outcome=name)
+        write_table(m, f"study_km_{name}", out_dir, title=f"{name.upper()} medians by cohort (months, 95 % CI)")
+        meds.append(m)
+    if not meds: print("the manifest names no time-to-event outcome with follow-up")
+    return pd.concat(meds, ignore_index=True) if meds else pd.DataFrame(columns=["cohort", "n", "events", "median", "lo", "hi", "outcome"])
+

@@ -23,10 +23,10 @@ from ..stats.survival import cox, kaplan_meier, logrank
 
 
 # %% auto #0
-__all__ = ['SEQUENCES', 'MODEL_COLORS', 'KEY', 'NAMES', 'T1_VARS', 'T1_LEVELS', 'FIG3', 'FIG5_KM', 'load', 'table1',
+__all__ = ['SEQUENCES', 'MODEL_COLORS', 'KEY', 'NAMES', 'T1_VARS', 'T1_LEVELS', 'FIG3', 'SEQ_NAMES', 'FIG5_KM', 'load', 'table1',
            'record_table1', 'prevalence', 'sequence_cutoffs', 'table2', 'delong_vs_sequences', 'roc_dca_calibration',
-           'gradcam_patients', 'pfs_by_dls', 'dcb_roc', 'models_table', 'delong_table', 'deviations_table',
-           'training_curves', 'null_control']
+           'gradcam_patients', 'fig4_gradcam', 'pfs_by_dls', 'dcb_roc', 'models_table', 'delong_table',
+           'deviations_table', 'training_curves', 'null_control']
 
 # %% ../../nbs/papers/63_ding2025.ipynb #0ebc1fb2
 SEQUENCES = {"dls_t1": "T1WI", "dls_t2": "T2WI", "dls_ce_t1": "CE-T1WI", "dls": "DLS"}   # score column -> the paper's name
@@ -281,6 +281,37 @@ def gradcam_patients(r: SimpleNamespace,  # `load`
         return [("high", g[g[lab] == 1].sort_values("dls", ascending=False).iloc[0]), ("low", g[g[lab] == 0].sort_values("dls").iloc[0])]
     print("Figure 4 skipped: no cohort with both PD-L1 classes scored")
     return []
+
+
+# %% ../../nbs/papers/63_ding2025.ipynb #ea300c50
+SEQ_NAMES = {"t1": "T1WI", "t2": "T2WI", "ce_t1": "CE-T1WI"}   # sequence key -> the paper's name
+
+def fig4_gradcam(r: SimpleNamespace,  # `load`
+                ) -> pd.DataFrame:
+    "Figure 4: Grad-CAM of every sequence's CNN on the two `gradcam_patients`, one figure each, and the table of the patients shown (written)."
+    import matplotlib.pyplot as plt
+    from ..analysis import run_models
+    from ..explain import plot_mri_gradcam
+    from ..report import save_figure
+    from ..training import load_model
+    model = load_model(run_models(r.out_dir)["dls"])           # the bundle that scored the DLS (trained here or --model)
+    net, pipe = model.net(), model.pipeline
+    seqs, rows = list(net.cfg.sequences), []
+    table = r.study.table().set_index("patient_id", drop=False)
+    for grp, row in gradcam_patients(r):
+        x = pipe.explorer_inputs(model, table.loc[row["patient_id"]], pipe.cache_dir(r.study.name))["images"]  # (sequence, plane, h, w)
+        cams = np.stack([net.gradcam(x[s], s, target=1)[0] for s in range(len(seqs))])                      # (sequence, h, w)
+        assert np.isfinite(cams).all() and cams.min() >= 0 and cams.max() <= 1
+        title = f"PD-L1 {grp} (CPS {row.get('pdl1_cps', np.nan):.0f}, cohort {row['cohort']}): DLS {row['dls']:.3f}"
+        fig = plot_mri_gradcam(x, cams, sequences=[SEQ_NAMES.get(s, s) for s in seqs], title=title)
+        save_figure(fig, f"ding2025_fig4_gradcam_{grp}", r.out_dir); plt.close(fig)
+        rows.append(dict(group=f"PD-L1 {grp}", patient_id=row["patient_id"], cohort=row["cohort"], pdl1_cps=row.get("pdl1_cps"),
+                         dls=row["dls"], **{f"dls_{s}": row.get(f"dls_{s}") for s in seqs},
+                         **{f"cam_mean_{s}": float(cams[j].mean()) for j, s in enumerate(seqs)}))
+    sel = pd.DataFrame(rows)
+    write_table(sel, "ding2025_fig4_patients", r.out_dir,
+                title="Figure 4: patients shown (highest-DLS PD-L1-high, lowest-DLS PD-L1-low) and mean Grad-CAM per sequence")
+    return sel
 
 
 # %% ../../nbs/papers/63_ding2025.ipynb #d0cfc1fa
