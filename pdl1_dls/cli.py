@@ -172,6 +172,12 @@ def _common(s, *names, **helps):
         flags, kw = spec[n]
         s.add_argument(*flags, **{**kw, **({"help": helps[n]} if n in helps else {})})
 
+def _parser(sub, name: str, func, **kw):
+    "The subcommand `name` (argparse `add_parser` keywords: help, description) that runs `func`."
+    s = sub.add_parser(name, **kw)
+    s.set_defaults(func=func)
+    return s
+
 # %% ../nbs/70_cli.ipynb #e7593c6c
 def default_out(name: str) -> Path:
     "The run folder of a study called `name` under the settings' out_dir, with the name made safe as one folder name."
@@ -210,24 +216,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"pdl1_dls {__import__('pdl1_dls').__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    s = sub.add_parser("synth", help="generate a synthetic PET/CT or MRI study with known truth",
+    s = _parser(sub, "synth", _cmd_synth, help="generate a synthetic PET/CT or MRI study with known truth",
                        description="Generate a synthetic study (NIfTI images, clinical.csv, truth.csv, study.yaml).")
     s.add_argument("--kind", choices=["petct", "mri"], default="petct")
     _common(s, "out", out="folder to write the study into")
     s.add_argument("--scale", choices=["tiny", "small", "paper"], default="small", help="cohort sizes (paper: the papers' sizes)")
     _common(s, "seed")
     s.add_argument("--overwrite", action="store_true", help="replace an existing study folder")
-    s.set_defaults(func=_cmd_synth)
 
-    s = sub.add_parser("validate", help="check a manifest and every file it names",
+    s = _parser(sub, "validate", _cmd_validate, help="check a manifest and every file it names",
                        description="Check schema, columns, label and outcome columns, files and checksums; list every problem. Exit 2 if any.")
     s.add_argument("manifest")
     s.add_argument("--no-generate", action="store_true", help="do not generate a declared synthetic study that is absent")
     s.add_argument("--no-images", action="store_true", help="check the manifest, tables and paths only; do not open the images")
     _scale_args(s, "then fill the per-patient cache on Dask")
-    s.set_defaults(func=_cmd_validate)
 
-    s = sub.add_parser("preprocess", help="fill the per-patient cache (hyper-images, MRI planes) on Dask",
+    s = _parser(sub, "preprocess", _cmd_preprocess, help="fill the per-patient cache (hyper-images, MRI planes) on Dask",
                        description="Build every patient's model inputs (PET/CT hyper-images; MRI planes at the training profile's size) "
                                    "into the per-patient cache that train, score and reproduce read, one Dask task per patient: a local "
                                    "cluster of single-threaded worker processes (--workers, default one per core) or a running cluster "
@@ -237,9 +241,8 @@ def build_parser() -> argparse.ArgumentParser:
             quick="MRI: the inputs of `train --quick`")
     s.add_argument("--cache-dir", default=None, help="cache folder (default: settings cache_dir/petct or mri/<study name>, where train reads)")
     _scale_args(s, "", workers_default="one per core")
-    s.set_defaults(func=_cmd_preprocess)
 
-    s = sub.add_parser("train", help="train the manifest's model (PET/CT or MRI) into a bundle folder",
+    s = _parser(sub, "train", _cmd_train, help="train the manifest's model (PET/CT or MRI) into a bundle folder",
                        description="Train on the training cohort (model selection on an inner split of it), report AUC on the validation cohort, "
                                    "and write OUT as a self-describing bundle (model.json, weights, train_log.csv, metrics.json, MODEL_CARD.md). "
                                    "OUT holding a bundle of the same settings and data is reused; of other settings, it is trained again "
@@ -256,9 +259,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-retrain", action="store_true", help="refuse (exit 2, naming the changed settings) instead of retraining when OUT holds a model of other settings")
     _common(s, "skip_bad", skip_bad="leave out patients whose data cannot be used (counted in metrics.json) instead of stopping")
     _scale_args(s, "first fill the per-patient cache on Dask")
-    s.set_defaults(func=_cmd_train)
 
-    s = sub.add_parser("score", help="score every patient of a manifest with a trained bundle (frozen)",
+    s = _parser(sub, "score", _cmd_score, help="score every patient of a manifest with a trained bundle (frozen)",
                        description="Apply the bundle MODEL to every patient of every cohort of MANIFEST: OUT/dls.csv (patient_id, cohort, dls, "
                                    "dls_high at the bundle's cutoff, per-sequence scores for MRI, n_slices), OUT/features.npz (deep features), "
                                    "OUT/skipped.csv and OUT/score.json. Nothing is written into the bundle.")
@@ -266,9 +268,8 @@ def build_parser() -> argparse.ArgumentParser:
             model="bundle folder written by `pdl1-dls train` (or a reproduction run's models/<name>)", out="folder for the scores (never the bundle)",
             skip_bad="leave out (and list in skipped.csv) patients whose data cannot be used instead of stopping")
     _scale_args(s, "first fill the per-patient cache on Dask")
-    s.set_defaults(func=_cmd_score)
 
-    s = sub.add_parser("predict", help="score one patient from image files with a trained bundle",
+    s = _parser(sub, "predict", _cmd_predict, help="score one patient from image files with a trained bundle",
                        description="One patient from files (NIfTI/NRRD/MHA or a DICOM series folder): OUT/prediction.json (dls, dls_high, cutoff, "
                                    "per-sequence scores for MRI) and OUT/gradcam.png. PET/CT: --pet --ct --roi; MRI: --t1 --t2 --ce-t1 --roi.")
     _common(s, "model", "out", out="folder for prediction.json and gradcam.png")
@@ -276,9 +277,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--roi-name", default=None, help="the structure of an RTSTRUCT (name) or DICOM SEG (label or number) that --roi holds several of")
     _common(s, "device")
     s.add_argument("--no-gradcam", action="store_true", help="skip the Grad-CAM figure")
-    s.set_defaults(func=_cmd_predict)
 
-    s = sub.add_parser("reproduce", help="run the paper's reproduction notebooks with papermill",
+    s = _parser(sub, "reproduce", _cmd_reproduce, help="run the paper's reproduction notebooks with papermill",
                        description="Execute the reproduction notebooks for the manifest's paper and write OUT/ with notebooks, tables, figures, "
                                    "provenance.json and index.html. Several manifests run one after another on one Dask cluster "
                                    "(--workers/--scheduler), each into OUT/<study name>.")
@@ -291,16 +291,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--model", default=None, help="external validation: apply this bundle (or a reproduction run folder's models/) frozen; "
                                                   "nothing is trained or refitted")
     _scale_args(s, "after the training notebook, run the other notebooks concurrently on Dask")
-    s.set_defaults(func=_cmd_reproduce)
 
-    s = sub.add_parser("explore", help="serve the survival and Grad-CAM explorers of a finished run (Voila, localhost)",
+    s = _parser(sub, "explore", _cmd_explore, help="serve the survival and Grad-CAM explorers of a finished run (Voila, localhost)",
                        description="Start Voila on 127.0.0.1 with the survival and Grad-CAM explorer notebooks for RUN_DIR; no browser is opened. "
                                    "It prints the two URLs with a random access token (pages without it are refused) and answers only to "
                                    "127.0.0.1/localhost; each open page is one kernel. Ctrl-C or SIGTERM stops Voila and its kernels.")
     s.add_argument("run_dir", nargs="?", default=None, help="finished run folder (default: $PDL1_DLS_RUN, else runs/demo)")
     s.add_argument("--port", type=int, default=8866, help="port on 127.0.0.1 (default 8866)")
     s.add_argument("--max-kernels", type=_positive_int, default=4, help="most explorer pages open at once, one kernel each (default 4)")
-    s.set_defaults(func=_cmd_explore)
     return p
 
 # %% ../nbs/70_cli.ipynb #003b1b6e
