@@ -25,7 +25,7 @@ from .core import sha256 as _sha256
 
 # %% auto #0
 __all__ = ['GRID_TOL', 'strip_metadata', 'read_image', 'file_stamp', 'cache_key', 'write_dicom_series', 'suv_factors',
-           'read_pet_suv', 'list_rtstruct_rois', 'read_rtstruct', 'pick_structure', 'read_seg', 'dicom_modality',
+           'read_pet_suv', 'list_rtstruct_rois', 'pick_structure', 'read_rtstruct', 'read_seg', 'dicom_modality',
            'read_roi', 'same_grid', 'check_same_grid', 'resample_to', 'resample_mask', 'physical_bounds',
            'overlap_fraction', 'check_overlap', 'same_axes', 'check_covers', 'check_same_frame', 'resample_pet_to_ct',
            'read_mask', 'dice']
@@ -439,6 +439,17 @@ def _phys_to_index(image: sitk.Image, pts: np.ndarray) -> np.ndarray:
     D = np.array(image.GetDirection()).reshape(3, 3) @ np.diag(image.GetSpacing())
     return np.linalg.solve(D, (pts - np.array(image.GetOrigin())).T).T
 
+# %% ../nbs/02_io.ipynb #100b6ed4
+def pick_structure(names: list[str], roi_name, what: str, patient=None, file=None) -> str:
+    "The structure called `roi_name` (exact, else case-insensitive); without a name, the only one."
+    if roi_name is None or str(roi_name) == "":
+        if len(names) == 1: return names[0]
+        raise PDL1Error(f"{what} holds {len(names)} structures ({', '.join(names)}); set roi_name to one of them",
+                        patient=patient, file=file)
+    hits = [n for n in names if n == str(roi_name)] or [n for n in names if n.strip().lower() == str(roi_name).strip().lower()]
+    if not hits: raise PDL1Error(f"ROI '{roi_name}' not found; available: {', '.join(names)}", patient=patient, file=file)
+    return hits[0]
+
 # %% ../nbs/02_io.ipynb #168195e6
 def read_rtstruct(rtstruct_file: str | os.PathLike,  # RTSTRUCT DICOM file
                   reference: sitk.Image,  # image whose grid the mask takes (3D)
@@ -450,12 +461,9 @@ def read_rtstruct(rtstruct_file: str | os.PathLike,  # RTSTRUCT DICOM file
     ds = _read_rtstruct_ds(p, patient)
     rois = [(str(r.get("ROIName", "")), int(r.ROINumber)) for r in ds.StructureSetROISequence]
     if not rois: raise PDL1Error("RTSTRUCT holds no ROI", patient=patient, file=p)
-    if roi is None: name, number = rois[0]
-    else:
-        hits = [r for r in rois if r[0] == roi] or [r for r in rois if r[0].strip().lower() == roi.strip().lower()]
-        if not hits:
-            raise PDL1Error(f"ROI '{roi}' not found; available: {', '.join(r[0] for r in rois)}", patient=patient, file=p)
-        name, number = hits[0]
+    names = [r[0] for r in rois]
+    name = names[0] if roi is None else pick_structure(names, roi, "RTSTRUCT", patient, p)
+    number = rois[names.index(name)][1]
     items = [c for c in ds.get("ROIContourSequence", []) if int(c.ReferencedROINumber) == number]
     contours = [c for it in items for c in it.get("ContourSequence", [])]
     contours = [c for c in contours if str(c.get("ContourGeometricType", "CLOSED_PLANAR")).upper() == "CLOSED_PLANAR"]
@@ -487,15 +495,7 @@ def read_rtstruct(rtstruct_file: str | os.PathLike,  # RTSTRUCT DICOM file
 def _seg_segments(ds) -> list[tuple[int, str]]:
     return [(int(s.SegmentNumber), str(s.get("SegmentLabel", "") or "")) for s in ds.get("SegmentSequence", [])]
 
-def pick_structure(names: list[str], roi_name, what: str, patient=None, file=None) -> str:
-    "The structure called `roi_name` (exact, else case-insensitive); without a name, the only one."
-    if roi_name is None or str(roi_name) == "":
-        if len(names) == 1: return names[0]
-        raise PDL1Error(f"{what} holds {len(names)} structures ({', '.join(names)}); set roi_name to one of them",
-                        patient=patient, file=file)
-    hits = [n for n in names if n == str(roi_name)] or [n for n in names if n.strip().lower() == str(roi_name).strip().lower()]
-    if not hits: raise PDL1Error(f"ROI '{roi_name}' not found; available: {', '.join(names)}", patient=patient, file=file)
-    return hits[0]
+
 
 # %% ../nbs/02_io.ipynb #7edd79bf
 def read_seg(seg_file: str | os.PathLike,  # DICOM SEG file
