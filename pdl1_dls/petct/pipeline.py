@@ -26,7 +26,7 @@ from .srescnn import CHANNELS, make_model
 from ..stats.roc import auc_ci
 from ..training import (EarlyStopping, all_sum, barrier, config_hash, ddp_wrap, dist_context, fit_epochs, gather_patients,
                                load_state, main_first, manifest_train_settings, permute_patient_labels, rank_batch, rank_device,
-                               refuse_skipped, reuse_or_clear, save_state, shard, shard_map, split_inner, write_bundle)
+                               refuse_skipped, reuse_or_clear, save_state, shard, shard_map, split_inner, stream_seed, write_bundle)
 
 # %% auto #0
 __all__ = ['QUICK', 'UNSTATED', 'DIHEDRAL', 'CHECKPOINT_FORMAT', 'PIPELINE', 'toy_patients', 'stack_slices', 'slice_weights',
@@ -316,7 +316,7 @@ def fit(data: dict,  # patient_id -> (n, C, 64, 64) float32 slices (training coh
     model = make_model(cfg.channels, dropout=cfg.dropout).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="max", factor=cfg.lr_factor, patience=cfg.lr_patience)
-    g = torch.Generator().manual_seed(cfg.seed)
+    g = torch.Generator().manual_seed(stream_seed(cfg.seed, "batches"))   # batch order and augmentation: not the initialisation's stream
     stopper = EarlyStopping(cfg.patience, tol=1e-9)       # key (monitored score, -inner loss): ties broken by the loss
     start, log = 0, []
     ckpt = out_dir / "checkpoint.pt"
