@@ -152,12 +152,13 @@ def training_rows(n_patients: int = 60, epochs: int = 3, repeats: int = 3, devic
     import torch.nn.functional as F
     from pdl1_dls.petct import pipeline as train
     from pdl1_dls.core import get_device, seed_everything
+    from pdl1_dls.io import stack_slices
     from pdl1_dls.petct.srescnn import make_model
     dev = torch.device(device) if device else get_device()
     data, labels = train.toy_patients(n_patients, slices=(6, 12), seed=0)
     cfg = train.TrainConfig(epochs=epochs, patience=epochs + 1, batch_size=64)
     fit_ids, inner_ids = train.split_inner(labels, cfg.inner_frac, cfg.seed)
-    X, owner = train.stack_slices(data, fit_ids)
+    X, owner = stack_slices(data, fit_ids)
     n_fit = len(X); n_inner = sum(len(data[p]) for p in inner_ids)
     y = torch.from_numpy(np.array([labels[p] for p in fit_ids], np.float32)[owner])
 

@@ -1,4 +1,4 @@
-"""Read the images researchers have (NIfTI, NRRD, MHA, DICOM series), convert raw PET to SUVbw, rasterise RTSTRUCT contours, resample PET and masks onto the CT grid, and check geometry.
+"""Read the images researchers have (NIfTI, NRRD, MHA, DICOM series), convert raw PET to SUVbw, rasterise RTSTRUCT contours, resample PET and masks onto the CT grid, check geometry, and read the per-patient cache entries batch by batch without loading them.
 
 Docs: https://pdl1-dls.github.io/pdl1_dls/io.html.md"""
 
@@ -12,6 +12,7 @@ import datetime as _dt
 import hashlib
 import json
 import math
+import mmap
 import os
 import warnings
 from pathlib import Path
@@ -28,7 +29,7 @@ __all__ = ['GRID_TOL', 'strip_metadata', 'read_image', 'file_stamp', 'cache_key'
            'read_pet_suv', 'list_rtstruct_rois', 'pick_structure', 'read_rtstruct', 'read_seg', 'dicom_modality',
            'read_roi', 'same_grid', 'check_same_grid', 'resample_to', 'resample_mask', 'physical_bounds',
            'overlap_fraction', 'check_overlap', 'same_axes', 'check_covers', 'check_same_frame', 'resample_pet_to_ct',
-           'read_mask', 'dice']
+           'read_mask', 'dice', 'npz_memmap', 'ChannelView', 'channel_view', 'read_rows', 'stack_slices', 'SliceStore']
 
 # %% ../nbs/02_io.ipynb #ac00fa06
 GRID_TOL = 1e-3  # the one geometry tolerance: mm for spacing and origin, cosine for direction
@@ -753,3 +754,107 @@ def dice(a: sitk.Image | np.ndarray, b: sitk.Image | np.ndarray) -> float:
     s = int(A.sum()) + int(B.sum())
     if s == 0: raise ValueError("Dice of two empty masks is undefined")
     return 2.0 * int(np.logical_and(A, B).sum()) / s
+
+# %% ../nbs/02_io.ipynb #57370313
+def npz_memmap(path: str | os.PathLike,  # an .npz written by `np.savez` (not `savez_compressed`)
+               name: str,  # the array's name in it
+              ) -> np.ndarray:
+    "Read-only `np.memmap` of one array of an uncompressed .npz, at its offset in the file: nothing is read until it is indexed."
+    import struct, zipfile
+    with zipfile.ZipFile(path) as z: info = z.getinfo(f"{name}.npy")
+    if info.compress_type != zipfile.ZIP_STORED: raise ValueError(f"{name} is compressed in {path}: cannot memory-map it")
+    fmt = np.lib.format
+    with open(path, "rb") as f:
+        f.seek(info.header_offset)
+        head = f.read(30)
+        if head[:4] != b"PK\x03\x04": raise ValueError(f"{path}: no zip entry header for {name}")
+        f.seek(info.header_offset + 30 + sum(struct.unpack("<HH", head[26:30])))   # past the name and extra fields
+        version = fmt.read_magic(f)
+        shape, fortran, dtype = (fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0)(f)
+        offset = f.tell()
+    if dtype.hasobject: raise ValueError(f"{name} in {path} holds Python objects")
+    if not np.prod(shape): return np.zeros(shape, dtype)
+    return np.memmap(path, dtype=dtype, mode="r", shape=shape, order="F" if fortran else "C", offset=offset)
+
+# %% ../nbs/02_io.ipynb #02bd9dbc
+class ChannelView:
+    "Some channels of one patient's (n, C, H, W) rows, read only when indexed (a memory-mapped cache entry stays on disk)."
+    ndim = 4
+    def __init__(self, images, channels): self.images, self.channels = images, list(channels)
+    def __len__(self): return len(self.images)
+    @property
+    def shape(self): return (len(self.images), len(self.channels), *self.images.shape[2:])
+    def __array__(self, dtype=None, copy=None): return np.asarray(self.images[:, self.channels], dtype=dtype)
+
+def channel_view(images, channels):
+    "`images` itself when `channels` are all of its channels in order, else a `ChannelView` of them."
+    return images if list(channels) == list(range(images.shape[1])) else ChannelView(images, channels)
+
+# %% ../nbs/02_io.ipynb #22aba970
+def _file_backed(a) -> bool:
+    "A memory map made on a file (`np.memmap`, `npz_memmap`) itself, not a view of one: its filename and offset locate its rows."
+    return isinstance(a, np.memmap) and isinstance(a.base, mmap.mmap) and a.filename is not None and a.flags.c_contiguous
+
+def read_rows(a,  # one patient's rows: ndarray, np.memmap or ChannelView
+              rows: np.ndarray,  # row indices, best sorted
+             ) -> np.ndarray:
+    "Rows of one patient's array as float32 (len(rows), ...); from a memory map by file reads (one per run of consecutive rows), never by touching the map."
+    rows = np.asarray(rows, np.int64)
+    if isinstance(a, ChannelView): return read_rows(a.images, rows)[:, a.channels]
+    if not _file_backed(a): return np.asarray(a[rows], np.float32)
+    item = int(np.prod(a.shape[1:])) * a.dtype.itemsize
+    out = np.empty((len(rows), *a.shape[1:]), a.dtype)
+    buf = memoryview(out.reshape(-1).view(np.uint8))
+    cuts = np.flatnonzero(np.diff(rows) != 1) + 1
+    with open(a.filename, "rb", buffering=0) as f:
+        for j0, j1 in zip(np.r_[0, cuts], np.r_[cuts, len(rows)]):
+            f.seek(a.offset + int(rows[j0]) * item)
+            if f.readinto(buf[j0 * item:j1 * item]) != (j1 - j0) * item:
+                raise PDL1Error("cache entry is shorter than its header says (truncated file)", file=a.filename)
+    return out.astype(np.float32, copy=False)
+
+# %% ../nbs/02_io.ipynb #5b2c5353
+def stack_slices(data: dict,  # patient_id -> (n, C, H, W) array
+                 pids: list,  # patients to stack, in order
+                ) -> tuple["torch.Tensor", np.ndarray]:
+    "All rows of `pids` as one float32 tensor and the patient index of every row."
+    import torch
+    arrs = [np.asarray(data[p], dtype=np.float32) for p in pids]
+    if not arrs: return torch.zeros(0), np.zeros(0, int)
+    owner = np.concatenate([np.full(len(a), i) for i, a in enumerate(arrs)])
+    return torch.from_numpy(np.concatenate(arrs)), owner
+
+# %% ../nbs/02_io.ipynb #7399a421
+class SliceStore:
+    "The rows (slices) of `pids` as one indexable cohort: each batch gathered from the patients' arrays (`read_rows`), or stacked in memory."
+    def __init__(self,
+                 data: dict,  # patient_id -> (n, C, H, W) rows: ndarray, memory map of a cache entry or ChannelView
+                 pids: list,  # patients, in order
+                 in_memory: bool = False,  # stack every row into one tensor (memory grows with the cohort)
+                ):
+        self.pids = list(pids)
+        sizes = np.array([len(data[p]) for p in self.pids], np.int64)
+        self.owner = np.repeat(np.arange(len(sizes)), sizes)             # patient index of every row
+        self.start = np.r_[0, np.cumsum(sizes)[:-1]].astype(np.int64)    # first row of every patient
+        self.shape = (int(sizes.sum()), *(data[self.pids[0]].shape[1:] if self.pids else ()))
+        self.X = stack_slices(data, self.pids)[0] if in_memory else None
+        self.arrays = None if in_memory else [data[p] for p in self.pids]
+
+    def __len__(self): return len(self.owner)
+
+    def take(self, idx) -> "torch.Tensor":
+        "Rows `idx` (ints, any order) as a float32 tensor (len(idx), C, H, W)."
+        import torch
+        if self.X is not None: return self.X[idx]
+        idx = np.asarray(idx, np.int64)
+        out = np.empty((len(idx), *self.shape[1:]), np.float32)
+        pat = self.owner[idx]
+        order = np.lexsort((idx, pat))                                    # by patient, then row: file order
+        for js in np.split(order, np.flatnonzero(np.diff(pat[order])) + 1):
+            if len(js): out[js] = read_rows(self.arrays[pat[js[0]]], idx[js] - self.start[pat[js[0]]])
+        return torch.from_numpy(out)
+
+    def batches(self, batch_size: int):
+        "Consecutive batches of rows, in order (scoring)."
+        for s in range(0, len(self), batch_size):
+            yield self.X[s:s + batch_size] if self.X is not None else self.take(np.arange(s, min(s + batch_size, len(self))))

@@ -1,5 +1,8 @@
-"Memory flat in cohort size: PET/CT training and scoring read each batch from the memory-mapped cache, with the numbers of the stacked path."
+"Memory flat in cohort size: PET/CT and MRI training and scoring read each batch from the memory-mapped cache, with the numbers of the stacked path."
+import json
+import shutil
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -8,15 +11,16 @@ import pytest
 import torch
 
 from pdl1_dls.core import PDL1Error
+from pdl1_dls.io import ChannelView, SliceStore, _file_backed, channel_view, npz_memmap, read_rows, stack_slices
 from pdl1_dls.petct import pipeline as T
-from pdl1_dls.petct.pipeline import SliceStore, channel_view, read_rows, stack_slices, toy_patients
-from pdl1_dls.petct.preprocess import HyperImages, npz_memmap
+from pdl1_dls.petct.pipeline import toy_patients
+from pdl1_dls.petct.preprocess import HyperImages
 from pdl1_dls.training import load_model, load_state
 
 
 def _mapped(a) -> bool:
     "A file-backed memory map (or a channel view of one): the slices stay on disk."
-    return T._file_backed(a.images if isinstance(a, T.ChannelView) else a)
+    return _file_backed(a.images if isinstance(a, ChannelView) else a)
 
 
 @pytest.fixture
@@ -101,7 +105,7 @@ def test_read_rows_runs_channels_and_truncation(tmp_path):
     np.savez(tmp_path / "a.npz", images=a)
     m = npz_memmap(tmp_path / "a.npz", "images")
     rows = np.array([0, 1, 2, 5, 7, 8])
-    assert T._file_backed(m) and not T._file_backed(m[1:]) and not T._file_backed(a)
+    assert _file_backed(m) and not _file_backed(m[1:]) and not _file_backed(a)
     for src in (m, a):
         assert np.array_equal(read_rows(src, rows), a[rows]) and read_rows(src, rows).dtype == np.float32
     assert np.array_equal(read_rows(channel_view(m, (1,)), rows), a[rows][:, 1:2])
@@ -125,5 +129,95 @@ def test_build_hyperimages_mmap_fresh_and_cached(tiny, tmp_path):
     again, _ = build_hyperimages(t, tmp_path / "c", progress=False, mmap=True)
     for p in plain:
         for h in (fresh[p], again[p]):
-            assert T._file_backed(h.images) and np.array_equal(h.images, plain[p].images)
+            assert _file_backed(h.images) and np.array_equal(h.images, plain[p].images)
         assert not isinstance(plain[p].images, np.memmap)
+
+
+# ---------------------------------------------------------------- MRI: the cohort stays in the per-patient cache
+MRI_TINY = dict(quick=True, device="cpu", size=32, input_size=24, epochs=1, fusion_epochs=10, backbone="resnet18", resume=False)
+
+
+@pytest.fixture(scope="module")
+def mri_toy(tmp_path_factory):
+    from pdl1_dls.mri.pipeline import toy_mri_table
+    d = tmp_path_factory.mktemp("mri_toy")
+    return d, toy_mri_table(d / "img", {"train": 16, "validation": 6}, seed=0)
+
+
+def _weights_sha(run) -> dict:
+    "The sha256 model.json records for each weights file of a bundle (state dicts, reducer arrays)."
+    meta = json.loads((run / "model.json").read_text())
+    return {f: meta["files"][f] for f in meta["weights"]}
+
+
+def test_mri_streamed_training_is_the_stacked_training(mri_toy, tmp_path, monkeypatch):
+    "Same seed: streamed MRI training (default) writes bit-identical weights, z-scores and DLS to in_memory=True, and never stacks its inputs."
+    import pdl1_dls.mri.pipeline as MP
+    from pdl1_dls.mri.preprocess import MRIInputs, mri_cohort
+    d, tab = mri_toy
+    cache = tmp_path / "cache"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        m_mem = MP.train_mri_study(tab, tmp_path / "mem", cache_dir=cache, in_memory=True, **MRI_TINY)
+        seen = []
+        def spy(*a, **kw):
+            out = mri_cohort(*a, **kw); seen.append((kw.get("mmap"), out[0])); return out
+        def stacked(*a, **kw): raise AssertionError("the streamed path stacked its inputs")
+        with monkeypatch.context() as mp:
+            mp.setattr(MP, "mri_cohort", spy)
+            mp.setattr(MRIInputs, "__array__", stacked); mp.setattr(MRIInputs, "__getitem__", stacked)
+            m_str = MP.train_mri_study(tab, tmp_path / "str", cache_dir=cache, **MRI_TINY)
+            got = load_model(tmp_path / "str").score(tab, cache_dir=cache)      # scoring streams too
+    # the streamed runs read memory maps of the cache entries, never a stacked array
+    assert [m for m, _ in seen] == [True, True] and all(isinstance(X, MRIInputs) and len(X) == len(tab) for _, X in seen)
+    assert all(_file_backed(a) and Path(a.filename).parent == cache.resolve() for _, X in seen for a in X.arrays)
+    # the same numbers as the stacked path, bit for bit
+    w_mem, w_str = _weights_sha(tmp_path / "mem"), _weights_sha(tmp_path / "str")
+    assert len(w_mem) == 10 and w_mem == w_str
+    meta = [json.loads((tmp_path / r / "model.json").read_text()) for r in ("mem", "str")]
+    assert meta[0]["zscore"] == meta[1]["zscore"] and meta[0]["identity"] == meta[1]["identity"]
+    for k in ("val_auc", "train_auc", "cutoff", "pca_components"): assert m_mem[k] == m_str[k], k
+    logs = [pd.read_csv(tmp_path / r / "train_log.csv").drop(columns="seconds") for r in ("mem", "str")]
+    pd.testing.assert_frame_equal(*logs)
+    ref = load_model(tmp_path / "mem").score(tab, cache_dir=cache)
+    assert got.dls.tolist() == ref.dls.tolist() and got.dls_t2.tolist() == ref.dls_t2.tolist()
+    # the streamed score is the score of the stacked array
+    params = MP.PIPELINE._params(MP.MRIRun.config(meta[1]))
+    X = mri_cohort(tab, cache, params)[0]
+    assert isinstance(X, np.ndarray) and X.shape == (len(tab), 3, 3, 32, 32)
+    assert np.array_equal(load_model(tmp_path / "str").net().score(X)["dls"], got.dls.to_numpy())
+    # the z-scores are the float64 statistics of the training patients' inputs
+    tr = np.flatnonzero((tab.role == "train").to_numpy())
+    for s, (mu, sd) in enumerate(meta[1]["zscore"]):
+        a = X[tr, s].astype(np.float64)
+        assert abs(mu - a.mean()) < 1e-12 and abs(sd - 1e-6 - a.std()) < 1e-12
+
+
+def test_mri_inputs_read_the_rows(mri_toy, tmp_path):
+    "MRIInputs over the cache reads X[idx, seq] for any patients and sequence; a truncated entry names its file; a broken entry is rebuilt."
+    from pdl1_dls.mri.preprocess import MRIInputs, MRIParams, cached_mri_slices, mri_cohort
+    d, tab = mri_toy
+    t = tab.head(4)
+    p = MRIParams(size=24)
+    X, meta, _ = mri_cohort(t, tmp_path / "c", p)
+    Xm, meta_m, _ = mri_cohort(t, tmp_path / "c", p, mmap=True)
+    assert isinstance(Xm, MRIInputs) and Xm.shape == X.shape == (4, 3, 3, 24, 24) and meta.equals(meta_m)
+    assert all(_file_backed(a) for a in Xm.arrays)
+    idx = np.array([3, 0, 2, 0])
+    for s in range(3):
+        assert torch.equal(Xm.take(idx, s), torch.from_numpy(X[idx, s])) and Xm.take(idx, s).dtype == torch.float32
+        assert torch.equal(Xm.subset([2, 1]).take([1], s), torch.from_numpy(X[[1], s]))
+    assert np.array_equal(np.asarray(Xm), X) and np.array_equal(Xm[1:3, 2], X[1:3, 2]) and np.array_equal(Xm[3], X[3])
+    # an entry cut short after it was mapped: the read is a one-line PDL1Error naming the file
+    src = Path(Xm.arrays[1].filename)
+    cut = tmp_path / "cut" / src.name; cut.parent.mkdir(); shutil.copyfile(src, cut)
+    one = MRIInputs([npz_memmap(cut, "x")])
+    assert torch.equal(one.take([0], 2), torch.from_numpy(X[[1], 2]))
+    with open(cut, "r+b") as f: f.truncate(one.arrays[0].offset + X[1, 0].nbytes)   # only the first sequence left
+    with pytest.raises(PDL1Error, match="truncated") as e: one.take([0], 2)
+    assert cut.name in str(e.value) and "\n" not in str(e.value)
+    # through the cache, a truncated entry is not mapped: it is recomputed (and rewritten whole)
+    row = t.iloc[1]
+    with open(src, "r+b") as f: f.truncate(src.stat().st_size // 2)
+    x, m = cached_mri_slices({k: row[k] for k in ("t1", "t2", "ce_t1")}, row["roi"], tmp_path / "c", p, row["patient_id"], mmap=True)
+    assert _file_backed(x) and Path(x.filename) == src.resolve() and np.array_equal(x, X[1])

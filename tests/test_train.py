@@ -9,7 +9,8 @@ import torch
 
 from pdl1_dls.petct import pipeline as T
 from pdl1_dls.core import PDL1Error
-from pdl1_dls.petct.pipeline import TrainConfig, augment, fit, patient_mean, slice_weights, stack_slices, toy_patients
+from pdl1_dls.io import stack_slices
+from pdl1_dls.petct.pipeline import TrainConfig, augment, fit, patient_mean, slice_weights, toy_patients
 from pdl1_dls.training import load_model, load_state, permute_patient_labels, split_inner
 
 FAST = dict(epochs=3, batch_size=16, patience=5)

@@ -114,13 +114,13 @@ def _folded_body(body: nn.Module) -> nn.Module | None:
     return b.to(memory_format=torch.channels_last)
 
 def extract_features(model: SequenceNet,  # a trained per-sequence model
-                     x,  # array or tensor (n, 3, h, w), already normalised
+                     x,  # array or tensor (n, 3, h, w), already normalised; or a batch source (`len`, `shape`, `x[i:j]` an array or tensor): read batch by batch
                      batch_size: int = 64,  # images per forward pass at most (on CPU at most 32 at 224 px)
                      device=None,  # torch device; default: the model's
                     ) -> tuple[np.ndarray, np.ndarray]:
     "Deep features (n, n_features) and logits (n,) in eval and inference mode, batched; on CPU from 80 px BatchNorm folded and channels-last."
     if batch_size < 1: raise ValueError(f"batch_size must be >= 1, not {batch_size}")
-    if not (torch.is_tensor(x) or isinstance(x, np.ndarray)): x = np.asarray(x)
+    if not hasattr(x, "shape"): x = np.asarray(x)      # arrays, tensors and batch sources (the MRI cache, read as it goes) are sliced
     model.eval()
     dev = torch.device(device) if device is not None else next(model.parameters()).device
     n = len(x)

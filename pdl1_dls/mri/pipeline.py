@@ -29,13 +29,13 @@ from ..training import (EarlyStopping, all_sum, barrier, config_diff, config_has
                                gather_patients, load_state, main_first, manifest_train_settings, on_main, permute_patient_labels,
                                rank_batch, rank_device, read_bundle, refuse_skipped, reuse_or_clear, save_state, shard, shard_map,
                                split_inner, stream_seed, write_bundle)
-from .preprocess import PLANES, SEQUENCES, MRIParams, augment_batch, mri_augment, mri_cohort
+from .preprocess import PLANES, SEQUENCES, MRIInputs, MRIParams, augment_batch, mri_augment, mri_cohort
 from .models import FeatureReducer, FusionTransformer, SequenceNet, extract_features, focal_loss
 
 # %% auto #0
-__all__ = ['PAPER_METHOD', 'MRITRAIN_PROFILES', 'RESUME', 'PIPELINE', 'toy_mri_table', 'MRITrainConfig', 'deviations',
-           'fit_sequence', 'fit_fusion', 'MRIMember', 'MRIRun', 'n_members', 'crossfit_plan', 'train_mri_study',
-           'MRIPipeline']
+__all__ = ['PAPER_METHOD', 'MRITRAIN_PROFILES', 'ZSCORE_CHUNK', 'RESUME', 'PIPELINE', 'toy_mri_table', 'MRITrainConfig',
+           'deviations', 'fit_sequence', 'fit_fusion', 'zscore_stats', 'MRIMember', 'MRIRun', 'n_members',
+           'crossfit_plan', 'train_mri_study', 'MRIPipeline']
 
 # %% ../../nbs/mri/22_pipeline.ipynb #18c77e5a
 def toy_mri_table(root,  # folder for the NIfTI files
@@ -144,18 +144,20 @@ def _resize(x: torch.Tensor, size: int) -> torch.Tensor:
     return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
 
 def _inner(model, x, y, cfg, ids) -> tuple[float, float]:
-    "(AUC, focal loss) on the inner split, in eval mode: `x` holds this rank's inner images `ids` (`training.shard`), `y` every inner label."
+    "(AUC, focal loss) on the inner split, in eval mode: `x` the inner images (tensor or batch source), `ids` this rank's positions in it (`training.shard`), `y` every inner label; read and resized `cfg.batch_size` at a time."
     from pdl1_dls.stats.roc import auc
     model.eval()
     with torch.no_grad():
-        o = torch.as_tensor(gather_patients(ids, model(x), range(len(y))), device=y.device)  # every inner patient once
+        o = [model(_resize(x[ids[i:i + cfg.batch_size]], cfg.input_size).to(y.device)) for i in range(0, len(ids), cfg.batch_size)]
+        o = torch.cat(o) if o else torch.zeros(0, device=y.device)
+        o = torch.as_tensor(gather_patients(ids, o, range(len(y))), device=y.device)  # every inner patient once
         loss = float(focal_loss(o, y, cfg.focal_alpha, cfg.focal_gamma))
     yy = y.cpu().numpy().astype(int)
     return (auc(yy, o.cpu().numpy()) if 0 < yy.sum() < len(yy) else 0.5), loss
 
-def fit_sequence(x_fit: torch.Tensor,  # (n, 3, size, size) z-scored training images (fit part)
+def fit_sequence(x_fit,  # (n, 3, size, size) z-scored training images (fit part): a tensor, or a batch source (`x[idx]` gives them)
                  y_fit: np.ndarray,  # 0/1 labels
-                 x_inner: torch.Tensor,  # inner-split images (early stopping)
+                 x_inner,  # inner-split images (early stopping): a tensor or a batch source
                  y_inner: np.ndarray,  # inner labels
                  cfg: MRITrainConfig,  # settings
                  seed: int = 0,  # seed
@@ -173,7 +175,7 @@ def fit_sequence(x_fit: torch.Tensor,  # (n, 3, size, size) z-scored training im
     tf = mri_augment(cfg.input_size, cfg.crop_scale)
     yf = torch.as_tensor(y_fit, dtype=torch.float32)
     sub_inner = shard(np.arange(len(x_inner)))       # this rank's inner patients (all of them in one process)
-    xi = _resize(x_inner[sub_inner], cfg.input_size).to(dev); yi = torch.as_tensor(y_inner, dtype=torch.float32).to(dev)
+    yi = torch.as_tensor(y_inner, dtype=torch.float32).to(dev)
     g = torch.Generator().manual_seed(stream_seed(seed, "batches"))   # batch order: its own stream, not the initialisation's
     net, bs = ddp_wrap(model), rank_batch(cfg.batch_size)   # under torchrun: gradients averaged over ranks
 
@@ -188,7 +190,7 @@ def fit_sequence(x_fit: torch.Tensor,  # (n, 3, size, size) z-scored training im
         return dict(sequence=name, epoch=ep, train_loss=all_sum(tot)[0] / len(x_fit))
 
     def evaluate(ep):
-        ai, li = _inner(model, xi, yi, cfg, sub_inner)
+        ai, li = _inner(model, x_inner, yi, cfg, sub_inner)
         return (ai, -li), dict(inner_loss=li, inner_auc=ai)
 
     log = fit_epochs(model, train_epoch, evaluate, EarlyStopping(cfg.patience), cfg.epochs, desc=f"{desc or name} CNN", leave=False)
@@ -255,10 +257,38 @@ def _as_table(study_or_path, label_column: str | None):
         raise PDL1Error(f"train_mri_study needs an MRI study, not modality {study.modality!r}", file=getattr(study, "path", None))
     return study.table(), label_column or study.label_column, study.name
 
+# %% ../../nbs/mri/22_pipeline.ipynb #92aa3718
 def _prep(x: np.ndarray, mu: float, sd: float, size: int) -> torch.Tensor:
     "z-score with the training mean/SD and resize to the CNN input size."
     return _resize((torch.as_tensor(x, dtype=torch.float32) - mu) / sd, size)
 
+class _Prepared:
+    "One sequence of some patients of an `MRIInputs`, z-scored and resized as it is read (`_prep`): a batch source, `x[i:j]` or `x[idx]` giving a float32 tensor."
+    def __init__(self, X: MRIInputs, ix, seq: int, mu: float, sd: float, size: int):
+        self.X, self.ix, self.seq, self.mu, self.sd, self.size = X, np.asarray(ix, np.int64), int(seq), mu, sd, int(size)
+        self.shape = (len(self.ix), X.shape[2], self.size, self.size)
+    def __len__(self): return len(self.ix)
+    def __getitem__(self, k) -> torch.Tensor:
+        j = self.ix[k] if isinstance(k, slice) else self.ix[np.asarray(k, np.int64)]
+        return _prep(self.X.take(j, self.seq), self.mu, self.sd, self.size)
+
+# %% ../../nbs/mri/22_pipeline.ipynb #be127e71
+ZSCORE_CHUNK = 32  # patients read at a time for the z-score statistics: fixed, so every path sums the same numbers
+
+def zscore_stats(X: MRIInputs,  # the cohort's inputs
+                 ix,  # the patients (training cohort)
+                 seq: int,  # sequence index
+                ) -> tuple[float, float]:
+    "Mean and SD (+1e-6) of one sequence over the patients `ix`, read `ZSCORE_CHUNK` patients at a time, in float64 (chunks merged by Chan et al.'s update)."
+    ix, n, mean, m2 = np.asarray(ix, np.int64), 0, 0.0, 0.0
+    for i in range(0, len(ix), ZSCORE_CHUNK):
+        c = X.take(ix[i:i + ZSCORE_CHUNK], seq).numpy().astype(np.float64).ravel()
+        mc = float(c.mean()); m2c = float(np.square(c - mc).sum()); d = mc - mean
+        mean += d * c.size / (n + c.size); m2 += m2c + d * d * n * c.size / (n + c.size); n += c.size
+    if not n: return float("nan"), float("nan")
+    return mean, float(np.sqrt(m2 / n)) + 1e-6
+
+# %% ../../nbs/mri/22_pipeline.ipynb #67c278e8
 @dataclass
 class MRIMember:
     "One member of a run: per-sequence CNNs, the PCA reducer of their features and the fusion over its tokens."
@@ -266,11 +296,11 @@ class MRIMember:
     reducer: FeatureReducer
     fusion: nn.ModuleList  # FusionTransformers from different initialisations (cfg.fusion_inits)
 
-    def score(self, X, zscore, input_size, device=None) -> dict:
-        "Deep features, CNN logits, tokens and DLS of `X` (n, n_seq, 3, size, size)."
+    def score(self, X: MRIInputs, zscore, input_size, device=None) -> dict:
+        "Deep features, CNN logits, tokens and DLS of `X` (n, n_seq, 3, size, size), read batch by batch."
         feats, logits = [], []
         for s, m in enumerate(self.models):
-            f, l = extract_features(m, _prep(X[:, s], *zscore[s], input_size), device=device)
+            f, l = extract_features(m, _Prepared(X, np.arange(len(X)), s, *zscore[s], input_size), device=device)
             feats.append(f); logits.append(l)
         tokens = self.reducer.transform(feats)
         with _one_thread(): dls = np.mean([f.dls(tokens) for f in self.fusion], 0)
@@ -284,9 +314,10 @@ class MRIRun:
     zscore: list  # [(mean, sd)] per sequence
     cutoff: float = float("nan")
 
-    def score(self, X: np.ndarray,  # (n, n_seq, 3, size, size) inputs from `mri_cohort`
+    def score(self, X: np.ndarray | MRIInputs,  # (n, n_seq, 3, size, size) inputs from `mri_cohort` (an `MRIInputs` is read batch by batch)
               device=None) -> dict:
         "Per-sequence probabilities, deep features, tokens and fused DLS of `X`, averaged over the members."
+        if not isinstance(X, MRIInputs): X = MRIInputs(np.asarray(X, np.float32))
         outs = [m.score(X, self.zscore, self.cfg.input_size, device) for m in self.members]
         logit = np.mean([o["logits"] for o in outs], 0)  # a sequence's ensemble: the mean of its members' logits
         return dict(features=np.stack([o["features"] for o in outs], 1), tokens=np.stack([o["tokens"] for o in outs], 1),
@@ -446,6 +477,7 @@ def train_mri_study(study_or_path,  # manifest path, `pdl1_dls.manifest.Study`, 
                     skipped_out=None,  # where to write the skipped patients (never into the bundle)
                     resume: bool = True,  # keep the members an interrupted training of the same run left in out_dir (False: start afresh)
                     on_member_end: Callable | None = None,  # f(member key, its log rows) after each member trained here is saved
+                    in_memory: bool = False,  # load and stack the whole cohort in memory (same numbers; memory grows with the cohort)
                     **overrides,  # any MRITrainConfig field
                    ) -> dict:
     "Train the per-sequence CNNs, PCA and transformer fusion on the training cohort; write the bundle; return metrics."
@@ -470,7 +502,8 @@ def train_mri_study(study_or_path,  # manifest path, `pdl1_dls.manifest.Study`, 
     out_dir = Path(out_dir); out_dir.mkdir(parents=True, exist_ok=True)
     cache = Path(cache_dir) if cache_dir is not None else PIPELINE.cache_dir(name)
     params = MRIParams(size=cfg.size, margin_mm=cfg.margin_mm, sequences=tuple(cfg.sequences))
-    with main_first(): X, meta, skipped = mri_cohort(table, cache, params)   # rank 0 fills the cache, the others read it
+    with main_first(): X, meta, skipped = mri_cohort(table, cache, params, mmap=not in_memory)   # rank 0 fills the cache, the others read it
+    if in_memory: X = MRIInputs(X)                          # the stacked array behind the same reads
     refuse_skipped(skipped, skip_bad)
     if skipped_out is not None and ctx.main:
         with atomic_write(skipped_out) as f: skipped.to_csv(f, index=False)
@@ -480,9 +513,8 @@ def train_mri_study(study_or_path,  # manifest path, `pdl1_dls.manifest.Study`, 
     labels = {meta.patient_id.iloc[i]: int(y_all[i]) for i in tr}
     if permute_labels: labels = permute_patient_labels(labels, seed)
     pos = {p: i for i, p in enumerate(meta.patient_id)}
-    # z-score per sequence: training cohort only
-    zs = [(float(X[tr, s].mean()), float(X[tr, s].std() + 1e-6)) for s in range(X.shape[1])]
-    xz = [(torch.as_tensor(X[:, s], dtype=torch.float32) - zs[s][0]) / zs[s][1] for s in range(X.shape[1])]
+    # z-score per sequence: training cohort only, streamed (each batch is z-scored as it is read: `_Prepared`)
+    zs = [zscore_stats(X, tr, s) for s in range(X.shape[1])]
     from pdl1_dls.core import sha256
     prep = {k: (list(v) if isinstance(v, tuple) else v) for k, v in params.key().items()}
     request = dict(modality="mri", config=asdict(cfg), seed=int(seed), permuted=bool(permute_labels), preprocessing=prep,
@@ -507,16 +539,17 @@ def train_mri_study(study_or_path,  # manifest path, `pdl1_dls.manifest.Study`, 
             key, path = f"member{k}/cnn_{sname}", out_dir / f"member{k}" / f"cnn_{sname}.pt"
             if key in finished: m, lg = _sequence_net(cfg, load_state(path)), finished.log(key)
             else:
-                m, lg = fit_sequence(_resize(xz[s][ix["cnn_fit"]], cfg.size), yy["cnn_fit"], xz[s][ix["cnn_stop"]], yy["cnn_stop"],
-                                     cfg, stream_seed(seed, "cnn", k, sname), dev, sname, f"{sname} (member {k + 1}/{len(plan)})")
+                m, lg = fit_sequence(_Prepared(X, ix["cnn_fit"], s, *zs[s], cfg.size), yy["cnn_fit"],
+                                     _Prepared(X, ix["cnn_stop"], s, *zs[s], cfg.size), yy["cnn_stop"], cfg,
+                                     stream_seed(seed, "cnn", k, sname), dev, sname, f"{sname} (member {k + 1}/{len(plan)})")
                 m, lg = m.cpu(), [dict(r, member=k) for r in lg]
                 if ctx.main: save_state({n: v.cpu() for n, v in m.state_dict().items()}, path)   # already the bundle's file
                 finished.add(key, lg, on_member_end)
             models.append(m); log += lg
         # deep features -> PCA -> fusion, all on training patients (the held-out fold when cross-fitting)
-        feats = [extract_features(m, _prep(X[ix["pca"], s], *zs[s], cfg.input_size))[0] for s, m in enumerate(models)]
+        feats = [extract_features(m, _Prepared(X, ix["pca"], s, *zs[s], cfg.input_size))[0] for s, m in enumerate(models)]
         red = FeatureReducer(n_pca, seed).fit(feats)
-        tok = {key: red.transform([extract_features(m, _prep(X[ix[key], s], *zs[s], cfg.input_size))[0] for s, m in enumerate(models)])
+        tok = {key: red.transform([extract_features(m, _Prepared(X, ix[key], s, *zs[s], cfg.input_size))[0] for s, m in enumerate(models)])
                for key in ("fusion_fit", "fusion_stop")}
         fus = nn.ModuleList()
         for j in range(cfg.fusion_inits):
@@ -532,7 +565,7 @@ def train_mri_study(study_or_path,  # manifest path, `pdl1_dls.manifest.Study`, 
             fus.append(f); log += lg
         members.append(MRIMember(models, red, fus))
     run = MRIRun(cfg, members, zs)
-    sc = shard_map(lambda ix: run.score(X[ix]), np.arange(len(X)))   # each rank its share, every patient once
+    sc = shard_map(lambda ix: run.score(X.subset(ix)), np.arange(len(X)))   # each rank its share, every patient once
     y_train = np.array([labels[p] for p in meta.patient_id.iloc[tr]])
     run.cutoff = float(youden_cutoff(y_train, sc["dls"][tr]).threshold)
     dls = _dls_frame(meta, sc, cfg.sequences).assign(role=meta["role"].to_numpy(), **{lab: meta[lab].to_numpy()})
@@ -614,7 +647,7 @@ class MRIPipeline:
         table, lab, name = _as_table(study, None)
         if cohorts is not None: table = table[table["cohort"].isin(cohorts)]
         cache = Path(cache_dir) if cache_dir is not None else self.cache_dir(name)
-        X, meta, skipped = mri_cohort(table, cache, self._params(run.cfg))
+        X, meta, skipped = mri_cohort(table, cache, self._params(run.cfg), mmap=True)   # read batch by batch from the cache
         refuse_skipped(skipped, skip_bad)
         sc = run.score(X, device=get_device(device) if device is not None else None)
         return dict(dls=_dls_frame(meta, sc, run.cfg.sequences), skipped=skipped,

@@ -18,7 +18,8 @@ import pandas as pd
 import SimpleITK as sitk
 
 from ..core import PDL1Error, atomic_path, progress
-from ..io import check_covers, check_same_frame, file_stamp, physical_bounds, read_image, read_roi, same_axes, same_grid
+from ..io import (SliceStore, check_covers, check_same_frame, file_stamp, npz_memmap, physical_bounds, read_image, read_roi,
+                         read_rows, same_axes, same_grid)
 
 SEQUENCES = ("t1", "t2", "ce_t1")  # sequence keys of the manifest, in model order
 PLANES = ("axial", "coronal", "sagittal")  # plane order within a sequence
@@ -26,7 +27,7 @@ CACHE_VERSION = 4  # bump when the preprocessing changes what it writes (3: tumo
 
 # %% auto #0
 __all__ = ['SEQUENCES', 'PLANES', 'CACHE_VERSION', 'max_area_indices', 'MRIParams', 'mri_subject', 'mri_transform', 'mri_slices',
-           'cache_key', 'cached_mri_slices', 'mri_cohort', 'mri_augment', 'augment_batch']
+           'cache_key', 'cached_mri_slices', 'MRIInputs', 'mri_cohort', 'mri_augment', 'augment_batch']
 
 # %% ../../nbs/mri/20_preprocess.ipynb #eb321228
 def _missing(v) -> bool: return v is None or (isinstance(v, float) and np.isnan(v)) or str(v) == ""
@@ -215,6 +216,7 @@ def cached_mri_slices(images: dict,  # sequence key -> image path
                       params: MRIParams | None = None,  # preprocessing parameters
                       patient: str = "patient",  # patient_id (file name and error messages)
                       roi_name: str | None = None,  # RTSTRUCT/SEG structure or label value; default: the only one
+                      mmap: bool = False,  # `x` as a read-only memory map of the cache entry (`pdl1_dls.io.npz_memmap`): nothing read until used
                      ) -> tuple[np.ndarray, dict]:
     "`mri_slices` through a per-patient cache keyed by file hashes and parameters."
     p = params or MRIParams()
@@ -228,23 +230,68 @@ def cached_mri_slices(images: dict,  # sequence key -> image path
     path = Path(cache_dir) / f"{safe}_{key[:20]}.npz"
     if path.is_file():
         try:
-            with np.load(path, allow_pickle=False) as z: return z["x"], json.loads(str(z["meta"]))
+            with np.load(path, allow_pickle=False) as z: return (npz_memmap(path, "x") if mmap else z["x"]), json.loads(str(z["meta"]))
         except Exception: pass  # unreadable cache entry: recompute
     x, meta = mri_slices(images, roi, p, patient, roi_name)
     meta["cache_key"] = key
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as f: np.savez(f, x=x, meta=np.array(json.dumps(meta)))
-    return x, meta
+    return (npz_memmap(path, "x") if mmap else x), meta   # mapped: the entry just written, not the array built
 
 # %% ../../nbs/mri/20_preprocess.ipynb #0f339a36
+class MRIInputs:
+    "A cohort's 2.5D inputs (n, sequence, plane, size, size) left where they are, one array per patient: `take(idx, seq)` reads one sequence of a batch of patients (`pdl1_dls.io.SliceStore`)."
+    ndim, dtype = 5, np.dtype(np.float32)
+
+    def __init__(self,
+                 arrays,  # per patient (sequence, plane, size, size): memory maps of cache entries, or a stacked (n, ...) array
+                 shape: tuple | None = None,  # the cohort's shape (needed when there are no patients)
+                ):
+        shape = tuple(getattr(arrays, "shape", None) or shape or ())
+        self.arrays = list(arrays)
+        if self.arrays: shape = (len(self.arrays), *self.arrays[0].shape)
+        if len(shape) != 5: raise ValueError(f"MRIInputs needs per-patient (sequence, plane, size, size) arrays, got shape {shape}")
+        self.shape = (len(self.arrays), *map(int, shape[1:]))
+        self._rows = SliceStore(dict(enumerate(self.arrays)), range(len(self.arrays)))   # patient i, sequence s: row start[i] + s
+
+    def __len__(self): return len(self.arrays)
+
+    def __repr__(self):
+        mapped = sum(isinstance(a, np.memmap) for a in self.arrays)
+        return f"MRIInputs({len(self)} patients, shape {self.shape}, {mapped} memory-mapped)"
+
+    def take(self, idx, seq: int) -> "torch.Tensor":
+        "Sequence `seq` of the patients `idx` (ints, any order) as a float32 tensor (len(idx), plane, size, size): `X[idx, seq]`, read from the files."
+        return self._rows.take(self._rows.start[np.asarray(idx, np.int64)] + int(seq))
+
+    def subset(self, idx) -> "MRIInputs":
+        "The inputs of the patients `idx`, still unread."
+        return MRIInputs([self.arrays[i] for i in np.asarray(idx, np.int64)], self.shape)
+
+    def _patient(self, i: int) -> np.ndarray:
+        return read_rows(self.arrays[i], np.arange(self.shape[1]))
+
+    def __getitem__(self, k) -> np.ndarray:
+        "Indexing as the stacked array's (`X[3]`, `X[idx]`, `X[idx, seq]`), read from the files and stacked: for small selections."
+        first, rest = (k[0], k[1:]) if isinstance(k, tuple) else (k, ())
+        sel = np.arange(len(self))[first]
+        if np.ndim(sel) == 0: return self._patient(int(sel))[rest]
+        out = np.stack([self._patient(i) for i in sel]) if len(sel) else np.zeros((0, *self.shape[1:]), np.float32)
+        return out[(slice(None), *rest)]
+
+    def __array__(self, dtype=None, copy=None):
+        return np.asarray(self[:], dtype=dtype)
+
+# %% ../../nbs/mri/20_preprocess.ipynb #d267ae39
 def mri_cohort(table: pd.DataFrame,  # rows with patient_id and the image columns (t1, t2, ce_t1, roi)
                cache_dir,  # folder of the per-patient cache
                params: MRIParams | None = None,  # preprocessing parameters
                id_column: str = "patient_id",  # patient id column
                strict: bool = False,  # the same as skip_bad=False (kept for older callers)
                skip_bad: bool = True,  # record a bad patient in `skipped` and go on; False: raise on the first
-              ) -> tuple[np.ndarray, pd.DataFrame, pd.DataFrame]:
-    "Inputs (n, sequence, plane, size, size) of a cohort, per-patient metadata, and the skipped patients with reasons."
+               mmap: bool = False,  # leave the inputs in the cache: an `MRIInputs` of memory maps instead of the stacked array
+              ) -> tuple[np.ndarray | MRIInputs, pd.DataFrame, pd.DataFrame]:
+    "Inputs (n, sequence, plane, size, size) of a cohort (stacked, or with `mmap` an `MRIInputs` over the cache), per-patient metadata, and the skipped patients with reasons."
     p = params or MRIParams()
     skip_bad = skip_bad and not strict
     xs, metas, skipped = [], [], []
@@ -252,7 +299,7 @@ def mri_cohort(table: pd.DataFrame,  # rows with patient_id and the image column
         pid = str(row[id_column])
         try:
             x, meta = cached_mri_slices({k: row.get(k) for k in p.sequences}, row.get("roi"), cache_dir, p, pid,
-                                        row.get("roi_name"))
+                                        row.get("roi_name"), mmap=mmap)
         except PDL1Error as e:
             if not skip_bad: raise e.with_context(patient=pid, cohort=row.get("cohort")) from None
             skipped.append(dict(patient_id=pid, cohort=row.get("cohort"), file=e.file, reason=e.problem))
@@ -262,8 +309,8 @@ def mri_cohort(table: pd.DataFrame,  # rows with patient_id and the image column
                       **{f"slice_{q}": meta["slice_index"][q] for q in PLANES},
                       **{f"area_{q}_mm2": meta["tumour_area_mm2"][q] for q in PLANES},
                       "tumour_volume_ml": meta["tumour_volume_ml"], "n_slices": meta["n_slices"]})
-    n = len(p.sequences)
-    X = np.stack(xs) if xs else np.zeros((0, n, 3, p.size, p.size), np.float32)
+    shape = (0, len(p.sequences), len(PLANES), p.size, p.size)
+    X = MRIInputs(xs, shape) if mmap else np.stack(xs) if xs else np.zeros(shape, np.float32)
     return X, pd.DataFrame(metas), pd.DataFrame(skipped, columns=["patient_id", "cohort", "file", "reason"])
 
 # %% ../../nbs/mri/20_preprocess.ipynb #43051fdf

@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import mmap
 import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -22,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from ..core import PDL1Error, atomic_write, get_device, get_settings, progress, seed_everything, write_json
+from ..io import SliceStore, channel_view
 from .srescnn import CHANNELS, make_model
 from ..stats.roc import auc_ci
 from ..training import (EarlyStopping, all_sum, barrier, config_hash, ddp_wrap, dist_context, fit_epochs, gather_patients,
@@ -29,9 +29,8 @@ from ..training import (EarlyStopping, all_sum, barrier, config_hash, ddp_wrap, 
                                refuse_skipped, reuse_or_clear, save_state, shard, shard_map, split_inner, stream_seed, write_bundle)
 
 # %% auto #0
-__all__ = ['QUICK', 'UNSTATED', 'DIHEDRAL', 'CHECKPOINT_FORMAT', 'PIPELINE', 'toy_patients', 'stack_slices', 'slice_weights',
-           'augment', 'ChannelView', 'channel_view', 'read_rows', 'SliceStore', 'TrainConfig', 'predict_slices',
-           'patient_mean', 'fit', 'train_study', 'PETCTPipeline']
+__all__ = ['QUICK', 'UNSTATED', 'DIHEDRAL', 'CHECKPOINT_FORMAT', 'PIPELINE', 'toy_patients', 'slice_weights', 'augment',
+           'TrainConfig', 'predict_slices', 'patient_mean', 'fit', 'train_study', 'PETCTPipeline']
 
 # %% ../../nbs/petct/12_pipeline.ipynb #d8cb7b37
 def toy_patients(n_patients: int = 40,  # number of patients (half positive)
@@ -57,15 +56,6 @@ def toy_patients(n_patients: int = 40,  # number of patients (half positive)
     return data, labels
 
 # %% ../../nbs/petct/12_pipeline.ipynb #b5fd2298
-def stack_slices(data: dict,  # patient_id -> (n, C, 64, 64) array
-                 pids: list,  # patients to stack, in order
-                ) -> tuple[torch.Tensor, np.ndarray]:
-    "All slices of `pids` as one float32 tensor and the patient index of every slice."
-    arrs = [np.asarray(data[p], dtype=np.float32) for p in pids]
-    if not arrs: return torch.zeros(0), np.zeros(0, int)
-    owner = np.concatenate([np.full(len(a), i) for i, a in enumerate(arrs)])
-    return torch.from_numpy(np.concatenate(arrs)), owner
-
 def slice_weights(owner: np.ndarray,  # patient index of every slice
                   y_patient: np.ndarray,  # 0/1 label per patient
                  ) -> np.ndarray:
@@ -100,77 +90,6 @@ def augment(x: torch.Tensor,  # batch (n, C, H, W)
             if m.any(): x[m] = torch.rot90(x[m], r, (-2, -1))
     if jitter: x = x * gain + off
     return x
-
-# %% ../../nbs/petct/12_pipeline.ipynb #77211f87
-class ChannelView:
-    "Some channels of one patient's (n, C, H, W) slices, read only when indexed (a memory-mapped cache entry stays on disk)."
-    ndim = 4
-    def __init__(self, images, channels): self.images, self.channels = images, list(channels)
-    def __len__(self): return len(self.images)
-    @property
-    def shape(self): return (len(self.images), len(self.channels), *self.images.shape[2:])
-    def __array__(self, dtype=None, copy=None): return np.asarray(self.images[:, self.channels], dtype=dtype)
-
-def channel_view(images, channels):
-    "`images` itself when `channels` are all of its channels in order, else a `ChannelView` of them."
-    return images if list(channels) == list(range(images.shape[1])) else ChannelView(images, channels)
-
-# %% ../../nbs/petct/12_pipeline.ipynb #535d82e9
-def _file_backed(a) -> bool:
-    "A memory map made on a file (`np.memmap`, `npz_memmap`) itself, not a view of one: its filename and offset locate its rows."
-    return isinstance(a, np.memmap) and isinstance(a.base, mmap.mmap) and a.filename is not None and a.flags.c_contiguous
-
-def read_rows(a,  # one patient's slices: ndarray, np.memmap or ChannelView
-              rows: np.ndarray,  # row indices, best sorted
-             ) -> np.ndarray:
-    "Rows of one patient's slices as float32 (len(rows), C, H, W); from a memory map by file reads (one per run of consecutive rows), never by touching the map."
-    rows = np.asarray(rows, np.int64)
-    if isinstance(a, ChannelView): return read_rows(a.images, rows)[:, a.channels]
-    if not _file_backed(a): return np.asarray(a[rows], np.float32)
-    item = int(np.prod(a.shape[1:])) * a.dtype.itemsize
-    out = np.empty((len(rows), *a.shape[1:]), a.dtype)
-    buf = memoryview(out.reshape(-1).view(np.uint8))
-    cuts = np.flatnonzero(np.diff(rows) != 1) + 1
-    with open(a.filename, "rb", buffering=0) as f:
-        for j0, j1 in zip(np.r_[0, cuts], np.r_[cuts, len(rows)]):
-            f.seek(a.offset + int(rows[j0]) * item)
-            if f.readinto(buf[j0 * item:j1 * item]) != (j1 - j0) * item:
-                raise PDL1Error("cache entry is shorter than its header says (truncated file)", file=a.filename)
-    return out.astype(np.float32, copy=False)
-
-# %% ../../nbs/petct/12_pipeline.ipynb #03ba02ea
-class SliceStore:
-    "The slices of `pids` as one indexable cohort: each batch gathered from the patients' arrays (`read_rows`), or stacked in memory."
-    def __init__(self,
-                 data: dict,  # patient_id -> (n, C, H, W) slices: ndarray, memory map of a cache entry or ChannelView
-                 pids: list,  # patients, in order
-                 in_memory: bool = False,  # stack every slice into one tensor (memory grows with the cohort)
-                ):
-        self.pids = list(pids)
-        sizes = np.array([len(data[p]) for p in self.pids], np.int64)
-        self.owner = np.repeat(np.arange(len(sizes)), sizes)             # patient index of every slice
-        self.start = np.r_[0, np.cumsum(sizes)[:-1]].astype(np.int64)    # first slice of every patient
-        self.shape = (int(sizes.sum()), *(data[self.pids[0]].shape[1:] if self.pids else ()))
-        self.X = stack_slices(data, self.pids)[0] if in_memory else None
-        self.arrays = None if in_memory else [data[p] for p in self.pids]
-
-    def __len__(self): return len(self.owner)
-
-    def take(self, idx) -> torch.Tensor:
-        "Slices `idx` (ints, any order) as a float32 tensor (len(idx), C, H, W)."
-        if self.X is not None: return self.X[idx]
-        idx = np.asarray(idx, np.int64)
-        out = np.empty((len(idx), *self.shape[1:]), np.float32)
-        pat = self.owner[idx]
-        order = np.lexsort((idx, pat))                                    # by patient, then row: file order
-        for js in np.split(order, np.flatnonzero(np.diff(pat[order])) + 1):
-            if len(js): out[js] = read_rows(self.arrays[pat[js[0]]], idx[js] - self.start[pat[js[0]]])
-        return torch.from_numpy(out)
-
-    def batches(self, batch_size: int):
-        "Consecutive batches of slices, in order (scoring)."
-        for s in range(0, len(self), batch_size):
-            yield self.X[s:s + batch_size] if self.X is not None else self.take(np.arange(s, min(s + batch_size, len(self))))
 
 # %% ../../nbs/petct/12_pipeline.ipynb #fa14cecd
 @dataclass

@@ -25,12 +25,12 @@ from scipy import ndimage
 
 import pdl1_dls
 from ..core import PDL1Error, atomic_path, look_up_option, progress, sha256
-from ..io import check_overlap, read_image, read_pet_suv, read_roi, resample_to, same_grid
+from ..io import check_overlap, npz_memmap, read_image, read_pet_suv, read_roi, resample_to, same_grid
 
 # %% auto #0
 __all__ = ['CHANNELS', 'DEFAULTS', 'CACHE_FORMAT', 'PREPROCESS_KEYS', 'pet_coverage', 'square_masks', 'crop_resize', 'window',
            'fuse', 'HyperImages', 'hyperimages', 'suvmax', 'tumour_volume', 'necrosis_ratio', 'cache_key',
-           'patient_hyperimages', 'npz_memmap', 'build_hyperimages', 'preprocess_problems', 'preprocess_params',
+           'patient_hyperimages', 'build_hyperimages', 'preprocess_problems', 'preprocess_params',
            'study_preprocessing', 'bundle_preprocessing', 'image_suvmax', 'fill_suvmax']
 
 # %% ../../nbs/petct/10_preprocess.ipynb #78a8cfe5
@@ -384,27 +384,6 @@ def patient_hyperimages(patient_id: str,  # pseudonymous patient_id
         hi.save(f)
         if mmap: hi.images = npz_memmap(f, "images")   # the entry just written, not the arrays built
     return hi
-
-# %% ../../nbs/petct/10_preprocess.ipynb #cbbc65ab
-def npz_memmap(path: str | os.PathLike,  # an .npz written by `np.savez` (not `savez_compressed`)
-               name: str,  # the array's name in it
-              ) -> np.ndarray:
-    "Read-only `np.memmap` of one array of an uncompressed .npz, at its offset in the file: nothing is read until it is indexed."
-    import struct, zipfile
-    with zipfile.ZipFile(path) as z: info = z.getinfo(f"{name}.npy")
-    if info.compress_type != zipfile.ZIP_STORED: raise ValueError(f"{name} is compressed in {path}: cannot memory-map it")
-    fmt = np.lib.format
-    with open(path, "rb") as f:
-        f.seek(info.header_offset)
-        head = f.read(30)
-        if head[:4] != b"PK\x03\x04": raise ValueError(f"{path}: no zip entry header for {name}")
-        f.seek(info.header_offset + 30 + sum(struct.unpack("<HH", head[26:30])))   # past the name and extra fields
-        version = fmt.read_magic(f)
-        shape, fortran, dtype = (fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0)(f)
-        offset = f.tell()
-    if dtype.hasobject: raise ValueError(f"{name} in {path} holds Python objects")
-    if not np.prod(shape): return np.zeros(shape, dtype)
-    return np.memmap(path, dtype=dtype, mode="r", shape=shape, order="F" if fortran else "C", offset=offset)
 
 # %% ../../nbs/petct/10_preprocess.ipynb #e70259d5
 def build_hyperimages(table: pd.DataFrame,  # one row per patient: id, cohort, image paths
