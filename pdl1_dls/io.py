@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import errno
 import hashlib
 import json
 import math
@@ -756,10 +757,33 @@ def dice(a: sitk.Image | np.ndarray, b: sitk.Image | np.ndarray) -> float:
     return 2.0 * int(np.logical_and(A, B).sum()) / s
 
 # %% ../nbs/02_io.ipynb #57370313
+def _open_file_limit(raise_soft: bool = False) -> int:
+    "This process's limit on open files; with `raise_soft`, first lift the soft limit to the hard one (once is enough)."
+    import resource
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if raise_soft and soft != resource.RLIM_INFINITY and (hard == resource.RLIM_INFINITY or soft < hard):
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20), hard))
+            soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    return soft
+
 def npz_memmap(path: str | os.PathLike,  # an .npz written by `np.savez` (not `savez_compressed`)
                name: str,  # the array's name in it
               ) -> np.ndarray:
     "Read-only `np.memmap` of one array of an uncompressed .npz, at its offset in the file: nothing is read until it is indexed."
+    # every map holds an open file, so a streamed cohort holds one per patient: Linux's usual soft limit of 1,024 would stop
+    # a cohort of ~1,000 patients, hence the soft limit is lifted to the hard one, and running out is a one-line error
+    global _LIMIT_LIFTED
+    if not _LIMIT_LIFTED: _open_file_limit(raise_soft=True); _LIMIT_LIFTED = True
+    try: return _npz_memmap(path, name)
+    except OSError as e:
+        if e.errno != errno.EMFILE: raise
+        raise PDL1Error(f"too many open files (limit {_open_file_limit()}): a streamed cohort keeps every patient's cache entry open; "
+                        "raise the limit (ulimit -n) or load the cohort in memory (in_memory=True)", file=path) from None
+
+_LIMIT_LIFTED = False
+
+def _npz_memmap(path, name):
     import struct, zipfile
     with zipfile.ZipFile(path) as z: info = z.getinfo(f"{name}.npy")
     if info.compress_type != zipfile.ZIP_STORED: raise ValueError(f"{name} is compressed in {path}: cannot memory-map it")

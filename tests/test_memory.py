@@ -221,3 +221,33 @@ def test_mri_inputs_read_the_rows(mri_toy, tmp_path):
     with open(src, "r+b") as f: f.truncate(src.stat().st_size // 2)
     x, m = cached_mri_slices({k: row[k] for k in ("t1", "t2", "ce_t1")}, row["roi"], tmp_path / "c", p, row["patient_id"], mmap=True)
     assert _file_backed(x) and Path(x.filename) == src.resolve() and np.array_equal(x, X[1])
+
+
+_NOFILE_CHILD = r'''
+import resource, sys
+import numpy as np
+soft, hard = (int(v) for v in sys.argv[2:4])
+resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+from pdl1_dls.core import PDL1Error
+from pdl1_dls.io import SliceStore, npz_memmap
+d = sys.argv[1]
+try:
+    maps = {f"P{i}": npz_memmap(f"{d}/e{i}.npz", "images") for i in range(400)}    # one open file per map
+    st = SliceStore(maps, list(maps))
+    print("ok", int(st.take(np.arange(0, len(st), 7)).sum()), resource.getrlimit(resource.RLIMIT_NOFILE)[0])
+except PDL1Error as e:
+    print("error", e.line())
+'''
+
+
+def test_streamed_cohort_beyond_the_usual_open_file_limit(tmp_path):
+    "400 mapped entries under a soft limit of 256 open files: the limit is lifted to the hard one; under a hard limit of 256, one line."
+    import subprocess, sys
+    for i in range(400): np.savez(tmp_path / f"e{i}.npz", images=np.full((2, 1, 2, 2), i, np.float32))
+    want = sum(4 * i for i in range(400) for r in range(2) if (2 * i + r) % 7 == 0)
+    run = lambda soft, hard: subprocess.run([sys.executable, "-c", _NOFILE_CHILD, str(tmp_path), str(soft), str(hard)],
+                                            capture_output=True, text=True, timeout=300).stdout.split()
+    out = run(256, 4096)
+    assert out[:2] == ["ok", str(want)] and int(out[2]) == 4096, out
+    out = " ".join(run(256, 256))
+    assert out.startswith("error ") and "too many open files (limit 256)" in out and "ulimit -n" in out and ".npz" in out, out
