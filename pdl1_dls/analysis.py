@@ -218,12 +218,11 @@ def outcomes_by_cohort(study: Study,  # the study
     import matplotlib.pyplot as plt
     from pdl1_dls.plots import plot_km
     from pdl1_dls.report import save_figure, write_table
-    meds = []
+    meds, everyone = [], study.table()
     for name, o in {k: v for k, v in study.outcomes.items() if isinstance(v, dict)}.items():
-        t = study.table()
-        keep = [c for c in study.cohorts if o["time"] in t and t.loc[t["cohort"] == c, o["time"]].notna().sum() >= 2]
+        keep = [c for c in study.cohorts if o["time"] in everyone and everyone.loc[everyone["cohort"] == c, o["time"]].notna().sum() >= 2]
         if not keep: print(f"{name}: no cohort with two patients followed up"); continue
-        t = t[t["cohort"].isin(keep)]
+        t = everyone[everyone["cohort"].isin(keep)]
         fig, ax = plt.subplots(figsize=(6.5, 4.6))
         kp = plot_km(ax, t[o["time"]], t[o["event"]], t["cohort"], order=keep, stats=False, ylabel=f"{name.upper()} probability")
         ax.set_title(f"{name.upper()} by cohort", fontsize=10)

@@ -482,3 +482,22 @@ def test_reproduce_shows_the_kernels_progress(tmp_path, monkeypatch, shown, tiny
         assert any(t.startswith("models 0/2 model · train m0 ") for t in texts) and any("models 1/2 model · train m1" in t for t in texts)
     else:
         assert env["progress_file"] is None and texts == []
+
+
+def test_reproduction_notebooks_take_seed_and_n_boot_from_settings(tmp_path, monkeypatch):
+    "A reproduction notebook opened by hand uses settings.ini's seed and n_boot (reproduce injects its own): no literal defaults."
+    import nbformat
+    from pdl1_dls.report import declared_parameters, notebooks_dir
+    ini = tmp_path / "settings.ini"
+    ini.write_text("[pdl1_dls]\nseed = 7\nn_boot = 123\n")
+    monkeypatch.setenv("PDL1_DLS_SETTINGS", str(ini))
+    seen = 0
+    for nb in sorted(notebooks_dir().glob("*.ipynb")):
+        cell = "\n".join(c.source for c in nbformat.read(nb, as_version=4).cells if "parameters" in c.metadata.get("tags", []))
+        ns = {}
+        exec(cell, ns)
+        for k, want in (("seed", 7), ("n_boot", 123)):
+            if k in ns:
+                assert ns[k] == want, (nb.name, k, ns[k]); seen += 1
+        assert set(declared_parameters(nb, dict(seed=1, n_boot=2))) == {k for k in ("seed", "n_boot") if k in ns}, nb.name
+    assert seen >= 10

@@ -52,9 +52,8 @@ def small(tmp_path_factory):
 @pytest.mark.slow
 def test_small_study_learns_and_permutation_is_null(small, tmp_path):
     "The truth is learnable (val AUC >= 0.8); with permuted labels the val AUC is centred: mean over seeds 0-5 in 0.5 ± 0.1."
-    # One seed's null AUC scatters with SD ~0.1 on this study (nbs/30_train.ipynb, "The null control, measured": seeds
-    # 0-5 gave 0.507, 0.304, 0.411, 0.470, 0.467, 0.509), so a 3-seed mean misses 0.5 ± 0.1 for some triples; six seeds
-    # give the mean an SE of ~0.04.
+    # One seed's null AUC scatters with SD ~0.1 on this study (nbs/petct/12_pipeline.ipynb, "The null control, examined"), so a
+    # 3-seed mean misses 0.5 ± 0.1 for some triples; six seeds give the mean an SE of ~0.04.
     torch.set_num_threads(2)
     cache = tmp_path / "cache"
     m = train_study(small, tmp_path / "true", seed=0, cache_dir=cache, device="cpu")

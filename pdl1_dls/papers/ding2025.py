@@ -31,7 +31,7 @@ __all__ = ['SEQUENCES', 'MODEL_COLORS', 'KEY', 'NAMES', 'T1_VARS', 'T1_LEVELS', 
 # %% ../../nbs/papers/63_ding2025.ipynb #0ebc1fb2
 SEQUENCES = {"dls_t1": "T1WI", "dls_t2": "T2WI", "dls_ce_t1": "CE-T1WI", "dls": "DLS"}   # score column -> the paper's name
 MODEL_COLORS = dict(zip(SEQUENCES, group_colors(SEQUENCES.values())))   # the palette: the fused DLS red, the sequences after it
-KEY = {"dls_t1": "t1", "dls_t2": "t2", "dls_ce_t1": "ce_t1", "dls": "dls"}             # score column -> published key part
+KEY = {k: k.removeprefix("dls_") for k in SEQUENCES}   # score column -> published key part (and sequence key): t1, t2, ce_t1, dls
 NAMES = {"train": "Training", "internal": "Internal validation", "external": "External validation", "ici": "ICI"}
 
 def load(manifest,  # study manifest (path or `Study`)
@@ -284,7 +284,7 @@ def gradcam_patients(r: SimpleNamespace,  # `load`
 
 
 # %% ../../nbs/papers/63_ding2025.ipynb #ea300c50
-SEQ_NAMES = {"t1": "T1WI", "t2": "T2WI", "ce_t1": "CE-T1WI"}   # sequence key -> the paper's name
+SEQ_NAMES = {KEY[k]: v for k, v in SEQUENCES.items() if k != "dls"}   # sequence key -> the paper's name (t1 -> T1WI, ...)
 
 def fig4_gradcam(r: SimpleNamespace,  # `load`
                 ) -> pd.DataFrame:

@@ -519,6 +519,23 @@ def _rec_na(r, keys, cohorts, g, why):
     "Record the published numbers of group g that this study cannot give, with the reason."
     for k in keys: record_published(r, f"{k}.{g}", None, cohort="+".join(cohorts), note=why)
 
+def _group_rows(t, groups, need=()):
+    "Per analysis group: (name, its cohorts, the cohorts joined by '+', its patients with every `need` column present; none when a `need` column is absent)."
+    for g, cohorts in groups.items():
+        d = t[t["cohort"].isin(cohorts)]
+        yield g, cohorts, "+".join(cohorts), (d.dropna(subset=list(need)) if set(need) <= set(t) else t.iloc[0:0])
+
+def _rec_cor(r, key, g, x, c, note=""):
+    "Record a correlation `x` (r, lo, hi, p) as `key.g` and its p as `key_p.g`."
+    r.rec(f"{key}.{g}", x.r, lo=x.lo, hi=x.hi, cohort=c, note=note)
+    _rec_p(r, f"{key}_p.{g}", x.p, cohort=c)
+
+def _written(r, rows, name, title) -> pd.DataFrame:
+    "The rows as a table, written to the run as `name` when there are any."
+    tab = pd.DataFrame(rows)
+    if len(tab): write_table(tab, name, r.out_dir, title=title)
+    return tab
+
 
 # %% ../../nbs/papers/62_mu2021.ipynb #d0a46387
 _TPS_KEYS = ["spearman_dls_tps", "spearman_dls_tps_p", "spearman_suvmax_tps", "spearman_suvmax_tps_p"]
@@ -528,8 +545,7 @@ def assoc_tps(r: SimpleNamespace,  # `load`
              ) -> pd.DataFrame:
     "Spearman of the DLS and of SUVmax with the PD-L1 TPS per group, and the cocor comparison of the two dependent correlations (Steiger, Meng-Rosenthal-Rubin); recorded and written."
     rows = []
-    for g, cohorts in groups.items():
-        d = t[t["cohort"].isin(cohorts)].dropna(subset=["pdl1_tps", "suvmax"]) if {"pdl1_tps", "suvmax"} <= set(t) else t.iloc[0:0]
+    for g, cohorts, c, d in _group_rows(t, groups, need=("pdl1_tps", "suvmax")):
         if len(d) < 4:
             print(f"{g}: too few patients with TPS and SUVmax"); _rec_na(r, _TPS_KEYS, cohorts, g, f"{len(d)} patients with TPS and SUVmax (< 4)"); continue
         r1, r2, r3 = _safe(spearman, d["dls"], d["pdl1_tps"]), _safe(spearman, d["suvmax"], d["pdl1_tps"]), _safe(spearman, d["dls"], d["suvmax"])
@@ -537,15 +553,8 @@ def assoc_tps(r: SimpleNamespace,  # `load`
         cc = compare_correlations(r1.r, r2.r, r3.r, len(d))    # j = TPS, k = DLS, h = SUVmax
         rows.append(dict(group=g, n=len(d), rho_dls_tps=r1.r, p_dls_tps=r1.p, rho_suvmax_tps=r2.r, p_suvmax_tps=r2.p,
                          rho_dls_suvmax=r3.r, steiger_z=cc.steiger_z, steiger_p=cc.steiger_p, mrr_z=cc.mrr_z, mrr_p=cc.mrr_p))
-        c = "+".join(cohorts)
-        r.rec(f"spearman_dls_tps.{g}", r1.r, lo=r1.lo, hi=r1.hi, cohort=c)
-        r.rec(f"spearman_suvmax_tps.{g}", r2.r, lo=r2.lo, hi=r2.hi, cohort=c)
-        _rec_p(r, f"spearman_dls_tps_p.{g}", r1.p, cohort=c)
-        _rec_p(r, f"spearman_suvmax_tps_p.{g}", r2.p, cohort=c)
-    tab = pd.DataFrame(rows)
-    if len(tab):
-        write_table(tab, "mu2021_assoc_tps", r.out_dir, title="Spearman of DLS and SUVmax with PD-L1 TPS; cocor comparison (Steiger, Meng-Rosenthal-Rubin)")
-    return tab
+        _rec_cor(r, "spearman_dls_tps", g, r1, c); _rec_cor(r, "spearman_suvmax_tps", g, r2, c)
+    return _written(r, rows, "mu2021_assoc_tps", "Spearman of DLS and SUVmax with PD-L1 TPS; cocor comparison (Steiger, Meng-Rosenthal-Rubin)")
 
 
 # %% ../../nbs/papers/62_mu2021.ipynb #01f30099
@@ -575,15 +584,12 @@ def assoc_anova(r: SimpleNamespace,  # `load`
     "One-way ANOVA of the DLS across PD-L1 TPS groups (<1 %, 1-49 %, >=50 %) with Fisher's LSD post hoc per group; recorded, written, box plots."
     rows = []
     fig, axes = panels(len(groups), height=3.2)
-    for ax, (g, cohorts) in zip(axes, groups.items()):
-        d = t[t["cohort"].isin(cohorts) & t["pdl1_tps"].notna()].copy() if "pdl1_tps" in t else t.iloc[0:0]
+    for ax, (g, cohorts, _, d) in zip(axes, _group_rows(t, groups, need=("pdl1_tps",))):
         if d.empty: continue
-        d["tps_group"] = tps_group(d["pdl1_tps"])
+        d = d.assign(tps_group=tps_group(d["pdl1_tps"]))
         rows += _anova_rows(r, g, cohorts, d, [c for c in d["tps_group"].cat.categories if (d["tps_group"] == c).any()], ax)
     finish(fig, "mu2021_assoc_tps_groups", r.out_dir)
-    tab = pd.DataFrame(rows)
-    if len(tab): write_table(tab, "mu2021_assoc_anova_lsd", r.out_dir, title="DLS across PD-L1 TPS groups: one-way ANOVA and Fisher LSD")
-    return tab
+    return _written(r, rows, "mu2021_assoc_anova_lsd", "DLS across PD-L1 TPS groups: one-way ANOVA and Fisher LSD")
 
 
 # %% ../../nbs/papers/62_mu2021.ipynb #88ffac26
@@ -595,8 +601,7 @@ def assoc_metadata(r: SimpleNamespace,  # `load`
                   ) -> pd.DataFrame:
     "Correlation of the DLS with each characteristic per group: point-biserial for binary ones, Spearman otherwise (Fisher-z CIs); recorded and written."
     rows = []
-    for g, cohorts in groups.items():
-        d = t[t["cohort"].isin(cohorts)]
+    for g, cohorts, c, d in _group_rows(t, groups):
         for v, key in META_BIN + META_CONT:
             if v not in d: continue
             dd = d.dropna(subset=[v])
@@ -606,12 +611,8 @@ def assoc_metadata(r: SimpleNamespace,  # `load`
                 if key: _rec_na(r, [key, f"{key}_p"], cohorts, g, f"no correlation: {len(dd)} patients with {v}, or constant values")
                 continue
             rows.append(dict(group=g, variable=v, method=x.method, n=x.n, r=x.r, lo=x.lo, hi=x.hi, p=x.p))
-            if key:
-                r.rec(f"{key}.{g}", x.r, lo=x.lo, hi=x.hi, cohort="+".join(cohorts))
-                _rec_p(r, f"{key}_p.{g}", x.p, cohort="+".join(cohorts))
-    tab = pd.DataFrame(rows)
-    if len(tab): write_table(tab, "mu2021_assoc_metadata", r.out_dir, title="Correlation of the DLS with metadata (point-biserial for binary, Spearman otherwise; Fisher-z CI)")
-    return tab
+            if key: _rec_cor(r, key, g, x, c)
+    return _written(r, rows, "mu2021_assoc_metadata", "Correlation of the DLS with metadata (point-biserial for binary, Spearman otherwise; Fisher-z CI)")
 
 
 # %% ../../nbs/papers/62_mu2021.ipynb #6c32f91a
@@ -670,9 +671,8 @@ def assoc_ols(r: SimpleNamespace,  # `load`
     "Multivariable linear regression of the DLS on the characteristics per group, covariates chosen by `stepwise_ols` (standardised betas, adjusted R2, F of the selected model; every candidate's p to enter or stay); recorded and written."
     COV = [c for c in OLS_COV if c in t]
     rows = []
-    for g, cohorts in groups.items():
-        d = t[t["cohort"].isin(cohorts)].dropna(subset=COV + ["dls"])
-        cov, c = [v for v in COV if d[v].std() > 0], "+".join(cohorts)
+    for g, cohorts, c, d in _group_rows(t, groups, need=COV + ["dls"]):
+        cov = [v for v in COV if d[v].std() > 0]
         if len(d) <= len(cov) + 2:
             print(f"{g}: too few complete patients for the regression")
             _rec_na(r, _OLS_KEYS, cohorts, g, f"{len(d)} complete patients for {len(cov)} covariates"); continue
@@ -685,10 +685,8 @@ def assoc_ols(r: SimpleNamespace,  # `load`
                              n=len(d), adj_r2=sw.fit.rsquared_adj if sw.fit else np.nan, F=sw.fit.fvalue if sw.fit else np.nan,
                              F_p=sw.fit.f_pvalue if sw.fit else np.nan))
         _rec_ols(r, g, c, sw, len(cov))
-    tab = pd.DataFrame(rows)
-    if len(tab): write_table(tab, "mu2021_assoc_ols", r.out_dir, title="Stepwise multivariable OLS of the DLS on metadata (PIN 0.05, POUT 0.10; standardised betas; "
+    return _written(r, rows, "mu2021_assoc_ols", "Stepwise multivariable OLS of the DLS on metadata (PIN 0.05, POUT 0.10; standardised betas; "
                              "a left-out term's beta and p are those it would have on entering)")
-    return tab
 
 # %% ../../nbs/papers/62_mu2021.ipynb #feddfdd5
 def roi_volume_ml(roi,  # ROI mask (SimpleITK image): every voxel > 0 is inside
@@ -739,11 +737,10 @@ def _necrosis_row(r, g, cohorts, d, ax) -> dict:
         fit = _zols(dn, "dls", ["ratio"])
         row.update(rho_necrosis=x.r, lo=x.lo, hi=x.hi, p_necrosis=x.p, ols_beta=fit.params.iloc[1], ols_p=fit.pvalues.iloc[1],
                    ols_adj_r2=fit.rsquared_adj, ols_F=fit.fvalue)
-        r.rec(f"spearman_dls_necrosis.{g}", x.r, lo=x.lo, hi=x.hi, cohort=c, note=f"{len(dn)} patients with necrosis")
+        _rec_cor(r, "spearman_dls_necrosis", g, x, c, note=f"{len(dn)} patients with necrosis")
         r.rec(f"necrosis_ols_adj_r2.{g}", fit.rsquared_adj, cohort=c)
         r.rec(f"necrosis_ols_f.{g}", fit.fvalue, cohort=c)
         r.rec(f"necrosis_ols_coef.{g}", fit.params.iloc[1], cohort=c, note="standardised beta")
-        _rec_p(r, f"spearman_dls_necrosis_p.{g}", x.p, cohort=c)
         _rec_p(r, f"necrosis_ols_p.{g}", fit.f_pvalue, cohort=c, note="F-test of the regression")
         _rec_p(r, f"necrosis_ols_coef_p.{g}", fit.pvalues.iloc[1], cohort=c, note="t test of the coefficient")
         ax.scatter(dn["ratio"], dn["dls"], s=10); ax.set_xlabel("necrosis / global tumour volume (PET)"); ax.set_ylabel("DLS")
@@ -754,8 +751,7 @@ def _necrosis_row(r, g, cohorts, d, ax) -> dict:
     v = _safe(spearman, d["roi_volume_ml"], d["dls"]) if len(d) >= 4 else None
     if v:
         row.update(rho_volume=v.r, volume_lo=v.lo, volume_hi=v.hi, p_volume=v.p)
-        r.rec(f"spearman_dls_volume.{g}", v.r, lo=v.lo, hi=v.hi, cohort=c, note="tumour volume: the ROI's voxels x voxel volume")
-        _rec_p(r, f"spearman_dls_volume_p.{g}", v.p, cohort=c)
+        _rec_cor(r, "spearman_dls_volume", g, v, c, note="tumour volume: the ROI's voxels x voxel volume")
     else:
         _rec_na(r, ["spearman_dls_volume", "spearman_dls_volume_p"], cohorts, g, f"{len(d)} patients with an ROI volume (< 4) or constant values")
     return row
@@ -767,12 +763,10 @@ def assoc_necrosis(r: SimpleNamespace,  # `load`
     "The DLS against the PET necrosis ratio and the tumour (ROI) volume per group; recorded, written, scatter plots."
     tn = t.merge(nec[["patient_id", "ratio", "global_ml", "necrosis_ml", "roi_volume_ml"]], on="patient_id", how="inner") if len(nec) else t.iloc[0:0]
     fig, axes = panels(len(groups), height=3.2)
-    rows = [_necrosis_row(r, g, cohorts, tn[tn["cohort"].isin(cohorts)], ax) for ax, (g, cohorts) in zip(axes, groups.items())]
+    rows = [_necrosis_row(r, g, cohorts, d, ax) for ax, (g, cohorts, _, d) in zip(axes, _group_rows(tn, groups))]
     finish(fig, "mu2021_assoc_necrosis", r.out_dir)
-    tab = pd.DataFrame(rows)
-    write_table(tab, "mu2021_assoc_necrosis_volume", r.out_dir,
-                title="DLS vs PET necrosis ratio (Spearman, patients with necrosis; univariable standardised OLS) and vs the ROI volume (Spearman)")
-    return tab
+    return _written(r, rows, "mu2021_assoc_necrosis_volume",
+                    "DLS vs PET necrosis ratio (Spearman, patients with necrosis; univariable standardised OLS) and vs the ROI volume (Spearman)")
 
 
 # %% ../../nbs/papers/62_mu2021.ipynb #796c57d6
