@@ -30,7 +30,8 @@ __all__ = ['GRID_TOL', 'strip_metadata', 'read_image', 'file_stamp', 'cache_key'
            'read_pet_suv', 'list_rtstruct_rois', 'pick_structure', 'read_rtstruct', 'read_seg', 'dicom_modality',
            'read_roi', 'same_grid', 'check_same_grid', 'resample_to', 'resample_mask', 'physical_bounds',
            'overlap_fraction', 'check_overlap', 'same_axes', 'check_covers', 'check_same_frame', 'resample_pet_to_ct',
-           'read_mask', 'dice', 'npz_memmap', 'ChannelView', 'channel_view', 'read_rows', 'stack_slices', 'SliceStore']
+           'read_mask', 'dice', 'npz_read', 'npz_memmap', 'ChannelView', 'channel_view', 'read_rows', 'stack_slices',
+           'SliceStore']
 
 # %% ../nbs/02_io.ipynb #ac00fa06
 GRID_TOL = 1e-3  # the one geometry tolerance: mm for spacing and origin, cosine for direction
@@ -767,38 +768,59 @@ def _open_file_limit(raise_soft: bool = False) -> int:
             soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
     return soft
 
-def npz_memmap(path: str | os.PathLike,  # an .npz written by `np.savez` (not `savez_compressed`)
-               name: str,  # the array's name in it
-              ) -> np.ndarray:
-    "Read-only `np.memmap` of one array of an uncompressed .npz, at its offset in the file: nothing is read until it is indexed."
+def npz_read(path: str | os.PathLike,  # an .npz written by `np.savez`
+             names: Sequence[str] | None = None,  # the arrays wanted (default: all of them)
+             mapped: Sequence[str] = (),  # of those, the ones to memory-map (uncompressed members; nothing of them is read)
+            ) -> dict:
+    "{name: array} of an .npz through one open file: the `mapped` ones as read-only `np.memmap`s at their offsets in the file, the others read."
     # every map holds an open file, so a streamed cohort holds one per patient: Linux's usual soft limit of 1,024 would stop
     # a cohort of ~1,000 patients, hence the soft limit is lifted to the hard one, and running out is a one-line error
     global _LIMIT_LIFTED
-    if not _LIMIT_LIFTED: _open_file_limit(raise_soft=True); _LIMIT_LIFTED = True
-    try: return _npz_memmap(path, name)
+    if mapped and not _LIMIT_LIFTED: _open_file_limit(raise_soft=True); _LIMIT_LIFTED = True
+    try: return _npz_read(path, names, set(mapped))
     except OSError as e:
         if e.errno != errno.EMFILE: raise
         raise PDL1Error(f"too many open files (limit {_open_file_limit()}): a streamed cohort keeps every patient's cache entry open; "
                         "raise the limit (ulimit -n) or load the cohort in memory (in_memory=True)", file=path) from None
 
+def npz_memmap(path: str | os.PathLike,  # an .npz written by `np.savez` (not `savez_compressed`)
+               name: str,  # the array's name in it
+              ) -> np.ndarray:
+    "Read-only `np.memmap` of one array of an uncompressed .npz, at its offset in the file: nothing is read until it is indexed."
+    return npz_read(path, [name], [name])[name]
+
 _LIMIT_LIFTED = False
 
-def _npz_memmap(path, name):
+def _npz_read(path, names, mapped: set) -> dict:
+    import zipfile
+    with open(path, "rb") as f, zipfile.ZipFile(f) as z:
+        names = [n[:-4] for n in z.namelist() if n.endswith(".npy")] if names is None else list(names)
+        if mapped - set(names): raise KeyError(f"{', '.join(sorted(mapped - set(names)))}: not among the arrays asked for")
+        out = {}
+        for name in names:
+            info = z.getinfo(f"{name}.npy")             # KeyError when the entry has no such array
+            if name in mapped: out[name] = _member_map(f, info, path, name)
+            else:
+                with z.open(info) as m: out[name] = np.lib.format.read_array(m, allow_pickle=False)
+    return out
+
+def _member_map(f, info, path, name):
+    "A read-only map of one stored member of the zip open as `f` (the map keeps its own handle on the file)."
     import struct, zipfile
-    with zipfile.ZipFile(path) as z: info = z.getinfo(f"{name}.npy")
     if info.compress_type != zipfile.ZIP_STORED: raise ValueError(f"{name} is compressed in {path}: cannot memory-map it")
     fmt = np.lib.format
-    with open(path, "rb") as f:
-        f.seek(info.header_offset)
-        head = f.read(30)
-        if head[:4] != b"PK\x03\x04": raise ValueError(f"{path}: no zip entry header for {name}")
-        f.seek(info.header_offset + 30 + sum(struct.unpack("<HH", head[26:30])))   # past the name and extra fields
-        version = fmt.read_magic(f)
-        shape, fortran, dtype = (fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0)(f)
-        offset = f.tell()
+    f.seek(info.header_offset)
+    head = f.read(30)
+    if head[:4] != b"PK\x03\x04": raise ValueError(f"{path}: no zip entry header for {name}")
+    f.seek(info.header_offset + 30 + sum(struct.unpack("<HH", head[26:30])))   # past the name and extra fields
+    version = fmt.read_magic(f)
+    shape, fortran, dtype = (fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0)(f)
+    offset = f.tell()
     if dtype.hasobject: raise ValueError(f"{name} in {path} holds Python objects")
     if not np.prod(shape): return np.zeros(shape, dtype)
-    return np.memmap(path, dtype=dtype, mode="r", shape=shape, order="F" if fortran else "C", offset=offset)
+    m = np.memmap(f, dtype=dtype, mode="r", shape=shape, order="F" if fortran else "C", offset=offset)
+    m.filename = Path(path).resolve()                   # the file by name (as `np.memmap(path)` records it): `read_rows` reads it
+    return m
 
 # %% ../nbs/02_io.ipynb #02bd9dbc
 class ChannelView:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .core import PDL1Error, get_settings, progress
+from .core import PDL1Error, progress
 
 # %% auto #0
 __all__ = ['THREAD_ENV', 'pin_threads', 'dask_client', 'map_tasks', 'cache_plan', 'preprocess_study', 'failure_lines']
@@ -85,57 +85,31 @@ def map_tasks(client,  # a `distributed.Client` (see `dask_client`)
     return out
 
 # %% ../nbs/08_scale.ipynb #53c77aec
-def _mri_params(cfg):
-    "The cache parameters of an MRI training configuration (what `train_mri_study` and the MRI scorer pass to `mri_cohort`)."
-    from pdl1_dls.mri.preprocess import MRIParams
-    return MRIParams(size=cfg.size, margin_mm=cfg.margin_mm, sequences=tuple(cfg.sequences))
-
 def cache_plan(study,  # a `pdl1_dls.manifest.Study`
                model=None,  # a bundle (`pdl1_dls.training.load_model`) whose recorded preprocessing is used; None: training's
                quick: bool = False,  # MRI: the `quick` training profile
                profile: str | None = None,  # MRI: the training profile; default the manifest's `train.profile`, else paper
                cache_dir=None,  # the cache folder; default settings.cache_dir/<modality>/<study name>
               ) -> dict:
-    "What the pipeline of the study's modality reads from the per-patient cache: {modality, cache_dir, params}."
-    m = study.modality
-    if model is not None and model.modality != m:
-        raise PDL1Error(f"the bundle is a {model.modality} model, the study is {m}", file=model.path)
-    if m == "petct":
-        from pdl1_dls.petct.pipeline import _default_cache
-        from pdl1_dls.petct.preprocess import bundle_preprocessing, study_preprocessing
-        # what train (the manifest's preprocess: block) or score (the bundle's values) would build, so the cache hits
-        params = bundle_preprocessing(model.meta.get("preprocessing"), study) if model is not None else study_preprocessing(study)
-        return dict(modality=m, cache_dir=_default_cache(study, cache_dir), params=params)
-    if m == "mri":
-        from pdl1_dls.mri.pipeline import MRITrainConfig
-        from pdl1_dls.training import manifest_train_settings
-        if model is not None:
-            cfg = MRITrainConfig(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in model.meta["config"].items()})
-        else:
-            st = manifest_train_settings(study)
-            prof = profile or st.pop("profile", None)
-            st.pop("profile", None)
-            cfg = MRITrainConfig.make(quick, prof, **{k: v for k, v in st.items() if k in MRITrainConfig.__dataclass_fields__})
-        cache = Path(cache_dir) if cache_dir is not None else Path(get_settings().cache_dir) / "mri" / study.name
-        return dict(modality=m, cache_dir=cache, params=_mri_params(cfg))
-    raise PDL1Error(f"no per-patient preprocessing for modality {m!r}", file=study.path)
+    "What the pipeline of the study's modality reads from the per-patient cache: {modality, cache_dir, params} (its `cache_plan`)."
+    from pdl1_dls.training import pipeline_of
+    if model is not None and model.modality != study.modality:
+        raise PDL1Error(f"the bundle is a {model.modality} model, the study is {study.modality}", file=model.path)
+    pipe = pipeline_of(study)
+    if pipe is None: raise PDL1Error(f"no per-patient preprocessing for modality {study.modality!r}", file=study.path)
+    return pipe.cache_plan(study, model, quick, profile, cache_dir)
 
 # %% ../nbs/08_scale.ipynb #b0e577b0
 def _patient_task(row: dict,  # one row of the study table
-                  modality: str,  # "petct" or "mri"
+                  modality: str,  # the study's modality: the task looks its pipeline up (`training.pipeline`)
                   cache_dir: str,  # the cache folder
-                  params,  # hyper-image parameters (dict) or `MRIParams`
+                  params,  # the plan's parameters (`cache_plan`)
                  ) -> dict:
-    "Fill one patient's cache entry with the cohort builder itself (on a one-row table): a status record, never the arrays."
+    "Fill one patient's cache entry with the pipeline's own builder (its `fill_cache`, on a one-row table): a status record, never the arrays."
+    from pdl1_dls.training import pipeline
     pin_threads()
     t0 = time.perf_counter()
-    table = pd.DataFrame([row])
-    if modality == "petct":
-        from pdl1_dls.petct.preprocess import build_hyperimages
-        _, skipped = build_hyperimages(table, cache_dir, progress=False, **params)
-    else:
-        from pdl1_dls.mri.preprocess import mri_cohort
-        _, _, skipped = mri_cohort(table, cache_dir, params)
+    skipped = pipeline(modality).fill_cache(pd.DataFrame([row]), cache_dir, params)
     r = dict(name=str(row["patient_id"]), cohort=row.get("cohort"), ok=not len(skipped), file=None, reason="")
     if len(skipped):
         s = skipped.iloc[0]

@@ -251,3 +251,60 @@ def test_streamed_cohort_beyond_the_usual_open_file_limit(tmp_path):
     assert out[:2] == ["ok", str(want)] and int(out[2]) == 4096, out
     out = " ".join(run(256, 256))
     assert out.startswith("error ") and "too many open files (limit 256)" in out and "ulimit -n" in out and ".npz" in out, out
+
+
+# ---------------------------------------------------------------- a cache hit opens its entry once
+def _count_opens(monkeypatch, path) -> list:
+    "Every open of `path` through `pdl1_dls.io` (where the cache readers open entries) while the test runs; np.load refused."
+    import builtins
+    import pdl1_dls.io as io_mod
+    seen, target = [], str(path)
+    def counting(f, *a, **kw):
+        if str(f) == target: seen.append(f)
+        return builtins.open(f, *a, **kw)
+    def no_load(*a, **kw): raise AssertionError("a cache hit went through np.load")
+    monkeypatch.setattr(io_mod, "open", counting, raising=False)
+    monkeypatch.setattr(np, "load", no_load)
+    return seen
+
+
+@pytest.mark.parametrize("mmap", [False, True])
+def test_mri_cache_hit_opens_the_entry_once(mri_toy, tmp_path, monkeypatch, mmap):
+    "cached_mri_slices on a hit opens the .npz once (meta read, x read or mapped), with the values of the first call."
+    from pdl1_dls.mri.preprocess import MRIParams, cached_mri_slices
+    d, tab = mri_toy
+    row, p = tab.iloc[0], MRIParams(size=24)
+    args = ({k: row[k] for k in ("t1", "t2", "ce_t1")}, row["roi"], tmp_path / "c", p, row["patient_id"])
+    x0, m0 = cached_mri_slices(*args)
+    (entry,) = (tmp_path / "c").glob("*.npz")
+    before = entry.stat()
+    with monkeypatch.context() as mp:
+        seen = _count_opens(mp, entry)
+        x, m = cached_mri_slices(*args, mmap=mmap)
+    assert (entry.stat().st_ino, entry.stat().st_mtime_ns) == (before.st_ino, before.st_mtime_ns)   # read, not rewritten
+    assert len(seen) == 1 and isinstance(x, np.memmap) == mmap and np.array_equal(x, x0) and m == m0
+    if mmap: assert _file_backed(x) and Path(x.filename) == entry.resolve()
+
+
+@pytest.mark.parametrize("mmap", [False, True])
+def test_petct_cache_hit_opens_the_entry_once(tiny, tmp_path, monkeypatch, mmap):
+    "patient_hyperimages on a hit opens the .npz once (small arrays and meta read, images read or mapped); a garbled entry is rebuilt."
+    from pdl1_dls.manifest import load_study
+    from pdl1_dls.petct.preprocess import patient_hyperimages
+    r = load_study(tiny).table().iloc[0]
+    args = (r["patient_id"], r["pet"], r["ct"], r["roi"])
+    h0 = patient_hyperimages(*args, cache_dir=tmp_path / "c")
+    (entry,) = (tmp_path / "c").glob("*.npz")
+    before = entry.stat()
+    with monkeypatch.context() as mp:
+        seen = _count_opens(mp, entry)
+        h = patient_hyperimages(*args, cache_dir=tmp_path / "c", mmap=mmap)
+    assert (entry.stat().st_ino, entry.stat().st_mtime_ns) == (before.st_ino, before.st_mtime_ns)   # read, not rewritten
+    assert len(seen) == 1 and isinstance(h.images, np.memmap) == mmap
+    for k in ("images", "slices", "centres", "ssm_side_mm", "crop_mm", "ssm_area_mm2", "all_slices", "all_areas_mm2"):
+        assert np.array_equal(getattr(h, k), getattr(h0, k)), k
+    assert (h.spacing, h.params, h.channels) == (h0.spacing, h0.params, h0.channels)
+    del h
+    entry.write_bytes(b"not a zip file" * 10)                       # a garbled entry: rebuilt, the same values, whole again
+    h2 = patient_hyperimages(*args, cache_dir=tmp_path / "c", mmap=mmap)
+    assert np.array_equal(h2.images, h0.images) and entry.stat().st_size > 140

@@ -225,3 +225,105 @@ def test_scale_benchmark_rows(tiny_petct, tmp_path):
     assert rows[0]["x_ref"] == 1.0 and all(r["patients"] == 4 and r["per_s"] > 0 for r in rows)
     assert all(r["identical"] == "yes" for r in rows)
     bench.print_table(rows, 1)
+
+
+# ---- the cache plan is the pipelines' ----
+
+@pytest.fixture(scope="module")
+def tiny_mri(tmp_path_factory):
+    from pdl1_dls.synth import make_mri_study
+    return make_mri_study(tmp_path_factory.mktemp("scale") / "mri", scale="tiny", seed=0)
+
+
+def _bundle(modality, **meta):
+    from pdl1_dls.training import Model
+    return Model(Path("/nowhere") / f"{modality}_bundle", {"modality": modality, **meta})
+
+
+PAPER_HYPER = {"dilation_mm": 20.0, "keep_fraction": 0.3, "size": 64, "suv_window": [0.0, 15.0], "hu_window": [-1000.0, 400.0],
+               "alpha": 1.0, "fusion": "add", "label": None}   # the hyper-image parameters training uses without a preprocess: block
+
+
+def test_cache_plan_is_the_pipelines_plan(tiny_petct, tiny_mri):
+    "scale.cache_plan is the study's pipeline's cache_plan (training's and a bundle's), with today's parameters and folders."
+    import dataclasses
+    from pdl1_dls.core import get_settings
+    from pdl1_dls.manifest import load_study
+    from pdl1_dls.mri.pipeline import MRITrainConfig
+    from pdl1_dls.mri.preprocess import MRIParams
+    from pdl1_dls.petct.preprocess import preprocess_params
+    from pdl1_dls.scale import cache_plan
+    from pdl1_dls.training import pipeline, pipeline_of
+    pet, mri = load_study(tiny_petct), load_study(tiny_mri)
+    root = Path(get_settings().cache_dir)
+    assert pipeline_of(pet) is pipeline("petct") and pipeline_of(mri) is pipeline("mri")
+    cfg = {k: (list(v) if isinstance(v, tuple) else v)
+           for k, v in dataclasses.asdict(MRITrainConfig.make(profile="cpu", size=80, sequences=("t1", "t2"))).items()}
+    cases = [(pet, {}), (pet, dict(cache_dir="/c/p")), (pet, dict(model=_bundle("petct", preprocessing=preprocess_params({"suv_window": [0, 10]})))),
+             (mri, {}), (mri, dict(quick=True)), (mri, dict(profile="cpu", cache_dir="/c/m")), (mri, dict(model=_bundle("mri", config=cfg)))]
+    for study, kw in cases:
+        plan = cache_plan(study, **kw)
+        assert plan == pipeline_of(study).cache_plan(study, **kw), (study.modality, kw)
+        assert plan["modality"] == study.modality and isinstance(plan["cache_dir"], Path)
+        want_dir = Path(kw["cache_dir"]) if "cache_dir" in kw else root / study.modality / study.name
+        assert plan["cache_dir"] == want_dir
+    # the numbers of the key: PET/CT the paper's hyper-image settings (or the bundle's), MRI the profile's size/margin/sequences
+    assert cache_plan(pet)["params"] == PAPER_HYPER
+    assert cache_plan(pet, _bundle("petct", preprocessing=preprocess_params({"suv_window": [0, 10]})))["params"] == \
+        {**PAPER_HYPER, "suv_window": [0.0, 10.0]}
+    assert cache_plan(pet, _bundle("petct"))["params"] == PAPER_HYPER                  # a bundle recording nothing: the paper's
+    for kw, size in ((dict(quick=True), 64), (dict(profile="cpu"), 64), (dict(profile="paper"), 224), ({}, 224)):
+        c = MRITrainConfig.make(**kw)
+        got = cache_plan(mri, **kw)["params"]
+        assert got == MRIParams(size=c.size, margin_mm=c.margin_mm, sequences=tuple(c.sequences)) and got.size == size, kw
+        assert got.key() == {"size": size, "margin_mm": 10.0, "pct": [0.5, 99.5], "range_region": "union", "zscore": "none",
+                             "roi_resample": False, "sequences": ["t1", "t2", "ce_t1"], "version": 4}
+    assert cache_plan(mri, _bundle("mri", config=cfg), quick=True)["params"] == MRIParams(size=80, margin_mm=10.0, sequences=("t1", "t2"))
+
+
+def test_cache_plan_refuses_a_bundle_of_the_other_modality(tiny_petct, tiny_mri):
+    "A bundle of the other modality, and a study without images: one-line PDL1Errors naming the file."
+    import dataclasses
+    from pdl1_dls.core import PDL1Error
+    from pdl1_dls.manifest import load_study
+    from pdl1_dls.scale import cache_plan
+    pet, mri = load_study(tiny_petct), load_study(tiny_mri)
+    for study, other in ((pet, "mri"), (mri, "petct")):
+        with pytest.raises(PDL1Error) as e: cache_plan(study, _bundle(other))
+        line = e.value.line()
+        assert f"the bundle is a {other} model, the study is {study.modality}" in line and f"{other}_bundle" in line and "\n" not in line
+    with pytest.raises(PDL1Error, match="no per-patient preprocessing for modality 'clinical'"):
+        cache_plan(dataclasses.replace(pet, modality="clinical"))
+
+
+def test_patient_task_writes_what_the_trainers_read(tiny_petct, tiny_mri, tmp_path):
+    "One patient's task (the function Dask runs) writes the entry the trainer's builder reads: same name, nothing rebuilt; its arguments pickle."
+    import pickle
+    from pdl1_dls.manifest import load_study
+    from pdl1_dls.mri.pipeline import MRITrainConfig, PIPELINE as MRI
+    from pdl1_dls.mri.preprocess import mri_cohort
+    from pdl1_dls.petct.pipeline import _hyper
+    from pdl1_dls.scale import _patient_task, cache_plan
+    assert pickle.loads(pickle.dumps(_patient_task)) is _patient_task                  # module level: the workers import it
+    for study, kw in ((load_study(tiny_petct), {}), (load_study(tiny_mri), dict(quick=True))):
+        plan = cache_plan(study, cache_dir=tmp_path / study.modality, **kw)
+        rows = [{k: (None if isinstance(v, float) and v != v else v) for k, v in r.items()} for r in study.table().head(2).to_dict("records")]
+        args = dict(modality=plan["modality"], cache_dir=str(plan["cache_dir"]), params=plan["params"])
+        assert pickle.loads(pickle.dumps((rows[0], args))) == (rows[0], args)
+        recs = [_patient_task(r, **args) for r in rows]
+        assert [(r["name"], r["ok"], r["reason"]) for r in recs] == [(str(r["patient_id"]), True, "") for r in rows]
+        written = _files(plan["cache_dir"])
+        assert len(written) == 2
+        t = study.table().head(2)
+        if study.modality == "petct": _hyper(study, t, plan["cache_dir"], plan["params"])   # what train_study / score call
+        else: mri_cohort(t, plan["cache_dir"], MRI._params(MRITrainConfig.make(quick=True)), mmap=True)   # train_mri_study
+        assert _files(plan["cache_dir"]) == written
+
+
+def test_scale_never_names_a_modality():
+    "scale.py holds no modality's name as a value (a branch on it would need one): the pipelines own what they cache."
+    import ast
+    import inspect
+    import pdl1_dls.scale as S
+    values = {n.value for n in ast.walk(ast.parse(inspect.getsource(S))) if isinstance(n, ast.Constant) and isinstance(n.value, str)}
+    assert not values & {"petct", "mri"}

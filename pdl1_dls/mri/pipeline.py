@@ -501,7 +501,7 @@ def train_mri_study(study_or_path,  # manifest path, `pdl1_dls.manifest.Study`, 
         warnings.warn(f"{cfg.backbone}: no ImageNet weights file given; the CNNs start from random weights", stacklevel=2)
     out_dir = Path(out_dir); out_dir.mkdir(parents=True, exist_ok=True)
     cache = Path(cache_dir) if cache_dir is not None else PIPELINE.cache_dir(name)
-    params = MRIParams(size=cfg.size, margin_mm=cfg.margin_mm, sequences=tuple(cfg.sequences))
+    params = PIPELINE._params(cfg)
     with main_first(): X, meta, skipped = mri_cohort(table, cache, params, mmap=not in_memory)   # rank 0 fills the cache, the others read it
     if in_memory: X = MRIInputs(X)                          # the stacked array behind the same reads
     refuse_skipped(skipped, skip_bad)
@@ -639,6 +639,7 @@ class MRIPipeline:
         return MRIRun.load(model.path, model.meta)
 
     def _params(self, cfg: MRITrainConfig) -> MRIParams:
+        "The cache parameters of a configuration, the one place they are made: what training, scoring, `predict` and `cache_plan` use."
         return MRIParams(size=cfg.size, margin_mm=cfg.margin_mm, sequences=tuple(cfg.sequences))
 
     def score(self, model, study, cohorts=None, device=None, skip_bad=False, cache_dir=None) -> dict:
@@ -686,6 +687,22 @@ class MRIPipeline:
     def complete_table(self, table: pd.DataFrame, study) -> pd.DataFrame:
         "The analyses' table as it is: an MRI study's clinical table has nothing measured from the images to add."
         return table
+
+    # What `pdl1_dls.scale` (`pdl1-dls preprocess`) asks of a pipeline: the per-patient cache, filled patient by patient
+    def cache_plan(self, study, model=None, quick: bool = False, profile: str | None = None, cache_dir=None) -> dict:
+        "What `train_mri_study` (`model=None`: the profile `quick`, else `profile`, else the manifest's `train:` block, else paper) or scoring `model` (its config) reads from the cache: {modality, cache_dir, params}."
+        if model is not None: cfg = MRIRun.config(model.meta)
+        else:
+            st = manifest_train_settings(study)
+            prof = profile or st.pop("profile", None)
+            st.pop("profile", None)
+            cfg = MRITrainConfig.make(quick, prof, **{k: v for k, v in st.items() if k in MRITrainConfig.__dataclass_fields__})
+        cache = Path(cache_dir) if cache_dir is not None else self.cache_dir(study.name)
+        return dict(modality=self.modality, cache_dir=cache, params=self._params(cfg))
+
+    def fill_cache(self, table: pd.DataFrame, cache_dir, params: MRIParams) -> pd.DataFrame:
+        "Write the cache entries of a table's patients with the builder training and scoring use (`mri_cohort`); the skipped patients with reasons."
+        return mri_cohort(table, cache_dir, params)[2]
 
     def cache_dir(self, study: str, root=None) -> Path:
         "Where the per-patient 2.5D inputs of a study are cached: `root` (default: settings cache_dir)/mri/<study>."

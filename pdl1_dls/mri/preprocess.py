@@ -18,8 +18,8 @@ import pandas as pd
 import SimpleITK as sitk
 
 from ..core import PDL1Error, atomic_path, progress
-from ..io import (SliceStore, check_covers, check_same_frame, file_stamp, npz_memmap, physical_bounds, read_image, read_roi,
-                         read_rows, same_axes, same_grid)
+from ..io import (SliceStore, check_covers, check_same_frame, file_stamp, npz_memmap, npz_read, physical_bounds,
+                         read_image, read_roi, read_rows, same_axes, same_grid)
 
 SEQUENCES = ("t1", "t2", "ce_t1")  # sequence keys of the manifest, in model order
 PLANES = ("axial", "coronal", "sagittal")  # plane order within a sequence
@@ -216,7 +216,7 @@ def cached_mri_slices(images: dict,  # sequence key -> image path
                       params: MRIParams | None = None,  # preprocessing parameters
                       patient: str = "patient",  # patient_id (file name and error messages)
                       roi_name: str | None = None,  # RTSTRUCT/SEG structure or label value; default: the only one
-                      mmap: bool = False,  # `x` as a read-only memory map of the cache entry (`pdl1_dls.io.npz_memmap`): nothing read until used
+                      mmap: bool = False,  # `x` as a read-only memory map of the cache entry (`pdl1_dls.io.npz_read`): nothing read until used
                      ) -> tuple[np.ndarray, dict]:
     "`mri_slices` through a per-patient cache keyed by file hashes and parameters."
     p = params or MRIParams()
@@ -229,8 +229,10 @@ def cached_mri_slices(images: dict,  # sequence key -> image path
     safe = re.sub(r"[^A-Za-z0-9_.-]", "_", str(patient))
     path = Path(cache_dir) / f"{safe}_{key[:20]}.npz"
     if path.is_file():
-        try:
-            with np.load(path, allow_pickle=False) as z: return (npz_memmap(path, "x") if mmap else z["x"]), json.loads(str(z["meta"]))
+        try:   # the entry opened once: `meta` read, `x` read or mapped
+            z = npz_read(path, ("x", "meta"), mapped=("x",) if mmap else ())
+            return z["x"], json.loads(str(z["meta"]))
+        except PDL1Error: raise  # out of open files: the entry is fine, recomputing it would not help
         except Exception: pass  # unreadable cache entry: recompute
     x, meta = mri_slices(images, roi, p, patient, roi_name)
     meta["cache_key"] = key

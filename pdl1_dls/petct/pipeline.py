@@ -505,6 +505,18 @@ class PETCTPipeline:
         from pdl1_dls.petct.preprocess import fill_suvmax
         return fill_suvmax(table, cache_dir=self.cache_dir(study.name))
 
+    # What `pdl1_dls.scale` (`pdl1-dls preprocess`) asks of a pipeline: the per-patient cache, filled patient by patient
+    def cache_plan(self, study, model=None, quick: bool = False, profile: str | None = None, cache_dir=None) -> dict:
+        "What `train_study` (`model=None`: the manifest's `preprocess:` block) or scoring `model` (its recorded values) reads from the cache: {modality, cache_dir, params}; `quick` and `profile` are the MRI pipeline's."
+        from pdl1_dls.petct.preprocess import bundle_preprocessing, study_preprocessing
+        params = bundle_preprocessing(model.meta.get("preprocessing"), study) if model is not None else study_preprocessing(study)
+        return dict(modality=self.modality, cache_dir=_default_cache(study, cache_dir), params=params)
+
+    def fill_cache(self, table: pd.DataFrame, cache_dir, params: dict) -> pd.DataFrame:
+        "Write the cache entries of a table's patients with the builder training and scoring use (`build_hyperimages`); the skipped patients with reasons."
+        from pdl1_dls.petct.preprocess import build_hyperimages
+        return build_hyperimages(table, cache_dir, progress=False, **params)[1]
+
     # What the Grad-CAM explorer (`pdl1_dls.explore.GradcamExplorer`) asks of a pipeline
     def cache_dir(self, study: str, root=None) -> Path:
         "Where the per-patient hyper-images of a study are cached: `root` (default: settings cache_dir)/petct/<study>."

@@ -25,7 +25,7 @@ from scipy import ndimage
 
 import pdl1_dls
 from ..core import PDL1Error, atomic_path, look_up_option, progress, sha256
-from ..io import check_overlap, npz_memmap, read_image, read_pet_suv, read_roi, resample_to, same_grid
+from ..io import check_overlap, npz_memmap, npz_read, read_image, read_pet_suv, read_roi, resample_to, same_grid
 
 # %% auto #0
 __all__ = ['CHANNELS', 'DEFAULTS', 'CACHE_FORMAT', 'PREPROCESS_KEYS', 'pet_coverage', 'square_masks', 'crop_resize', 'window',
@@ -207,13 +207,11 @@ class HyperImages:
 
     @classmethod
     def load(cls, path: str | os.PathLike,
-             mmap: bool = False,  # `images` as a read-only memory map of the file (`npz_memmap`): nothing read until indexed
+             mmap: bool = False,  # `images` as a read-only memory map of the file (`npz_read`): nothing read until indexed
             ) -> "HyperImages":
-        "Read an .npz written by `save`."
-        with np.load(path, allow_pickle=False) as z:
-            meta = json.loads(str(z["meta"]))
-            arrays = {k: z[k] for k in z.files if k != "meta" and not (mmap and k == "images")}
-        if mmap: arrays["images"] = npz_memmap(path, "images")
+        "Read an .npz written by `save` (the file opened once: the small arrays read, `images` read or mapped)."
+        arrays = npz_read(path, mapped=("images",) if mmap else ())
+        meta = json.loads(str(arrays.pop("meta")))
         return cls(**arrays, spacing=tuple(meta["spacing"]), pet_coverage=meta["pet_coverage"],
                    params=meta["params"], patient=meta["patient"], channels=tuple(meta["channels"]))
 
@@ -372,6 +370,7 @@ def patient_hyperimages(patient_id: str,  # pseudonymous patient_id
             try:
                 hi = HyperImages.load(f, mmap); hi.patient = patient_id
                 return hi
+            except PDL1Error: raise  # out of open files: the entry is fine, rebuilding it would not help
             except Exception:  # unreadable entry (e.g. disk trouble): rebuild it
                 pass
     imgs = {k: _read(paths[k], k, patient_id) for k in ("pet", "ct")}
