@@ -35,7 +35,7 @@ from .models import FeatureReducer, FusionTransformer, SequenceNet, extract_feat
 # %% auto #0
 __all__ = ['PAPER_METHOD', 'MRITRAIN_PROFILES', 'ZSCORE_CHUNK', 'RESUME', 'PIPELINE', 'toy_mri_table', 'MRITrainConfig',
            'deviations', 'fit_sequence', 'fit_fusion', 'zscore_stats', 'MRIMember', 'MRIRun', 'n_members',
-           'crossfit_plan', 'train_mri_study', 'MRIPipeline']
+           'crossfit_plan', 'study_config', 'train_mri_study', 'MRIPipeline']
 
 # %% ../../nbs/mri/22_pipeline.ipynb #18c77e5a
 def toy_mri_table(root,  # folder for the NIfTI files
@@ -461,6 +461,16 @@ class _Finished:
 
 
 # %% ../../nbs/mri/22_pipeline.ipynb #de93ccd1
+def study_config(study,  # a `pdl1_dls.manifest.Study`
+                 quick: bool = False,  # the `quick` profile
+                 profile: str | None = None,  # default: the manifest's `train.profile`, else "paper"
+                 **overrides,  # MRITrainConfig fields that win over the manifest's `train:` block
+                ) -> MRITrainConfig:
+    "The training configuration of a study: the profile, the manifest's `train:` block, then `overrides` (what training and `cache_plan` use)."
+    st = manifest_train_settings(study)
+    manifest_profile = st.pop("profile", None)
+    return MRITrainConfig.make(quick, profile or manifest_profile, **{**st, **overrides})   # an argument wins over the manifest
+
 def train_mri_study(study_or_path,  # manifest path, `pdl1_dls.manifest.Study`, or a table (see `toy_mri_table`)
                     out_dir,  # the bundle folder: model.json, member<k>/ (cnn_*.pt, fusion.pt, reducer.npz), train_log.csv, metrics.json, MODEL_CARD.md
                     seed: int = 0,  # seed (split, initialisation, augmentation)
@@ -486,11 +496,7 @@ def train_mri_study(study_or_path,  # manifest path, `pdl1_dls.manifest.Study`, 
     if isinstance(study_or_path, (str, Path)):  # read (and checksum) the manifest once
         from pdl1_dls.manifest import ensure_study
         study_or_path = ensure_study(study_or_path)
-    study_train = manifest_train_settings(study_or_path)
-    manifest_profile = study_train.pop("profile", None)
-    profile = profile or manifest_profile  # an argument wins over the manifest
-    cfg = MRITrainConfig.make(quick, profile, **{**study_train, **overrides, "backbone": backbone,
-                                                 "weights": None if weights is None else str(weights)})
+    cfg = study_config(study_or_path, quick, profile, **overrides, backbone=backbone, weights=None if weights is None else str(weights))
     if cfg.num_threads: torch.set_num_threads(cfg.num_threads)
     dev = rank_device(get_device(device) if not isinstance(device, torch.device) else device)
     ctx = dist_context(dev)                                 # under torchrun: rank, world size; one process: rank 0 of 1
@@ -691,12 +697,7 @@ class MRIPipeline:
     # What `pdl1_dls.scale` (`pdl1-dls preprocess`) asks of a pipeline: the per-patient cache, filled patient by patient
     def cache_plan(self, study, model=None, quick: bool = False, profile: str | None = None, cache_dir=None) -> dict:
         "What `train_mri_study` (`model=None`: the profile `quick`, else `profile`, else the manifest's `train:` block, else paper) or scoring `model` (its config) reads from the cache: {modality, cache_dir, params}."
-        if model is not None: cfg = MRIRun.config(model.meta)
-        else:
-            st = manifest_train_settings(study)
-            prof = profile or st.pop("profile", None)
-            st.pop("profile", None)
-            cfg = MRITrainConfig.make(quick, prof, **{k: v for k, v in st.items() if k in MRITrainConfig.__dataclass_fields__})
+        cfg = MRIRun.config(model.meta) if model is not None else study_config(study, quick, profile)
         cache = Path(cache_dir) if cache_dir is not None else self.cache_dir(study.name)
         return dict(modality=self.modality, cache_dir=cache, params=self._params(cfg))
 
